@@ -1,0 +1,30 @@
+"""Shared fixtures: the real test data in ../shared/data and fresh headless Slicer scenes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("AIPORTAL_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The project's real test images (never copied into the repository)."""
+    if not (SHARED_DATA / "README.md").is_file():
+        pytest.fail(f"test data not found at {SHARED_DATA}: check out ../shared beside the repository "
+                    "or set AIPORTAL_SHARED_DATA")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def runtime():
+    """A fresh headless Slicer scene with the module logics registered."""
+    from aiportal.runtime import build_headless_runtime
+
+    rt = build_headless_runtime()
+    yield rt
+    rt.scene.Clear(1)

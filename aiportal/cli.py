@@ -1,0 +1,212 @@
+"""``aiportal``: the headless face — the same logic as the Slicer modules, from a terminal.
+
+Runs on the slicer-core wheel or under Slicer's PythonSlicer. Errors print one line and exit
+with a non-zero code; results are written all-or-nothing (see :mod:`aiportal.outputs`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import TextIO
+
+from aiportal import __version__
+from aiportal.errors import AIPortalError, CancelledError
+
+EXIT_ERROR = 1
+EXIT_CANCELLED = 130
+
+SEGMENT_OUTPUTS = ("segmentation.seg.nrrd", "labels.nrrd", "labels.json", "run.json")
+
+
+class TerminalProgress:
+    """A one-line progress bar on a terminal; plain lines (one per stage) otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.interactive = stream.isatty()
+        self._last_stage: str | None = None
+
+    def __call__(self, fraction: float, stage: str) -> None:
+        if self.interactive:
+            filled = int(round(fraction * self.width))
+            bar = "#" * filled + "." * (self.width - filled)
+            self.stream.write(f"\r[{bar}] {fraction:4.0%} {stage:<40.40}")
+            if fraction >= 1.0:
+                self.stream.write("\n")
+        elif stage != self._last_stage:
+            self.stream.write(f"{fraction:4.0%} {stage}\n")
+        self._last_stage = stage
+        self.stream.flush()
+
+
+def _quiet_vtk(debug: bool) -> None:
+    # Slicer's libraries log deprecation notes to stderr; a batch user needs errors only
+    import vtk
+
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_INFO if debug else vtk.vtkLogger.VERBOSITY_ERROR)
+    if not debug:
+        vtk.vtkObject.GlobalWarningDisplayOff()
+
+
+def available_devices() -> list[str]:
+    """Compute devices usable here: always the CPU, plus CUDA / MPS when PyTorch sees them."""
+    import importlib.util
+
+    devices = ["cpu"]
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            devices += [f"cuda ({torch.cuda.get_device_name(0)})"]
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            devices.append("mps")
+    return devices
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from aiportal.models.catalog import get_catalog
+
+    models = get_catalog().models
+    if args.json:
+        print(json.dumps({"version": __version__, "devices": available_devices(),
+                          "models": [asdict(model) for model in models]}, indent=2))
+        return 0
+    print(f"aiportal {__version__}")
+    print(f"devices: {', '.join(available_devices())}")
+    print("models:")
+    for model in models:
+        weights = model.weights.location if model.weights else "none needed"
+        print(f"  {model.id:<14} {model.title}")
+        print(f"  {'':<14} modality {model.modality}; version {model.version}; {model.family}; "
+              f"devices {', '.join(model.devices)}; weights: {weights}; licence {model.license}")
+        print(f"  {'':<14} labels: {', '.join(label.name for label in model.labels)}")
+        print(f"  {'':<14} does not: {model.limitations}")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from aiportal.io.volumes import ijk_to_ras_matrix, load_volume, save_volume, volume_node_from_array
+    from aiportal.outputs import check_output_folder, staged_output
+    from aiportal.segment import SegmentationJob
+    from aiportal.segmentation import export_label_map, save_segmentation, segment_voxel_counts
+
+    check_output_folder(args.out, SEGMENT_OUTPUTS, args.overwrite)  # before any work
+    progress = TerminalProgress()
+    progress(0.0, f"loading {args.input}")
+    loaded = load_volume(args.input, series_uid=args.series)
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    job = SegmentationJob(loaded.node, args.model, device=args.device,
+                          modality=loaded.source.modality if loaded.source else None)
+    result = job.run(progress=progress)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+
+    node = result.segmentation_node
+    segmentation = node.GetSegmentation()
+    spacing = loaded.node.GetSpacing()
+    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+    counts = segment_voxel_counts(node)
+    segments = []
+    for segment_id, count in counts.items():
+        segment = segmentation.GetSegment(segment_id)
+        label = next(spec for spec in result.model.labels if spec.name == segment.GetName())
+        segments.append({"name": label.name, "label_value": label.value, "voxels": count,
+                         "volume_ml": round(count * voxel_ml, 3)})
+    run_record = {"input": str(args.input), "model": result.model.id, "provenance": asdict(result.provenance),
+                  "elapsed_s": round(result.elapsed_s, 3), "segments": segments,
+                  "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
+    with staged_output(args.out, overwrite=args.overwrite) as staging:
+        save_segmentation(node, staging / "segmentation.seg.nrrd")
+        label_node = volume_node_from_array(job.runtime, export_label_map(node, loaded.node),
+                                            ijk_to_ras_matrix(loaded.node), "labels", "vtkMRMLLabelMapVolumeNode")
+        save_volume(label_node, staging / "labels.nrrd")
+        (staging / "labels.json").write_text(json.dumps(
+            {"model": result.model.id, "labels": [asdict(label) for label in result.model.labels]}, indent=2))
+        (staging / "run.json").write_text(json.dumps(run_record, indent=2))
+
+    print(f"{result.model.id} on {args.input}: {len(segments)} segments in {result.elapsed_s:.1f} s")
+    for segment in segments:
+        print(f"  {segment['name']:<12} {segment['volume_ml']:>10.1f} mL")
+    if result.absent_labels:
+        print(f"  not found: {', '.join(result.absent_labels)}")
+    print(f"wrote {args.out / 'segmentation.seg.nrrd'} and {args.out / 'labels.nrrd'}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from aiportal.io.volumes import save_volume, volume_node_from_array
+    from aiportal.runtime import get_runtime
+    from aiportal.sample import make_ct_phantom
+
+    if args.out.exists() and not args.overwrite:
+        raise AIPortalError(f"{args.out} already exists", "choose another path, or pass --overwrite")
+    phantom = make_ct_phantom(seed=args.seed)
+    node = volume_node_from_array(get_runtime(), phantom.hu, phantom.ijk_to_ras, "CT phantom")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_volume(node, args.out)
+    k, j, i = phantom.hu.shape
+    print(f"wrote {args.out}: synthetic chest CT phantom, {i}x{j}x{k} voxels")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiportal", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aiportal {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show library logs and tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    info = commands.add_parser("info", help="list models and compute devices")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(handler=cmd_info)
+    models = commands.add_parser("models", help="list models (same as info)")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(handler=cmd_info)
+
+    segment = commands.add_parser("segment", help="segment a CT/MR volume")
+    segment.add_argument("input", type=Path, help="DICOM series folder or file, NIfTI (.nii/.nii.gz) or NRRD")
+    segment.add_argument("--model", default="classic-ct", help="model id (see `aiportal info`)")
+    segment.add_argument("--out", type=Path, required=True, help="output folder")
+    segment.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    segment.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    segment.set_defaults(handler=cmd_segment)
+
+    sample = commands.add_parser("sample", help="write the project's synthetic chest CT phantom")
+    sample.add_argument("out", type=Path, help="output file (.nrrd or .nii.gz)")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--overwrite", action="store_true")
+    sample.set_defaults(handler=cmd_sample)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_vtk(args.debug)
+    try:
+        return args.handler(args)
+    except CancelledError as error:
+        print(f"aiportal: {error}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except AIPortalError as error:
+        print(f"aiportal: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("aiportal: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as error:  # anything else is our bug: still one line, traceback on request
+        if args.debug:
+            traceback.print_exc()
+        print(f"aiportal: internal error: {type(error).__name__}: {error} (rerun with --debug for details)",
+              file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

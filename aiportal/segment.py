@@ -1,0 +1,209 @@
+"""AI Segment as a job: the one entry point every face uses to segment a volume.
+
+The model computes on a snapshot of the voxels in a worker thread (no MRML access there); the
+segmentation node is created on the caller's thread by :meth:`SegmentationJob.finish`. A GUI
+polls :meth:`SegmentationJob.poll` from a timer; a batch caller uses :meth:`SegmentationJob.run`::
+
+    job = SegmentationJob(volume_node, "classic-ct")
+    result = job.run(progress=lambda fraction, stage: print(f"{fraction:.0%} {stage}"))
+    result.segmentation_node   # segments with terminology, colours and provenance
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from aiportal.errors import AIPortalError, CancelledError, ModelError
+from aiportal.models.backend import LabelMapResult, ModelInput
+from aiportal.models.catalog import Catalog, ModelEntry, get_catalog
+from aiportal.progress import CancelToken, ProgressCallback, no_progress
+from aiportal.provenance import Provenance, now_iso
+from aiportal.runtime import SlicerRuntime, get_runtime
+from aiportal.segmentation import import_label_map
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    fraction: float
+    stage: str
+    error: str | None = None
+
+
+@dataclass
+class SegmentationResult:
+    segmentation_node: Any  # vtkMRMLSegmentationNode
+    model: ModelEntry
+    provenance: Provenance
+    elapsed_s: float
+    absent_labels: list[str] = field(default_factory=list)  # labels the model found nowhere
+    notes: list[str] = field(default_factory=list)
+
+
+def resolve_device(requested: str, entry: ModelEntry) -> tuple[str, str | None]:
+    """The device to run on, and a note when the request could not be honoured."""
+    if requested not in DEVICES:
+        raise ModelError(f"Unknown device {requested!r}", f"use one of: {', '.join(DEVICES)}")
+    if requested == "auto":
+        return entry.devices[0], None
+    if requested in entry.devices:
+        return requested, None
+    return entry.devices[0], f"{entry.id} does not run on {requested}; using {entry.devices[0]}"
+
+
+def _volume_snapshot(volume_node) -> tuple[np.ndarray, np.ndarray]:
+    from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix
+
+    return array_from_volume(volume_node), ijk_to_ras_matrix(volume_node)
+
+
+class SegmentationJob:
+    """One model run on one volume: start, poll, cancel, finish — or run to completion."""
+
+    def __init__(
+        self,
+        volume_node,
+        model_id: str = "classic-ct",
+        *,
+        params: dict[str, Any] | None = None,
+        device: str = "auto",
+        segmentation_node=None,
+        modality: str | None = None,
+        runtime: SlicerRuntime | None = None,
+        catalog: Catalog | None = None,
+    ) -> None:
+        if volume_node is None or volume_node.GetImageData() is None:
+            raise AIPortalError("No input volume with image data", "select or load a CT/MR volume first")
+        self.runtime = runtime or get_runtime()
+        catalog = catalog or get_catalog()
+        self.model = catalog.get(model_id)
+        self._backend = catalog.backend(model_id)
+        self.device, device_note = resolve_device(device, self.model)
+        self.notes = [device_note] if device_note else []
+        self.params = dict(params or {})
+        self.volume_node = volume_node
+        self.segmentation_node = segmentation_node
+        array, ijk_to_ras = _volume_snapshot(volume_node)
+        self._input = ModelInput(
+            array=array,
+            ijk_to_ras=ijk_to_ras,
+            modality=modality or volume_node.GetAttribute("DICOM.Modality") or None,
+            name=volume_node.GetName(),
+        )
+        self._cancel = CancelToken()
+        self._lock = threading.Lock()
+        self._status = JobStatus("queued", 0.0, "queued")
+        self._result: LabelMapResult | None = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._started = self._finished = ""
+        self._t0 = 0.0
+
+    # -- worker side ---------------------------------------------------------------------------
+    def _report(self, fraction: float, stage: str) -> None:
+        with self._lock:
+            self._status = JobStatus("running", min(max(fraction, 0.0), 1.0), stage)
+
+    def _work(self) -> None:
+        try:
+            result = self._backend.run(self._input, self.params, self._report, self._cancel)
+            with self._lock:
+                self._result = result
+                self._status = JobStatus("done", 1.0, "done")
+        except CancelledError as error:
+            with self._lock:
+                self._error = error
+                self._status = JobStatus("cancelled", self._status.fraction, "cancelled", str(error))
+        except BaseException as error:  # reported to the caller by finish(), never lost in the thread
+            with self._lock:
+                self._error = error
+                self._status = JobStatus("failed", self._status.fraction, "failed", str(error))
+        finally:
+            self._finished = now_iso()
+
+    # -- caller side ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the model in a worker thread; returns at once."""
+        if self._thread is not None:
+            raise RuntimeError("job already started")
+        self._started, self._t0 = now_iso(), time.monotonic()
+        self._status = JobStatus("running", 0.0, f"starting {self.model.id}")
+        self._thread = threading.Thread(target=self._work, name=f"aiportal-{self.model.id}", daemon=True)
+        self._thread.start()
+
+    def poll(self) -> JobStatus:
+        with self._lock:
+            return self._status
+
+    def cancel(self) -> None:
+        """Ask the model to stop at its next safe point; poll() then reports "cancelled"."""
+        self._cancel.cancel()
+
+    def wait(self, timeout: float | None = None) -> JobStatus:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.poll()
+
+    def finish(self) -> SegmentationResult:
+        """Create the segmentation from the finished run (call on the scene's thread)."""
+        status = self.wait()
+        if status.state != "done":
+            assert self._error is not None
+            raise self._error
+        assert self._result is not None
+        provenance = Provenance(
+            model_id=self.model.id,
+            model_version=self.model.version,
+            weights_sha256=self.model.weights_sha256 or "none",
+            parameters=self.params,
+            device=self.device,
+            started=self._started,
+            finished=self._finished,
+        )
+        node = import_label_map(
+            self._result,
+            self.model.labels,
+            self.volume_node,
+            provenance,
+            segmentation_node=self.segmentation_node,
+            runtime=self.runtime,
+        )
+        present = set()
+        for layer in self._result.layers:
+            present.update(np.unique(layer).tolist())
+        absent = [label.name for label in self.model.labels if label.value not in present]
+        return SegmentationResult(node, self.model, provenance, time.monotonic() - self._t0, absent, self.notes)
+
+    def run(self, progress: ProgressCallback = no_progress, poll_interval: float = 0.05) -> SegmentationResult:
+        """Run to completion, reporting progress on the calling thread; Ctrl-C cancels."""
+        self.start()
+        last = None
+        try:
+            while (status := self.wait(poll_interval)).state == "running":
+                if (status.fraction, status.stage) != last:
+                    last = (status.fraction, status.stage)
+                    progress(status.fraction, status.stage)
+        except KeyboardInterrupt:
+            self.cancel()
+            self.wait()
+            raise CancelledError(f"{self.model.id} on {self._input.name}") from None
+        if status.state == "done":
+            progress(1.0, "done")
+        return self.finish()
+
+
+def show_segmentation_3d(segmentation_node, show: bool = True) -> None:
+    """Show (building the closed surfaces first) or hide a segmentation in 3D views."""
+    if show:
+        segmentation_node.CreateClosedSurfaceRepresentation()
+    display = segmentation_node.GetDisplayNode()
+    if display is not None:
+        display.SetVisibility3D(show)

@@ -1,0 +1,211 @@
+"""Segmentation nodes: a model's label map in, seg.nrrd and label maps out.
+
+A label map + its label table becomes a ``vtkMRMLSegmentationNode`` under the source study in
+the subject hierarchy; every segment gets its name, colour, SNOMED terminology, label value,
+review state and provenance (see :mod:`aiportal.provenance`). The same functions serve every face.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import slicer
+import vtk
+from vtkmodules.util import numpy_support
+
+from aiportal import terminology
+from aiportal.errors import InputError
+from aiportal.models.backend import LabelMapResult
+from aiportal.models.catalog import LabelSpec
+from aiportal.provenance import TAG_PREFIX, Provenance, read_tag
+from aiportal.runtime import SlicerRuntime, get_runtime
+
+LABEL_VALUE_TAG = TAG_PREFIX + "label_value"
+CONFIDENCE_TAG = TAG_PREFIX + "confidence"
+REVIEW_TAG = TAG_PREFIX + "review"
+
+_Logic = slicer.vtkSlicerSegmentationsModuleLogic
+
+
+def ijk_to_ras_vtk(volume_node) -> vtk.vtkMatrix4x4:
+    matrix = vtk.vtkMatrix4x4()
+    volume_node.GetIJKToRASMatrix(matrix)
+    return matrix
+
+
+def oriented_image(array_kji: np.ndarray, ijk_to_ras: vtk.vtkMatrix4x4) -> slicer.vtkOrientedImageData:
+    """A ``vtkOrientedImageData`` holding a copy of a (k, j, i) array on the given grid."""
+    image = slicer.vtkOrientedImageData()
+    k, j, i = array_kji.shape
+    image.SetDimensions(i, j, k)
+    image.AllocateScalars(numpy_support.get_vtk_array_type(array_kji.dtype), 1)
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(array_kji.shape)[:] = array_kji
+    image.SetImageToWorldMatrix(ijk_to_ras)
+    return image
+
+
+def segment_ids(segmentation_node) -> list[str]:
+    segmentation = segmentation_node.GetSegmentation()
+    return [segmentation.GetNthSegmentID(n) for n in range(segmentation.GetNumberOfSegments())]
+
+
+def import_label_map(
+    result: LabelMapResult,
+    labels: Sequence[LabelSpec],
+    reference_volume,
+    provenance: Provenance,
+    *,
+    segmentation_node=None,
+    name: str | None = None,
+    runtime: SlicerRuntime | None = None,
+):
+    """Fill a segmentation node (new, or emptied) from a model's label map layers.
+
+    Segments are created only for labels that occur; each carries terminology, colour, label
+    value, confidence (when the model gave one), review state "suggested" and provenance.
+    """
+    runtime = runtime or get_runtime()
+    if segmentation_node is None:
+        segmentation_node = runtime.scene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", name or f"{reference_volume.GetName()} {provenance.model_id}"
+        )
+    else:
+        segmentation_node.GetSegmentation().RemoveAllSegments()
+    segmentation_node.CreateDefaultDisplayNodes()
+    segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
+    by_value = {label.value: label for label in labels}
+    grid = ijk_to_ras_vtk(reference_volume)
+    shape = _shape_kji(reference_volume)
+    segmentation = segmentation_node.GetSegmentation()
+    was_modifying = segmentation_node.StartModify()
+    try:
+        for layer in result.layers:
+            if layer.shape != shape:
+                raise ValueError(f"label map shape {layer.shape} differs from the volume's {shape}")
+            if not layer.any():
+                continue
+            before = set(segment_ids(segmentation_node))
+            if not _Logic.ImportLabelmapToSegmentationNode(oriented_image(layer, grid), segmentation_node, "", ""):
+                raise RuntimeError("Slicer could not import the label map into the segmentation")
+            for segment_id in segment_ids(segmentation_node):
+                if segment_id in before:
+                    continue
+                segment = segmentation.GetSegment(segment_id)
+                label = by_value.get(segment.GetLabelValue())
+                if label is None:
+                    raise ValueError(f"label value {segment.GetLabelValue()} is not in the model's label table")
+                _describe_segment(segment, label, provenance, result.confidences.get(label.value))
+    finally:
+        segmentation_node.EndModify(was_modifying)
+    _place_next_to(runtime, segmentation_node, reference_volume)
+    return segmentation_node
+
+
+def _shape_kji(volume_node) -> tuple[int, int, int]:
+    i, j, k = volume_node.GetImageData().GetDimensions()
+    return (k, j, i)
+
+
+def _describe_segment(segment, label: LabelSpec, provenance: Provenance, confidence: float | None) -> None:
+    segment.SetName(label.name)
+    segment.SetColor(*(channel / 255.0 for channel in label.color))
+    segment.SetTerminology(terminology.serialize(label))
+    segment.SetTag(LABEL_VALUE_TAG, str(label.value))
+    segment.SetTag(REVIEW_TAG, "suggested")
+    if confidence is not None:
+        segment.SetTag(CONFIDENCE_TAG, f"{confidence:.4f}")
+    provenance.tag(segment)
+
+
+def _place_next_to(runtime: SlicerRuntime, node, sibling) -> None:
+    """Put ``node`` under the same subject hierarchy parent (the study) as ``sibling``."""
+    shnode = runtime.shnode
+    sibling_item = shnode.GetItemByDataNode(sibling)
+    if not sibling_item:
+        return
+    parent = shnode.GetItemParent(sibling_item)
+    item = shnode.GetItemByDataNode(node)
+    if item:  # inside Slicer the subject hierarchy plugins made one already
+        shnode.SetItemParent(item, parent)
+    else:
+        shnode.CreateItem(parent, node)
+
+
+def label_value(segment) -> int | None:
+    text = read_tag(segment, LABEL_VALUE_TAG)
+    return int(text) if text else None
+
+
+def export_label_map(segmentation_node, reference_volume) -> np.ndarray:
+    """The segmentation as one (k, j, i) label map on the reference volume's grid.
+
+    Segments with a label value tag keep it; others get values after the highest one. Where
+    segments overlap, the later segment in the list wins (Slicer's own export rule).
+    """
+    ids = segment_ids(segmentation_node)
+    segmentation = segmentation_node.GetSegmentation()
+    values = [label_value(segmentation.GetSegment(segment_id)) for segment_id in ids]
+    next_free = max([v for v in values if v] + [0]) + 1
+    shape = _shape_kji(reference_volume)
+    dtype = np.uint8 if next_free + len(ids) < 256 else np.uint16
+    label_map = np.zeros(shape, dtype=dtype)
+    for segment_id, value in zip(ids, values, strict=True):
+        if value is None:
+            value, next_free = next_free, next_free + 1
+        label_map[segment_mask(segmentation_node, segment_id, reference_volume)] = value
+    return label_map
+
+
+def segment_mask(segmentation_node, segment_id: str, reference_volume) -> np.ndarray:
+    """A segment as a boolean (k, j, i) array on the reference volume's grid."""
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segment_id)
+    labelmap_node = segmentation_node.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    try:
+        if not _Logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap_node, reference_volume):
+            raise RuntimeError(f"could not export segment {segment_id}")
+        image = labelmap_node.GetImageData()
+        i, j, k = image.GetDimensions()
+        return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(k, j, i) > 0
+    finally:
+        segmentation_node.GetScene().RemoveNode(labelmap_node)
+
+
+def save_segmentation(segmentation_node, path: Path) -> Path:
+    """Write a ``.seg.nrrd`` (names, colours, terminology and tags included)."""
+    path = Path(path)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetScene(segmentation_node.GetScene())
+    storage.SetFileName(str(path))
+    if not storage.WriteData(segmentation_node):
+        raise OSError(f"could not write {path}")
+    return path
+
+
+def load_segmentation(path: Path, runtime: SlicerRuntime | None = None):
+    """Read a ``.seg.nrrd`` into a new segmentation node."""
+    runtime = runtime or get_runtime()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"segmentation file {path} does not exist", "check the path")
+    node = runtime.segmentations.LoadSegmentationFromFile(str(path), True, path.name.split(".")[0])
+    if node is None:
+        raise InputError(f"{path} is not a readable segmentation", "give a .seg.nrrd written by Slicer")
+    return node
+
+
+def segment_voxel_counts(segmentation_node) -> dict[str, int]:
+    """Voxel count of every segment, read from Slicer's shared label map layers (no export)."""
+    segmentation = segmentation_node.GetSegmentation()
+    counts = {}
+    for segment_id in segment_ids(segmentation_node):
+        layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+        scalars = layer.GetPointData().GetScalars() if layer is not None else None
+        if scalars is None:
+            counts[segment_id] = 0
+            continue
+        values = numpy_support.vtk_to_numpy(scalars)
+        counts[segment_id] = int(np.count_nonzero(values == segmentation.GetSegment(segment_id).GetLabelValue()))
+    return counts
