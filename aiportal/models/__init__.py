@@ -1,0 +1,1 @@
+"""Model catalog, the backend contract and the built-in backends."""
