@@ -1,0 +1,659 @@
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+# `import aiportal` must work in two layouts: in an installed extension CMake puts the package
+# next to this file (already on sys.path); in a source checkout whose module folders were added
+# to "Additional module paths" it sits one folder up, in the repository root.
+_repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
+    sys.path.append(_repositoryRoot)
+
+from aiportal.models.catalog import get_catalog
+from aiportal.segment import DEVICES, SegmentationJob, show_segmentation_3d
+
+if TYPE_CHECKING:
+    from aiportal.segment import SegmentationResult
+
+#: Model run by the "AI Segment" button of the 3D views and preselected in the module.
+DEFAULT_MODEL_ID = "classic-ct"
+#: Object name of the "AI Segment" button in the 3D view controller bars (to find it again).
+VIEW_BUTTON_OBJECT_NAME = "AISegmentPortalThreeDViewButton"
+#: How often the main thread polls a running job for progress.
+POLL_INTERVAL_MS = 100
+
+_REQUIREMENTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "requirements.txt")
+
+
+#
+# AISegmentPortal
+#
+
+
+class AISegmentPortal(ScriptedLoadableModule):
+    """Uses ScriptedLoadableModule base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("AI Segment Portal")
+        self.parent.categories = [_("AI Portal"), translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["AI Segment Portal contributors"]
+        # _() function marks text as translatable to other languages
+        self.parent.helpText = _("""
+Segment a volume with a model from the catalog. The run happens in the background with live
+progress and can be cancelled; the result is an editable segmentation with coded (SNOMED CT)
+segments and a record of the model, version, weights checksum and device used.
+Every 3D view also gets an <b>AI Segment</b> button that segments the volume shown in the red slice view.
+See the <a href="https://github.com/ai-segment-portal/SlicerAIPortal#aisegmentportal">module documentation</a>.
+""")
+        self.parent.acknowledgementText = _("""
+Developed by the AI Segment Portal contributors, on 3D Slicer's scripted module template.
+""")
+
+        # The view buttons need the main window's layout manager, which exists only after startup
+        slicer.app.connect("startupCompleted()", installThreeDViewButtons)
+
+
+#
+# Dependencies
+#
+
+
+def ensurePythonRequirements(requirementsPath: str, requester: str) -> None:
+    """Install the pip packages listed in requirementsPath that Slicer's Python lacks.
+
+    Asks the user first and shows progress (``slicer.packaging``, Slicer 5.12 or later).
+    """
+    try:
+        from slicer import packaging as slicerPackaging
+    except ImportError:
+        slicerPackaging = None
+    if slicerPackaging is None or not hasattr(slicerPackaging, "pip_ensure"):
+        with open(requirementsPath) as requirementsFile:
+            packages = [line.strip() for line in requirementsFile if line.strip() and not line.startswith("#")]
+        raise RuntimeError(
+            _(
+                "{requester} needs 3D Slicer 5.12 or later to install its Python packages "
+                "(this is Slicer {version}). Install them from the Python console instead:\n"
+                "slicer.util.pip_install({packages})"
+            ).format(requester=requester, version=slicer.app.applicationVersion, packages=repr(" ".join(packages)))
+        )
+    slicerPackaging.pip_ensure(slicerPackaging.load_requirements(requirementsPath), requester=requester)
+
+
+#
+# AISegmentPortalParameterNode
+#
+
+
+@parameterNodeWrapper
+class AISegmentPortalParameterNode:
+    """
+    The parameters needed by module.
+
+    inputVolume - The volume to segment.
+    modelId - Catalog id of the model to run.
+    device - Where to run the model: "auto" (the model's preferred device), "cpu", "cuda" or "mps".
+    outputSegmentation - Segmentation that receives the result; None creates a new one.
+    showIn3D - Show the result as surfaces in the 3D views.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    modelId: str = DEFAULT_MODEL_ID
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    outputSegmentation: vtkMRMLSegmentationNode
+    showIn3D: bool = True
+
+
+#
+# SegmentationJobPoller
+#
+
+
+class SegmentationJobPoller:
+    """Follows a running segmentation job from the main thread and finishes it there.
+
+    The job computes in a worker thread; MRML may only be changed from the main thread, so a
+    timer polls the job and calls ``finish()`` (which fills the segmentation node) once it is done.
+    """
+
+    def __init__(
+        self,
+        job: SegmentationJob,
+        onProgress: Callable[[float, str], None],
+        onDone: Callable[["SegmentationResult | None", str | None], None],
+    ) -> None:
+        """onDone(result, error): result on success, error text on failure, both None when cancelled."""
+        self.job = job
+        self._onProgress = onProgress
+        self._onDone = onDone
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._poll)
+        self._timer.start()
+
+    @property
+    def running(self) -> bool:
+        return self._timer.isActive()
+
+    def cancel(self) -> None:
+        """Ask the job to stop; onDone is called once it has."""
+        self.job.cancel()
+
+    def stop(self) -> None:
+        """Cancel the job and stop following it (no more callbacks)."""
+        self.job.cancel()
+        self._timer.stop()
+
+    def _poll(self) -> None:
+        status = self.job.poll()
+        self._onProgress(status.fraction, status.stage)
+        if status.state in ("queued", "running"):
+            return
+        self._timer.stop()
+        if status.state == "cancelled":
+            self._onDone(None, None)
+            return
+        try:
+            # Builds the segmentation when done; re-raises the worker's error (with its traceback) when failed
+            result = self.job.finish()
+        except Exception as error:
+            logging.exception("AI segmentation failed")
+            self._onDone(None, str(error) or type(error).__name__)
+            return
+        self._onDone(result, None)
+
+
+#
+# AISegmentPortalWidget
+#
+
+
+class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Uses ScriptedLoadableModuleWidget base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self, parent=None) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)  # needed for parameter node observation
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._poller = None
+
+    def setup(self) -> None:
+        """Called when the user opens the module the first time and the widget is initialized."""
+        ScriptedLoadableModuleWidget.setup(self)
+
+        # Load widget from .ui file (created by Qt Designer).
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/AISegmentPortal.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+
+        # Set scene in MRML widgets. Make sure that in Qt designer the top-level qMRMLWidget's
+        # "mrmlSceneChanged(vtkMRMLScene*)" signal in is connected to each MRML widget's.
+        # "setMRMLScene(vtkMRMLScene*)" slot.
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = AISegmentPortalLogic()
+
+        # The model picker shows titles but the parameter node stores catalog ids, so it is filled
+        # here rather than bound through SlicerParameterName (whose combo box shows the raw values).
+        for entry in get_catalog().models:
+            self.ui.modelComboBox.addItem(entry.title, entry.id)
+            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, modelToolTip(entry), qt.Qt.ToolTipRole)
+
+        # Connections
+
+        # These connections ensure that we update parameter node when scene is closed
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+
+        # Make sure parameter node is initialized (needed for module reload)
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes and the module widget is destroyed."""
+        if self._poller is not None:
+            self._poller.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        # Make sure parameter node exists and observed
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user opens a different module."""
+        # Do not react to parameter node changes (GUI will be updated when the user enters into the module)
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """Called just before the scene is closed."""
+        # The job's nodes are about to disappear
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+            self._updateRunState()
+        # Parameter node will be reset, do not use it anymore
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """Called just after the scene is closed."""
+        # If this module is shown while the scene is closed then recreate a new parameter node immediately
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        """Ensure parameter node exists and observed."""
+        # Parameter node stores all user choices in parameter values, node selections, etc.
+        # so that when the scene is saved and reloaded, these settings are restored.
+
+        self.setParameterNode(self.logic.getParameterNode())
+
+        # Select default input nodes if nothing is selected yet to save a few clicks for the user
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode: AISegmentPortalParameterNode | None) -> None:
+        """
+        Set and observe parameter node.
+        Observation is needed because when the parameter node is changed then the GUI must be updated immediately.
+        """
+
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Note: in the .ui file, a Qt dynamic property called "SlicerParameterName" is set on each
+            # ui element that needs connection.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self._parameterNode:
+            comboBox = self.ui.modelComboBox
+            index = comboBox.findData(self._parameterNode.modelId)
+            if index < 0 and comboBox.currentIndex >= 0:
+                # A model this installation does not have (e.g. a scene saved elsewhere): use the shown one
+                self._parameterNode.modelId = comboBox.itemData(comboBox.currentIndex)
+            elif index != comboBox.currentIndex:
+                comboBox.currentIndex = index
+            comboBox.toolTip = comboBox.itemData(comboBox.currentIndex, qt.Qt.ToolTipRole) or ""
+        self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        if self._poller is not None and self._poller.running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the running segmentation")
+            self.ui.applyButton.enabled = True
+        elif self._parameterNode and self._parameterNode.inputVolume and self.ui.modelComboBox.currentIndex >= 0:
+            self.ui.applyButton.text = _("Apply")
+            self.ui.applyButton.toolTip = _("Run the selected model on the input volume")
+            self.ui.applyButton.enabled = True
+        else:
+            self.ui.applyButton.text = _("Apply")
+            self.ui.applyButton.toolTip = _("Select an input volume and a model")
+            self.ui.applyButton.enabled = False
+
+    def onModelChanged(self, index: int) -> None:
+        """Store the picked model's id (the parameter node observer updates the rest)."""
+        modelId = self.ui.modelComboBox.itemData(index) if index >= 0 else None
+        if self._parameterNode and modelId and self._parameterNode.modelId != modelId:
+            self._parameterNode.modelId = modelId
+
+    def onApplyButton(self) -> None:
+        """Run processing when user clicks "Apply" button, or cancel the running one."""
+        if self._poller is not None and self._poller.running:
+            self._poller.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            self.ui.resultsTable.setRowCount(0)
+            job = self.logic.startJob(
+                self._parameterNode.inputVolume,
+                self._parameterNode.modelId,
+                self._parameterNode.device,
+                self._parameterNode.outputSegmentation,
+            )
+            self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
+        self._updateRunState()
+
+    def _onJobProgress(self, fraction: float, stage: str) -> None:
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.statusLabel.text = stage
+
+    def _onJobDone(self, result: "SegmentationResult | None", error: str | None) -> None:
+        self._updateRunState()
+        if error is not None:
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(_("Segmentation failed.") + "\n\n" + error)
+            return
+        if result is None:
+            self.ui.statusLabel.text = _("Cancelled.")
+            self.ui.progressBar.value = 0
+            return
+        self.ui.statusLabel.text = "\n".join([_("Done."), *result.notes])
+        if self._parameterNode:
+            # Later runs refill the same segmentation unless the user picks another one
+            self._parameterNode.outputSegmentation = result.segmentation_node
+            if self._parameterNode.showIn3D:
+                show_segmentation_3d(result.segmentation_node, True)
+        self._showResult(result)
+
+    def _showResult(self, result: "SegmentationResult") -> None:
+        """Fill the results table from the result's provenance (model, version, weights, device, time)."""
+        rows = [(key, str(value)) for key, value in dataclasses.asdict(result.provenance).items()]
+        rows.append(("elapsed_s", f"{result.elapsed_s:.1f}"))
+        if result.absent_labels:
+            rows.append(("absent_labels", ", ".join(result.absent_labels)))
+        table = self.ui.resultsTable
+        table.setRowCount(len(rows))
+        for row, (key, value) in enumerate(rows):
+            table.setItem(row, 0, qt.QTableWidgetItem(key))
+            table.setItem(row, 1, qt.QTableWidgetItem(value))
+        table.resizeColumnToContents(0)
+        self.ui.resultsCollapsibleButton.collapsed = False
+
+    def _updateRunState(self) -> None:
+        running = self._poller is not None and self._poller.running
+        # Inputs stay as they were for the whole run
+        self.ui.inputsCollapsibleButton.enabled = not running
+        self.ui.outputsCollapsibleButton.enabled = not running
+        self._checkCanApply()
+
+
+def modelToolTip(entry) -> str:
+    """What a catalog model does and what it does not do, for its tooltip."""
+    return _("{description}\n\nLimitations: {limitations}\n\nModality: {modality}, version {version}").format(
+        description=entry.description,
+        limitations=entry.limitations,
+        modality=entry.modality,
+        version=entry.version,
+    )
+
+
+#
+# "AI Segment" button in the 3D view controller bars
+#
+
+
+class ThreeDViewSegmentButtons:
+    """An "AI Segment" button in the controller bar of every 3D view.
+
+    A click segments the background volume of the red slice view with the default model, with
+    progress in the status bar; a second click while it runs cancels it.
+    """
+
+    def __init__(self) -> None:
+        self._poller = None
+        self._installed = False
+
+    def install(self) -> None:
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:  # no main window (batch mode, tests run with --no-main-window)
+            return
+        self.addToViews()
+        if not self._installed:
+            # 3D views are created when a layout first shows them
+            layoutManager.connect("layoutChanged(int)", self.addToViews)
+            self._installed = True
+
+    def addToViews(self, layout: int | None = None) -> None:
+        """Add the button to every 3D view that does not have it yet."""
+        layoutManager = slicer.app.layoutManager()
+        for index in range(layoutManager.threeDViewCount):
+            controller = layoutManager.threeDWidget(index).threeDController()
+            if slicer.util.findChildren(widget=controller.barWidget(), name=VIEW_BUTTON_OBJECT_NAME):
+                continue
+            button = qt.QToolButton()
+            button.objectName = VIEW_BUTTON_OBJECT_NAME
+            button.autoRaise = True
+            button.connect("clicked()", self.onClicked)
+            controller.barLayout().addWidget(button)
+        self._updateButtons()
+
+    def buttons(self) -> list:
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:
+            return []
+        found = []
+        for index in range(layoutManager.threeDViewCount):
+            barWidget = layoutManager.threeDWidget(index).threeDController().barWidget()
+            found.extend(slicer.util.findChildren(widget=barWidget, name=VIEW_BUTTON_OBJECT_NAME))
+        return found
+
+    def onClicked(self) -> None:
+        if self._poller is not None and self._poller.running:
+            self._poller.cancel()
+            slicer.util.showStatusMessage(_("AI Segment: cancelling..."))
+            return
+        volumeNode = backgroundVolume()
+        if volumeNode is None:
+            slicer.util.warningDisplay(
+                _("Show a volume in the red slice view first: AI Segment segments the volume shown there.")
+            )
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
+            job = AISegmentPortalLogic().startJob(volumeNode, DEFAULT_MODEL_ID)
+            self._poller = SegmentationJobPoller(job, self._onProgress, self._onDone)
+        self._updateButtons()
+
+    def _onProgress(self, fraction: float, stage: str) -> None:
+        slicer.util.showStatusMessage(
+            _("AI Segment: {stage} ({percent}%)").format(stage=stage, percent=round(100 * fraction))
+        )
+
+    def _onDone(self, result: "SegmentationResult | None", error: str | None) -> None:
+        self._updateButtons()
+        if error is not None:
+            slicer.util.showStatusMessage(_("AI Segment failed."), 5000)
+            slicer.util.errorDisplay(_("Segmentation failed.") + "\n\n" + error)
+        elif result is None:
+            slicer.util.showStatusMessage(_("AI Segment cancelled."), 5000)
+        else:
+            show_segmentation_3d(result.segmentation_node, True)
+            slicer.util.showStatusMessage(
+                _("AI Segment: {name} is ready.").format(name=result.segmentation_node.GetName()), 5000
+            )
+
+    def _updateButtons(self) -> None:
+        running = self._poller is not None and self._poller.running
+        for button in self.buttons():
+            button.text = _("Cancel") if running else _("AI Segment")
+            button.toolTip = (
+                _("Stop the running AI segmentation")
+                if running
+                else _("Segment the volume shown in the red slice view with the default model ({model})").format(
+                    model=DEFAULT_MODEL_ID
+                )
+            )
+
+
+_threeDViewSegmentButtons = ThreeDViewSegmentButtons()
+
+
+def installThreeDViewButtons() -> None:
+    """Add the "AI Segment" button to the 3D views (called once the application has started)."""
+    _threeDViewSegmentButtons.install()
+
+
+def backgroundVolume() -> vtkMRMLScalarVolumeNode | None:
+    """The scalar volume shown as background in the red slice view, if any."""
+    layoutManager = slicer.app.layoutManager()
+    sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
+    if sliceWidget is None:
+        return None
+    volumeId = sliceWidget.mrmlSliceCompositeNode().GetBackgroundVolumeID()
+    volumeNode = slicer.mrmlScene.GetNodeByID(volumeId) if volumeId else None
+    return volumeNode if volumeNode and volumeNode.IsA("vtkMRMLScalarVolumeNode") else None
+
+
+#
+# AISegmentPortalLogic
+#
+
+
+class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
+    """Thin facade over :mod:`aiportal.segment`, which does all the work.
+
+    Can be used without GUI widget. Uses ScriptedLoadableModuleLogic base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def __init__(self) -> None:
+        """Called when the logic class is instantiated. Can be used for initializing member variables."""
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def getParameterNode(self):
+        return AISegmentPortalParameterNode(super().getParameterNode())
+
+    def ensureDependencies(self) -> None:
+        """Install the Python packages Slicer lacks (asks the user first; skipped in testing mode)."""
+        ensurePythonRequirements(_REQUIREMENTS_PATH, requester=_("AI Segment Portal"))
+
+    def startJob(
+        self,
+        inputVolume: vtkMRMLScalarVolumeNode,
+        modelId: str = DEFAULT_MODEL_ID,
+        device: str = "auto",
+        outputSegmentation: vtkMRMLSegmentationNode | None = None,
+    ) -> SegmentationJob:
+        """
+        Start segmenting in a worker thread and return the job.
+        Can be used without GUI widget: poll the job with ``job.poll()`` and call ``job.finish()``
+        from the main thread once its state is "done" (see :class:`SegmentationJobPoller`).
+        :param inputVolume: volume to segment
+        :param modelId: catalog id of the model
+        :param device: "auto", "cpu", "cuda" or "mps"
+        :param outputSegmentation: segmentation to fill; None creates a new one
+        """
+        if not inputVolume:
+            raise ValueError(_("Select an input volume."))
+        self.ensureDependencies()
+        job = SegmentationJob(inputVolume, modelId, device=device, segmentation_node=outputSegmentation)
+        job.start()
+        return job
+
+    def process(
+        self,
+        inputVolume: vtkMRMLScalarVolumeNode,
+        modelId: str = DEFAULT_MODEL_ID,
+        device: str = "auto",
+        outputSegmentation: vtkMRMLSegmentationNode | None = None,
+        progressCallback: Callable[[float, str], None] | None = None,
+    ) -> "SegmentationResult":
+        """
+        Segment inputVolume and wait for the result.
+        Can be used without GUI widget.
+        :param inputVolume: volume to segment
+        :param modelId: catalog id of the model
+        :param device: "auto", "cpu", "cuda" or "mps"
+        :param outputSegmentation: segmentation to fill; None creates a new one
+        :param progressCallback: called with (fraction 0..1, stage text) while it runs
+        :return: the result, with its segmentation node, model entry and provenance
+        """
+        if not inputVolume:
+            raise ValueError(_("Select an input volume."))
+        self.ensureDependencies()
+        job = SegmentationJob(inputVolume, modelId, device=device, segmentation_node=outputSegmentation)
+        return job.run(progress=progressCallback) if progressCallback else job.run()
+
+
+#
+# AISegmentPortalTest
+#
+
+
+class AISegmentPortalTest(ScriptedLoadableModuleTest):
+    """
+    This is the test case for your scripted module.
+    Uses ScriptedLoadableModuleTest base class, available at:
+    https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
+    """
+
+    def setUp(self):
+        """Do whatever is needed to reset the state - typically a scene clear will be enough."""
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        """Run as few or as many tests as needed here."""
+        self.setUp()
+        self.test_AISegmentPortal1()
+        self.setUp()
+        self.test_AISegmentPortalViewButtons()
+
+    def test_AISegmentPortal1(self):
+        """Segment the CTChest sample with the classical CT model; every catalog label must be found."""
+
+        self.delayDisplay("Starting the test")
+
+        import SampleData
+
+        inputVolume = SampleData.downloadSample("CTChest")
+        self.delayDisplay("Loaded test data set")
+
+        stages = []
+        logic = AISegmentPortalLogic()
+        result = logic.process(
+            inputVolume, DEFAULT_MODEL_ID, device="cpu", progressCallback=lambda f, s: stages.append((f, s))
+        )
+        self.assertTrue(stages, "no progress was reported")
+
+        segmentationNode = result.segmentation_node
+        segmentation = segmentationNode.GetSegmentation()
+        for label in get_catalog().get(DEFAULT_MODEL_ID).labels:
+            segmentId = segmentation.GetSegmentIdBySegmentName(label.name)
+            self.assertTrue(segmentId, f"no segment named {label.name!r}")
+            voxels = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, inputVolume)
+            self.assertGreater(int(voxels.sum()), 0, f"segment {label.name!r} is empty")
+        self.assertEqual(result.absent_labels, [])
+        self.assertEqual(result.model.id, DEFAULT_MODEL_ID)
+        self.assertEqual(result.provenance.model_id, DEFAULT_MODEL_ID)
+
+        self.delayDisplay("Test passed")
+
+    def test_AISegmentPortalViewButtons(self):
+        """Every 3D view gets exactly one "AI Segment" button (only with a main window)."""
+        if slicer.app.layoutManager() is None:
+            self.delayDisplay("No main window: view buttons not tested")
+            return
+        installThreeDViewButtons()
+        installThreeDViewButtons()  # idempotent
+        layoutManager = slicer.app.layoutManager()
+        for index in range(layoutManager.threeDViewCount):
+            barWidget = layoutManager.threeDWidget(index).threeDController().barWidget()
+            self.assertEqual(len(slicer.util.findChildren(widget=barWidget, name=VIEW_BUTTON_OBJECT_NAME)), 1)
+        self.delayDisplay("Test passed")
