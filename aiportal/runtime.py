@@ -18,6 +18,7 @@ Pitfalls handled here (see the slicer-core field report):
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,8 +61,11 @@ def terminology_share_directory() -> Path | None:
     """Folder holding Slicer's standard terminology JSON files, outside the Slicer application.
 
     slicer-core ships none; trame-slicer ships the three standard SNOMED-coded contexts. Found
-    without importing trame-slicer (its import starts a web stack).
+    without importing trame-slicer (its import starts a web stack). ``AIPORTAL_TERMINOLOGY_DIR``
+    overrides it, e.g. to use a Slicer installation's own files under PythonSlicer.
     """
+    if override := os.environ.get("AIPORTAL_TERMINOLOGY_DIR"):
+        return Path(override) if Path(override).is_dir() else None
     spec = importlib.util.find_spec("trame_slicer")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -89,7 +93,8 @@ def build_headless_runtime() -> SlicerRuntime:
     if share is None:
         raise RuntimeError(
             "Slicer's standard terminology files were not found — install the project with "
-            "`pip install -e .` (it brings them with trame-slicer)"
+            "`pip install -e .` (it brings them with trame-slicer), or set AIPORTAL_TERMINOLOGY_DIR "
+            "to a folder holding Slicer's *.term.json files"
         )
     return SlicerRuntime(
         scene=scene,
