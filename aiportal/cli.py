@@ -102,7 +102,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     loaded = load_volume(args.input, series_uid=args.series)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    job = SegmentationJob(loaded.node, args.model, device=args.device,
+    job = SegmentationJob(loaded.node, args.model, device=args.device, input_name=str(args.input),
                           modality=loaded.source.modality if loaded.source else None)
     result = job.run(progress=progress)
     for note in result.notes:

@@ -77,6 +77,7 @@ class SegmentationJob:
         device: str = "auto",
         segmentation_node=None,
         modality: str | None = None,
+        input_name: str | None = None,
         runtime: SlicerRuntime | None = None,
         catalog: Catalog | None = None,
     ) -> None:
@@ -96,7 +97,7 @@ class SegmentationJob:
             array=array,
             ijk_to_ras=ijk_to_ras,
             modality=modality or volume_node.GetAttribute("DICOM.Modality") or None,
-            name=volume_node.GetName(),
+            name=input_name or volume_node.GetName(),
         )
         self._cancel = CancelToken()
         self._lock = threading.Lock()

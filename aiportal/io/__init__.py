@@ -1,0 +1,1 @@
+"""The input layer: DICOM series, NIfTI/NRRD files and volume nodes, in one place."""

@@ -1,0 +1,668 @@
+"""Find, group, sort and decode DICOM image series (pure pydicom/numpy, no Slicer).
+
+The one series loader of the project: everything that turns DICOM files into a voxel array with
+its exact IJK→RAS geometry goes through :func:`read_dicom_series`. It keeps the source headers
+(:class:`SourceSeries`) so that DICOM SEG/SR exports can reference the images they came from.
+
+Rules (see the DICOM field report, §8): slices are sorted by their position along the slice
+normal, never by file name or InstanceNumber; geometry problems (gantry tilt, uneven spacing,
+missing slices) are reported as warnings; anything that would give a wrong volume is an
+:class:`~aiportal.errors.InputError` that names the input and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from aiportal.errors import InputError
+from aiportal.progress import CancelToken, ProgressCallback, no_progress
+
+#: LPS (DICOM patient coordinates) → RAS (Slicer world coordinates).
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Modalities whose objects carry no image volume to load (they reference one).
+NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "RWV", "KO", "PR", "REG", "DOC"})
+
+_DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
+# Positions and cosines in DICOM files are decimal strings with ~6 significant digits.
+_POSITION_TOLERANCE_MM = 1e-3
+_ORIENTATION_TOLERANCE = 1e-4
+# Spacing may vary this much (relative) before it is reported as non-uniform.
+_SPACING_RELATIVE_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class SeriesSummary:
+    """One series found in a folder, as listed to the user."""
+
+    series_uid: str
+    modality: str
+    description: str
+    series_number: int | None
+    number_of_files: int
+    key: str  # SeriesInstanceUID, or a key built from geometry when the UID is empty
+    is_image: bool = True  # False for SEG, SR and other objects without an image volume
+
+    def describe(self) -> str:
+        """One line for listings: key, modality, description and file count."""
+        number = f" #{self.series_number}" if self.series_number is not None else ""
+        description = self.description or "(no description)"
+        kind = "" if self.is_image else ", not an image series"
+        files = f"{self.number_of_files} file{'s' if self.number_of_files != 1 else ''}"
+        return f"{self.key}: {self.modality or '?'}{number} '{description}', {files}{kind}"
+
+
+@dataclass
+class SourceSeries:
+    """Everything later needed to reference the source images in DICOM SEG/SR."""
+
+    study_uid: str
+    series_uid: str
+    frame_of_reference_uid: str
+    modality: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    study_description: str
+    series_description: str
+    accession_number: str
+    files: list[Path]  # sorted along the slice normal (same order as array axis 0)
+    headers: list[pydicom.Dataset]  # read with stop_before_pixels=True, same order
+    series_number: int | None = None
+    # Same order: the 0-based frame of a multi-frame file each slice comes from (None: single-frame).
+    # A multi-frame file then appears once per frame in ``files`` and ``headers``.
+    frames: list[int | None] = field(default_factory=list)
+    key: str = ""  # the grouping key (equals series_uid when the files have one)
+
+    @property
+    def sop_instance_uids(self) -> list[str]:
+        """SOPInstanceUID of each slice (repeated for the frames of a multi-frame file)."""
+        return [str(h.get("SOPInstanceUID", "") or "") for h in self.headers]
+
+    @property
+    def instance_uids_text(self) -> str:
+        """Space-separated distinct SOPInstanceUIDs in slice order, as Slicer's DICOM loader stores
+        them (``DICOM.instanceUIDs``); empty when any is missing (anonymised files)."""
+        uids = list(dict.fromkeys(self.sop_instance_uids))
+        return " ".join(uids) if all(uids) else ""
+
+
+@dataclass
+class ImageData:
+    """A decoded volume: voxels in (k, j, i) order and the matrix that places them in RAS."""
+
+    array: np.ndarray  # (slice, row, column); int16 when rescale is integral, else float32
+    ijk_to_ras: np.ndarray  # 4x4 float64, maps (i, j, k, 1) -> RAS mm
+    source: SourceSeries | None
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _File:
+    path: Path
+    header: pydicom.Dataset
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding and grouping files
+
+
+def _text(header: pydicom.Dataset, keyword: str) -> str:
+    value = header.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int_or_none(header: pydicom.Dataset, keyword: str) -> int | None:
+    value = header.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _damaged(path: Path, input_path: Path, what: str) -> InputError:
+    return InputError(
+        f"DICOM file {path} in {input_path} is damaged: {what}",
+        "copy or export the series again, or remove that file",
+    )
+
+
+def _cut_short(caught: list[warnings.WarningMessage]) -> bool:
+    return any("End of file" in str(w.message) for w in caught)
+
+
+def _read_header(path: Path, input_path: Path) -> pydicom.Dataset | None:
+    """The header of a DICOM file, None for a non-DICOM file; InputError for a damaged one."""
+    # pydicom reads a file cut inside its header without complaint; only reaching the end of the
+    # file before the pixel data of an image shows that it was cut short.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with path.open("rb") as stream:
+                header = pydicom.dcmread(stream, stop_before_pixels=True)
+                at_end = stream.tell() >= path.stat().st_size
+        except InvalidDicomError:
+            return None
+        except Exception as error:  # pydicom raises many types on garbled headers
+            raise _damaged(path, input_path, f"{type(error).__name__}: {error}") from error
+    if _cut_short(caught) or (at_end and _expects_pixels(header)):
+        raise _damaged(path, input_path, "the file ends before its pixel data (cut short?)")
+    return header
+
+
+def _expects_pixels(header: pydicom.Dataset) -> bool:
+    """Whether a header belongs to an image (or is too incomplete to say it does not)."""
+    if "SOPClassUID" not in header:
+        return True
+    if "Rows" in header or "ImagePositionPatient" in header:
+        return True
+    modality = _text(header, "Modality").upper()
+    return bool(modality) and modality not in NON_IMAGE_MODALITIES
+
+
+def _scan(folder: Path, cancel: CancelToken | None) -> list[_File]:
+    """All DICOM files under ``folder`` (recursively), skipping DICOMDIR and non-DICOM files."""
+    if not folder.exists():
+        raise InputError(f"{folder} does not exist", "check the path (a DICOM folder or an image file)")
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder", "pass the folder that holds the DICOM series")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not paths:
+        raise InputError(f"Folder {folder} is empty", "choose the folder that holds the DICOM series")
+    found: list[_File] = []
+    for path in paths:
+        if cancel is not None:
+            cancel.check("scanning the DICOM folder")
+        if path.name.upper() == "DICOMDIR":
+            continue
+        header = _read_header(path, folder)
+        if header is None:
+            continue
+        media_class = str(getattr(header, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+        if media_class == _DICOMDIR_SOP_CLASS:
+            continue
+        found.append(_File(path, header))
+    if not found:
+        raise InputError(
+            f"Folder {folder} contains no DICOM files ({len(paths)} other files)",
+            "choose the folder that holds the DICOM series, or pass a NIfTI/NRRD file",
+        )
+    return found
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """How a file is named in messages: relative to the input folder when inside it."""
+    try:
+        return str(path.relative_to(folder))
+    except ValueError:
+        return str(path)
+
+
+def _orientation(header: pydicom.Dataset) -> tuple[float, ...] | None:
+    iop = header.get("ImageOrientationPatient")
+    if iop is None or len(iop) != 6:
+        return None
+    return tuple(float(v) for v in iop)
+
+
+def _group_key(header: pydicom.Dataset) -> str:
+    """SeriesInstanceUID, or, when anonymisation emptied it, a key from what a series shares."""
+    uid = _text(header, "SeriesInstanceUID")
+    if uid:
+        return uid
+    iop = _orientation(header)
+    rounded = tuple(round(v, 3) + 0.0 for v in iop) if iop else None  # + 0.0 folds -0.0 into 0.0
+    fields = (
+        _text(header, "StudyInstanceUID"),
+        _text(header, "FrameOfReferenceUID"),
+        _text(header, "SeriesNumber"),
+        _text(header, "Modality"),
+        rounded,
+        header.get("Rows"),
+        header.get("Columns"),
+    )
+    return "nouid-" + hashlib.sha1(repr(fields).encode()).hexdigest()[:10]
+
+
+def _is_image(header: pydicom.Dataset) -> bool:
+    return _text(header, "Modality").upper() not in NON_IMAGE_MODALITIES and "Rows" in header and "Columns" in header
+
+
+def _group(files: list[_File]) -> dict[str, list[_File]]:
+    """Files by series key; objects without images get their own group even when they share
+    the images' SeriesInstanceUID (some writers put an SR or SEG into the image series)."""
+    images: dict[str, list[_File]] = {}
+    others: dict[str, list[_File]] = {}
+    for item in files:
+        target = images if _is_image(item.header) else others
+        target.setdefault(_group_key(item.header), []).append(item)
+    groups = dict(images)
+    for key, members in others.items():
+        groups[f"{key}#{_text(members[0].header, 'Modality') or 'other'}" if key in images else key] = members
+    return groups
+
+
+def _summary(key: str, members: list[_File]) -> SeriesSummary:
+    header = members[0].header
+    return SeriesSummary(
+        series_uid=_text(header, "SeriesInstanceUID"),
+        modality=_text(header, "Modality"),
+        description=_text(header, "SeriesDescription"),
+        series_number=_int_or_none(header, "SeriesNumber"),
+        number_of_files=len(members),
+        key=key,
+        is_image=_is_image(header),
+    )
+
+
+def list_series(folder: Path) -> list[SeriesSummary]:
+    """Every series under ``folder``: images first, then by series number and key."""
+    return _sorted_summaries(_group(_scan(Path(folder), None)))
+
+
+def _sorted_summaries(groups: dict[str, list[_File]]) -> list[SeriesSummary]:
+    summaries = [_summary(key, members) for key, members in groups.items()]
+    return sorted(summaries, key=lambda s: (not s.is_image, s.series_number or 0, s.key))
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing one series
+
+
+def _listing(summaries: list[SeriesSummary]) -> str:
+    return "; ".join(s.describe() for s in summaries)
+
+
+def _select(folder: Path, groups: dict[str, list[_File]], series_uid: str | None) -> tuple[str, list[_File]]:
+    summaries = _sorted_summaries(groups)
+    if series_uid:
+        for summary in summaries:
+            if series_uid in (summary.series_uid, summary.key):
+                if not summary.is_image:
+                    raise InputError(
+                        f"Series {series_uid} in {folder} is a {summary.modality or 'non-image'} object "
+                        "without an image volume",
+                        "pick an image series: " + (_listing([s for s in summaries if s.is_image]) or "none found"),
+                    )
+                return summary.key, groups[summary.key]
+        raise InputError(f"Series {series_uid} is not in {folder}", f"pass --series with one of: {_listing(summaries)}")
+    images = [s for s in summaries if s.is_image]
+    if not images:
+        raise InputError(
+            f"{folder} holds no image series, only {_listing(summaries)}",
+            "choose the folder of the image series (CT, MR, ...) these objects refer to",
+        )
+    if len(images) > 1:
+        raise InputError(
+            f"{folder} holds {len(images)} image series: {_listing(images)}",
+            "pass --series UID to choose one",
+        )
+    return images[0].key, groups[images[0].key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Slices and geometry
+
+
+@dataclass
+class _Slice:
+    """One 2D image of the series: a single-frame file, or one frame of a multi-frame file."""
+
+    item: _File
+    frame: int | None  # 0-based frame index in a multi-frame file
+    position: np.ndarray  # ImagePositionPatient (LPS mm)
+    orientation: np.ndarray  # ImageOrientationPatient: row cosine, column cosine
+    pixel_spacing: np.ndarray  # (between rows, between columns) in mm
+    rescale: tuple[float, float]  # (slope, intercept)
+
+    def name(self, folder: Path) -> str:
+        frame = f" frame {self.frame + 1}" if self.frame is not None else ""
+        return f"{_relative(self.item.path, folder)}{frame}"
+
+
+def _numbers(value, count: int, what: str, where: str, folder: Path) -> np.ndarray:
+    if value is None or value == "" or len(value) != count:
+        raise InputError(
+            f"DICOM image {where} in {folder} has no valid {what}, so its place in 3D is unknown",
+            "load a series of cross-sectional images (CT, MR, PET), not a screenshot or secondary capture",
+        )
+    return np.array([float(v) for v in value])
+
+
+def _rescale(source: pydicom.Dataset) -> tuple[float, float]:
+    slope = source.get("RescaleSlope")
+    intercept = source.get("RescaleIntercept")
+    return (
+        float(slope) if slope not in (None, "") else 1.0,
+        float(intercept) if intercept not in (None, "") else 0.0,
+    )
+
+
+def _functional_group(frame_groups, shared_groups, sequence: str) -> pydicom.Dataset | None:
+    """A functional group of an enhanced multi-frame image: per-frame first, then shared."""
+    for groups in (frame_groups, shared_groups):
+        items = groups.get(sequence) if groups is not None else None
+        if items:
+            return items[0]
+    return None
+
+
+def _slices(folder: Path, members: list[_File]) -> list[_Slice]:
+    slices = []
+    for item in members:
+        header = item.header
+        frames = _int_or_none(header, "NumberOfFrames") or 1
+        if "PerFrameFunctionalGroupsSequence" in header:
+            per_frame = header.PerFrameFunctionalGroupsSequence
+            shared = header.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in header else None
+            for frame in range(frames):
+                where = f"{_relative(item.path, folder)} frame {frame + 1}"
+                groups = per_frame[frame] if frame < len(per_frame) else None
+                position = _functional_group(groups, shared, "PlanePositionSequence")
+                orientation = _functional_group(groups, shared, "PlaneOrientationSequence")
+                measures = _functional_group(groups, shared, "PixelMeasuresSequence")
+                transform = _functional_group(groups, shared, "PixelValueTransformationSequence")
+                slices.append(
+                    _Slice(
+                        item,
+                        frame,
+                        _numbers(position and position.get("ImagePositionPatient"), 3, "position", where, folder),
+                        _numbers(
+                            orientation and orientation.get("ImageOrientationPatient"), 6, "orientation", where, folder
+                        ),
+                        _numbers(measures and measures.get("PixelSpacing"), 2, "pixel spacing", where, folder),
+                        _rescale(transform if transform is not None else header),
+                    )
+                )
+        elif frames > 1:
+            raise InputError(
+                f"DICOM file {item.path} in {folder} is a {frames}-frame image without per-frame positions "
+                "(cine or nuclear medicine)",
+                "load a cross-sectional series (CT, MR, PET), single-frame or enhanced multi-frame",
+            )
+        else:
+            where = _relative(item.path, folder)
+            slices.append(
+                _Slice(
+                    item,
+                    None,
+                    _numbers(header.get("ImagePositionPatient"), 3, "ImagePositionPatient", where, folder),
+                    _numbers(header.get("ImageOrientationPatient"), 6, "ImageOrientationPatient", where, folder),
+                    _numbers(header.get("PixelSpacing"), 2, "PixelSpacing", where, folder),
+                    _rescale(header),
+                )
+            )
+    return slices
+
+
+def _check_consistent(folder: Path, slices: list[_Slice]) -> None:
+    """One volume needs one image size, orientation and pixel spacing."""
+    first = slices[0]
+    size0 = (first.item.header.get("Rows"), first.item.header.get("Columns"))
+    for other in slices[1:]:
+        size = (other.item.header.get("Rows"), other.item.header.get("Columns"))
+        problem = None
+        if size != size0:
+            problem = (
+                f"image sizes: {first.name(folder)} is {size0[0]}x{size0[1]}, "
+                f"{other.name(folder)} is {size[0]}x{size[1]}"
+            )
+        elif np.max(np.abs(other.orientation - first.orientation)) > _ORIENTATION_TOLERANCE:
+            problem = (
+                f"image orientations: {first.name(folder)} has {first.orientation.tolist()}, "
+                f"{other.name(folder)} has {other.orientation.tolist()} (a localizer or a multi-plane series)"
+            )
+        elif np.max(np.abs(other.pixel_spacing - first.pixel_spacing)) > _POSITION_TOLERANCE_MM:
+            problem = (
+                f"pixel spacings: {first.name(folder)} has {first.pixel_spacing.tolist()}, "
+                f"{other.name(folder)} has {other.pixel_spacing.tolist()}"
+            )
+        if problem:
+            raise InputError(
+                f"Series in {folder} mixes {problem}",
+                "the files do not form one volume: remove the odd ones or load them as separate series",
+            )
+
+
+def _sort_and_place(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray, list[str]]:
+    """Slices sorted along the normal, the IJK→RAS matrix, and warnings about the geometry."""
+    first = slices[0]
+    row_cosine = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
+    column_cosine = first.orientation[3:] / np.linalg.norm(first.orientation[3:])
+    normal = np.cross(row_cosine, column_cosine)
+    normal /= np.linalg.norm(normal)
+    distances = np.array([s.position @ normal for s in slices])
+    order = np.argsort(distances, kind="stable")
+    slices = [slices[i] for i in order]
+    distances = distances[order]
+    positions = np.array([s.position for s in slices])
+    notes: list[str] = []
+
+    if len(slices) > 1:
+        steps = np.diff(distances)
+        duplicates = np.flatnonzero(steps < _POSITION_TOLERANCE_MM)
+        if duplicates.size:
+            pairs = ", ".join(
+                f"{slices[i].name(folder)} and {slices[i + 1].name(folder)} at {distances[i]:.3f} mm"
+                for i in duplicates[:5]
+            )
+            raise InputError(
+                f"Series in {folder} has {duplicates.size} duplicate slice position(s): {pairs}",
+                "remove duplicate files, or split the series (several phases, echoes or time points share positions)",
+            )
+        slice_spacing = float((distances[-1] - distances[0]) / (len(slices) - 1))
+        notes += _spacing_warnings(steps, slice_spacing)
+        notes += _tilt_warnings(positions, normal, distances)
+    else:
+        header = first.item.header
+        slice_spacing = float(header.get("SpacingBetweenSlices") or header.get("SliceThickness") or 1.0)
+
+    row_spacing, column_spacing = first.pixel_spacing
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, 0] = row_cosine * column_spacing  # i runs along a row (next column)
+    ijk_to_lps[:3, 1] = column_cosine * row_spacing  # j runs down a column (next row)
+    ijk_to_lps[:3, 2] = normal * slice_spacing
+    ijk_to_lps[:3, 3] = positions[0]
+    return slices, LPS_TO_RAS @ ijk_to_lps, notes
+
+
+def _spacing_warnings(steps: np.ndarray, mean_spacing: float) -> list[str]:
+    warnings = []
+    low, high = float(steps.min()), float(steps.max())
+    if high - low > _SPACING_RELATIVE_TOLERANCE * mean_spacing:
+        warnings.append(
+            f"Non-uniform slice spacing: from {low:.4g} to {high:.4g} mm; the volume uses the mean spacing "
+            f"{mean_spacing:.4g} mm, so some slices are shown up to "
+            f"{_max_misplacement(steps, mean_spacing):.3g} mm away from where they were acquired"
+        )
+        typical = float(np.median(steps))
+        gaps = np.flatnonzero(steps > 1.5 * typical)
+        if gaps.size:
+            missing = int(sum(round(steps[i] / typical) - 1 for i in gaps))
+            warnings.append(
+                f"Missing slices: about {missing} slice(s) missing in {gaps.size} gap(s) "
+                f"(largest gap {high:.4g} mm, typical spacing {typical:.4g} mm)"
+            )
+    return warnings
+
+
+def _max_misplacement(steps: np.ndarray, mean_spacing: float) -> float:
+    actual = np.concatenate([[0.0], np.cumsum(steps)])
+    return float(np.max(np.abs(actual - mean_spacing * np.arange(actual.size))))
+
+
+def _tilt_warnings(positions: np.ndarray, normal: np.ndarray, distances: np.ndarray) -> list[str]:
+    """Slices that shift in-plane along the stack were acquired with a tilted gantry."""
+    offsets = positions - positions[0]
+    in_plane = offsets - np.outer(offsets @ normal, normal)
+    shift = float(np.linalg.norm(in_plane[-1]))
+    if np.max(np.linalg.norm(in_plane, axis=1)) <= _POSITION_TOLERANCE_MM * len(positions):
+        return []
+    angle = math.degrees(math.atan2(shift, float(distances[-1] - distances[0])))
+    return [
+        f"Gantry tilt of {angle:.2f} degrees: slices shift {shift:.3g} mm in-plane over the stack; the "
+        "volume stacks them along the slice normal (not resampled), so anatomy appears sheared by that angle"
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pixels
+
+
+def _decode(folder: Path, item: _File) -> np.ndarray:
+    """The stored pixel values of a file: (rows, columns), or (frames, rows, columns)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            dataset = pydicom.dcmread(item.path)
+        except Exception as error:  # the header was readable during the scan: the file changed
+            raise _damaged(item.path, folder, f"{type(error).__name__}: {error}") from error
+        if _cut_short(caught) or "PixelData" not in dataset:
+            raise _damaged(item.path, folder, "its pixel data is missing or cut short")
+        try:
+            pixels = dataset.pixel_array
+        except Exception as error:  # truncated data, unsupported or broken compression
+            syntax = dataset.file_meta.get("TransferSyntaxUID")
+            raise InputError(
+                f"Cannot decode the pixels of DICOM file {item.path} in {folder} ({type(error).__name__}: {error})",
+                f"install the decoder for {syntax.name} (pylibjpeg-openjpeg, pylibjpeg-libjpeg, pyjpegls), "
+                "or copy or export the series again"
+                if syntax is not None and syntax.is_compressed
+                else "copy or export the series again, or remove that file",
+            ) from error
+    frames = _int_or_none(dataset, "NumberOfFrames") or 1
+    if dataset.get("SamplesPerPixel", 1) != 1 or pixels.ndim != (2 if frames == 1 else 3):
+        raise InputError(
+            f"DICOM file {item.path} in {folder} holds colour pixels {pixels.shape}, not grey-scale slices",
+            "load a grey-scale series (CT, MR, PET)",
+        )
+    return pixels
+
+
+def _stack(folder: Path, slices: list[_Slice], progress: ProgressCallback, cancel: CancelToken | None) -> np.ndarray:
+    """Stored values of the sorted slices as one (k, j, i) array; each file decoded once."""
+    raw: np.ndarray | None = None
+    multi_frame: dict[Path, np.ndarray] = {}  # decoded multi-frame files, for their other frames
+    for k, piece in enumerate(slices):
+        if cancel is not None:
+            cancel.check("reading the DICOM series")
+        if piece.frame is None:
+            pixels = _decode(folder, piece.item)
+        else:
+            if piece.item.path not in multi_frame:
+                multi_frame[piece.item.path] = _decode(folder, piece.item)
+            pixels = multi_frame[piece.item.path][piece.frame]
+        if raw is None:
+            raw = np.empty((len(slices), *pixels.shape), dtype=pixels.dtype)
+        elif pixels.dtype != raw.dtype:
+            raw = raw.astype(np.result_type(raw.dtype, pixels.dtype))
+        raw[k] = pixels
+        progress((k + 1) / len(slices), "Reading DICOM slices")
+    assert raw is not None  # a series has at least one slice
+    return raw
+
+
+def _apply_rescale(raw: np.ndarray, rescales: list[tuple[float, float]]) -> np.ndarray:
+    """Stored values → modality units (HU for CT), int16 when that is exact, else float32."""
+    integral = all(s == round(s) and b == round(b) for s, b in rescales)
+    if integral:
+        ends = [s * float(v) + b for k, (s, b) in enumerate(rescales) for v in (raw[k].min(), raw[k].max())]
+        low, high = min(ends), max(ends)
+        info = np.iinfo(np.int16)
+        # Integral values beyond int16 (e.g. 16-bit unsigned MR) stay exact in int32.
+        dtype = np.int16 if info.min <= low and high <= info.max else np.int32
+    else:
+        dtype = np.float32
+    out = np.empty(raw.shape, dtype=dtype)
+    for k, (slope, intercept) in enumerate(rescales):  # slice by slice: no volume-sized temporaries
+        if integral:
+            out[k] = raw[k].astype(np.int32) * int(slope) + int(intercept)
+        else:
+            out[k] = raw[k] * slope + intercept
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading one series
+
+
+def _resolve(path: Path, series_uid: str | None, cancel: CancelToken | None) -> tuple[Path, str, list[_File]]:
+    """The folder to report, and the chosen series' key and files."""
+    if path.is_file():
+        # A single file stands for its whole series, found in its folder.
+        header = _read_header(path, path.parent)
+        if header is None:
+            raise InputError(f"{path} is not a DICOM file", "pass a DICOM file or folder, NIfTI or NRRD")
+        if not _is_image(header):
+            raise InputError(
+                f"DICOM file {path} is a {_text(header, 'Modality') or 'non-image'} object without an image volume",
+                "pass a file or folder of the image series (CT, MR, ...) instead",
+            )
+        key = _group_key(header)
+        if series_uid and series_uid not in (key, _text(header, "SeriesInstanceUID")):
+            raise InputError(
+                f"DICOM file {path} belongs to series {key}, not to the requested {series_uid}",
+                "pass the folder to choose a series, or drop --series",
+            )
+        groups = _group(_scan(path.parent, cancel))
+        return path.parent, key, groups[key]
+    groups = _group(_scan(path, cancel))
+    key, members = _select(path, groups, series_uid)
+    return path, key, members
+
+
+def read_dicom_series(
+    folder: Path,
+    series_uid: str | None = None,
+    progress: ProgressCallback = no_progress,
+    cancel: CancelToken | None = None,
+) -> ImageData:
+    """Read one DICOM image series (single-frame files or enhanced multi-frame).
+
+    ``folder`` is searched recursively; a file path loads the series that file belongs to from
+    the file's folder.
+
+    ``series_uid`` selects a series by SeriesInstanceUID or by the key :func:`list_series`
+    shows; without it the folder must hold exactly one image series.
+    """
+    folder = Path(folder)
+    progress(0.0, "Scanning DICOM files")
+    folder, key, members = _resolve(folder, series_uid, cancel)
+    slices = _slices(folder, members)
+    _check_consistent(folder, slices)
+    slices, ijk_to_ras, notes = _sort_and_place(folder, slices)
+    array = _apply_rescale(_stack(folder, slices, progress, cancel), [s.rescale for s in slices])
+
+    headers = [s.item.header for s in slices]
+    first = headers[0]
+    source = SourceSeries(
+        study_uid=_text(first, "StudyInstanceUID"),
+        series_uid=_text(first, "SeriesInstanceUID"),
+        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
+        modality=_text(first, "Modality"),
+        patient_id=_text(first, "PatientID"),
+        patient_name=_text(first, "PatientName"),
+        study_date=_text(first, "StudyDate"),
+        study_description=_text(first, "StudyDescription"),
+        series_description=_text(first, "SeriesDescription"),
+        accession_number=_text(first, "AccessionNumber"),
+        files=[s.item.path for s in slices],
+        headers=headers,
+        frames=[s.frame for s in slices],
+        series_number=_int_or_none(first, "SeriesNumber"),
+        key=key,
+    )
+    if not source.series_uid or not all(source.sop_instance_uids):
+        notes.append(
+            f"Series in {folder} has empty UIDs (anonymised): it is grouped as {key}, and DICOM exports "
+            "that reference it need new UIDs"
+        )
+    return ImageData(array=array, ijk_to_ras=ijk_to_ras, source=source, warnings=notes)
