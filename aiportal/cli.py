@@ -119,7 +119,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
         label = next(spec for spec in result.model.labels if spec.name == segment.GetName())
         segments.append({"name": label.name, "label_value": label.value, "voxels": count,
                          "volume_ml": round(count * voxel_ml, 3)})
-    run_record = {"input": str(args.input), "model": result.model.id, "provenance": asdict(result.provenance),
+    run_record = {"input": str(args.input), "source": loaded.source.reference() if loaded.source else None,
+                  "model": result.model.id, "provenance": asdict(result.provenance),
                   "elapsed_s": round(result.elapsed_s, 3), "segments": segments,
                   "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
     with staged_output(args.out, overwrite=args.overwrite) as staging:

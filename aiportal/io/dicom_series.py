@@ -87,6 +87,12 @@ class SourceSeries:
         """SOPInstanceUID of each slice (repeated for the frames of a multi-frame file)."""
         return [str(h.get("SOPInstanceUID", "") or "") for h in self.headers]
 
+    def reference(self) -> dict[str, object]:
+        """The UIDs that identify these images (no patient data), e.g. for a run record."""
+        return {"study_uid": self.study_uid, "series_uid": self.series_uid,
+                "frame_of_reference_uid": self.frame_of_reference_uid, "modality": self.modality,
+                "series_number": self.series_number, "sop_instance_uids": self.sop_instance_uids}
+
     @property
     def instance_uids_text(self) -> str:
         """Space-separated distinct SOPInstanceUIDs in slice order, as Slicer's DICOM loader stores

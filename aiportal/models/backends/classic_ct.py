@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from aiportal.models.classic_ct import check_ct_intensities, segment_classic_ct
 
 from aiportal import __version__
 from aiportal.errors import ModelError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import ANATOMICAL_STRUCTURE, LEFT, RIGHT, TISSUE, Code, LabelSpec, ModelEntry
+from aiportal.models.classic_ct import check_ct_intensities, segment_classic_ct
 from aiportal.progress import CancelToken, ProgressCallback
 
 LUNG = Code("SCT", "39607008", "Lung")
