@@ -544,6 +544,19 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         """Install the Python packages Slicer lacks (asks the user first; skipped in testing mode)."""
         ensurePythonRequirements(_REQUIREMENTS_PATH, requester=_("AI Segment Portal"))
 
+    def createJob(
+        self,
+        inputVolume: vtkMRMLScalarVolumeNode,
+        modelId: str,
+        device: str,
+        outputSegmentation: vtkMRMLSegmentationNode | None,
+    ) -> SegmentationJob:
+        """A job for inputVolume, once the Python packages it needs are installed."""
+        if not inputVolume:
+            raise ValueError(_("Select an input volume."))
+        self.ensureDependencies()
+        return SegmentationJob(inputVolume, modelId, device=device, segmentation_node=outputSegmentation)
+
     def startJob(
         self,
         inputVolume: vtkMRMLScalarVolumeNode,
@@ -560,10 +573,7 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         :param device: "auto", "cpu", "cuda" or "mps"
         :param outputSegmentation: segmentation to fill; None creates a new one
         """
-        if not inputVolume:
-            raise ValueError(_("Select an input volume."))
-        self.ensureDependencies()
-        job = SegmentationJob(inputVolume, modelId, device=device, segmentation_node=outputSegmentation)
+        job = self.createJob(inputVolume, modelId, device, outputSegmentation)
         job.start()
         return job
 
@@ -585,10 +595,7 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         :param progressCallback: called with (fraction 0..1, stage text) while it runs
         :return: the result, with its segmentation node, model entry and provenance
         """
-        if not inputVolume:
-            raise ValueError(_("Select an input volume."))
-        self.ensureDependencies()
-        job = SegmentationJob(inputVolume, modelId, device=device, segmentation_node=outputSegmentation)
+        job = self.createJob(inputVolume, modelId, device, outputSegmentation)
         return job.run(progress=progressCallback) if progressCallback else job.run()
 
 
