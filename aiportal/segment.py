@@ -24,7 +24,7 @@ from aiportal.models.catalog import Catalog, ModelEntry, get_catalog
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
 from aiportal.provenance import Provenance, now_iso
 from aiportal.runtime import SlicerRuntime, get_runtime
-from aiportal.segmentation import import_label_map
+from aiportal.segmentation import import_label_map, label_value, segment_ids
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -177,9 +177,8 @@ class SegmentationJob:
             segmentation_node=self.segmentation_node,
             runtime=self.runtime,
         )
-        present = set()
-        for layer in self._result.layers:
-            present.update(np.unique(layer).tolist())
+        segmentation = node.GetSegmentation()
+        present = {label_value(segmentation.GetSegment(segment_id)) for segment_id in segment_ids(node)}
         absent = [label.name for label in self.model.labels if label.value not in present]
         return SegmentationResult(node, self.model, provenance, time.monotonic() - self._t0, absent, self.notes)
 
