@@ -11,6 +11,13 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("AIPORTAL_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def pytest_configure(config):
+    # every run the tests make (in-process or as child processes) audits into a scratch log, never the user's
+    import tempfile
+
+    os.environ["AIPORTAL_AUDIT_LOG"] = str(Path(tempfile.mkdtemp(prefix="aiportal-audit-")) / "audit.jsonl")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The project's real test images (never copied into the repository)."""

@@ -132,12 +132,66 @@ def cmd_segment(args: argparse.Namespace) -> int:
             {"model": result.model.id, "labels": [asdict(label) for label in result.model.labels]}, indent=2))
         (staging / "run.json").write_text(json.dumps(run_record, indent=2))
 
+    _audit().append("ai_run", **_run_audit_fields(run_record, [args.out / name for name in SEGMENT_OUTPUTS]))
     print(f"{result.model.id} on {args.input}: {len(segments)} segments in {result.elapsed_s:.1f} s")
     for segment in segments:
         print(f"  {segment['name']:<12} {segment['volume_ml']:>10.1f} mL")
     if result.absent_labels:
         print(f"  not found: {', '.join(result.absent_labels)}")
     print(f"wrote {args.out / 'segmentation.seg.nrrd'} and {args.out / 'labels.nrrd'}")
+    return 0
+
+
+def _audit():
+    from aiportal.audit import AuditLog
+    from aiportal.settings import Settings
+
+    return AuditLog(Settings.from_environment().audit_log)
+
+
+def _run_audit_fields(run_record: dict, outputs: list[Path]) -> dict:
+    """What the audit keeps of a run: UIDs, model, parameters, device, user, times, outputs — no PHI."""
+    provenance, source = run_record["provenance"], run_record["source"] or {}
+    return {"run_id": provenance["run_id"], "input": run_record["input"],
+            "study_uid": source.get("study_uid", ""), "series_uid": source.get("series_uid", ""),
+            "model_id": provenance["model_id"], "model_version": provenance["model_version"],
+            "weights_sha256": provenance["weights_sha256"], "parameters": provenance["parameters"],
+            "device": provenance["device"], "user": provenance["user"], "started": provenance["started"],
+            "finished": provenance["finished"], "outputs": [{"path": str(path)} for path in outputs]}
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from aiportal.audit import AuditLog, record_review
+
+    log = AuditLog(args.log) if args.log else _audit()
+    if args.audit_command == "verify":
+        problems = log.verify()
+        for problem in problems:
+            where = f"line {problem.line}" if problem.line else "head"
+            print(f"{log.path}: {where}: {problem.problem}", file=sys.stderr)
+        if problems:
+            print(f"aiportal: error: audit log {log.path} is NOT intact ({len(problems)} problem(s))", file=sys.stderr)
+            return EXIT_ERROR
+        print(f"{log.path}: intact, {len(log.records())} records")
+        return 0
+    if args.audit_command == "review":
+        import getpass
+
+        record = record_review(log, args.run_id, args.segment, args.decision, args.user or getpass.getuser())
+        print(f"recorded: {record['decision']} {record['segment']} of run {record['run_id']} (record {record['seq']})")
+        return 0
+    records = [r for r in log.records() if (not args.run or r.get("run_id") == args.run)
+               and (not args.event or r.get("event") == args.event)]
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    for record in records:
+        what = record.get("model_id") or record.get("decision") or ""
+        target = record.get("segment") or record.get("study_uid") or record.get("input") or ""
+        print(f"{record['seq']:>5} {record['time']} {record['event']:<7} {record.get('run_id', '')[:12]:<12} "
+              f"{what:<14} {target} ({record.get('user', '')})")
+    if not records:
+        print(f"no records in {log.path}")
     return 0
 
 
@@ -178,6 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     segment.set_defaults(handler=cmd_segment)
+
+    audit = commands.add_parser("audit", help="read, verify or add to the audit trail")
+    audit.add_argument("--log", type=Path, help="audit log (default: AIPORTAL_AUDIT_LOG or ~/.local/share/aiportal)")
+    audit_commands = audit.add_subparsers(dest="audit_command")
+    show = audit_commands.add_parser("show", help="list records (the default)")
+    for parser_ in (audit, show):
+        parser_.add_argument("--run", help="only this run id")
+        parser_.add_argument("--event", choices=["ai_run", "export", "review"])
+        parser_.add_argument("--json", action="store_true")
+    audit_commands.add_parser("verify", help="check the hash chain; exit 1 when broken")
+    review = audit_commands.add_parser("review", help="record the reader's decision on an AI segment")
+    review.add_argument("run_id")
+    review.add_argument("segment")
+    review.add_argument("decision", choices=["accepted", "modified", "rejected"])
+    review.add_argument("--user")
+    audit.set_defaults(handler=cmd_audit)
 
     sample = commands.add_parser("sample", help="write the project's synthetic chest CT phantom")
     sample.add_argument("out", type=Path, help="output file (.nrrd or .nii.gz)")

@@ -1,0 +1,132 @@
+"""The audit trail: one record per AI run, per export and per reader decision.
+
+Append-only JSON lines. Each record carries the SHA-256 of the previous record and its own
+SHA-256 over its canonical JSON, so editing, removing or reordering a record breaks the chain;
+a small ``.head`` file next to the log holds the last sequence number and hash, so removing
+records from the end is detected too. Appends from several processes are serialised with a lock.
+Records hold UIDs, model and run facts — no patient names or IDs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from aiportal.errors import AIPortalError
+from aiportal.provenance import REVIEW_STATES, now_iso
+
+EventKind = Literal["ai_run", "export", "review"]
+GENESIS = "0" * 64
+REVIEW_DECISIONS = tuple(state for state in REVIEW_STATES if state != "suggested")
+
+
+def _digest(record: dict[str, Any]) -> str:
+    body = {key: value for key, value in record.items() if key != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    line: int  # 1-based line in the log; 0 for the head file
+    problem: str
+
+
+class AuditLog:
+    """An append-only, hash-chained JSON-lines audit log."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.head_path = self.path.with_name(self.path.name + ".head")
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _head(self) -> tuple[int, str]:
+        if not self.head_path.is_file():
+            return 0, GENESIS
+        head = json.loads(self.head_path.read_text())
+        return int(head["seq"]), str(head["hash"])
+
+    def append(self, event: EventKind, **fields: Any) -> dict[str, Any]:
+        """Add one record; returns it with its sequence number and hashes."""
+        with self._locked():
+            seq, previous = self._head()
+            record = {"seq": seq + 1, "time": now_iso(), "event": event, **fields, "prev_hash": previous}
+            record["hash"] = _digest(record)
+            line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
+            with open(self.path, "a", encoding="utf-8") as log:
+                log.write(line)
+                log.flush()
+                os.fsync(log.fileno())
+            temporary = self.head_path.with_name(self.head_path.name + ".tmp")
+            temporary.write_text(json.dumps({"seq": record["seq"], "hash": record["hash"]}))
+            temporary.replace(self.head_path)  # atomic: the head never points past the log
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        with open(self.path, encoding="utf-8") as log:
+            return [json.loads(line) for line in log if line.strip()]
+
+    def verify(self) -> list[ChainProblem]:
+        """Every break in the chain; an empty list means the log is intact."""
+        problems: list[ChainProblem] = []
+        previous, expected_seq = GENESIS, 1
+        if not self.path.is_file():
+            return [ChainProblem(0, "log file is missing")] if self.head_path.is_file() else []
+        with open(self.path, encoding="utf-8") as log:
+            for number, line in enumerate(log, start=1):
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    problems.append(ChainProblem(number, "not valid JSON (edited or damaged)"))
+                    previous = GENESIS
+                    continue
+                if record.get("hash") != _digest(record):
+                    problems.append(ChainProblem(number, f"record {record.get('seq')} was modified"))
+                if record.get("prev_hash") != previous:
+                    problems.append(ChainProblem(number, f"record {record.get('seq')} does not follow its "
+                                                         "predecessor (a record before it was removed or changed)"))
+                if record.get("seq") != expected_seq:
+                    problems.append(ChainProblem(number, f"sequence jumps to {record.get('seq')}, "
+                                                         f"expected {expected_seq}"))
+                previous, expected_seq = record.get("hash", ""), int(record.get("seq", expected_seq)) + 1
+        head_seq, head_hash = self._head()
+        if (head_seq, head_hash) != (expected_seq - 1, previous):
+            problems.append(ChainProblem(0, f"the log ends at record {expected_seq - 1} but its head says "
+                                            f"{head_seq}: records were removed from the end or the head was changed"))
+        return problems
+
+    def check(self) -> None:
+        """Raise when the chain is broken."""
+        problems = self.verify()
+        if problems:
+            first = problems[0]
+            raise AIPortalError(
+                f"audit log {self.path} fails its integrity check at line {first.line}: {first.problem} "
+                f"({len(problems)} problem(s))",
+                "keep the file as evidence and restore the log from a backup",
+            )
+
+
+def record_review(log: AuditLog, run_id: str, segment: str, decision: str, user: str, **fields: Any) -> dict:
+    """The reader's accept / modify / reject of one AI segment."""
+    if decision not in REVIEW_DECISIONS:
+        raise AIPortalError(f"unknown review decision {decision!r}", f"use one of: {', '.join(REVIEW_DECISIONS)}")
+    return log.append("review", run_id=run_id, segment=segment, decision=decision, user=user, **fields)
