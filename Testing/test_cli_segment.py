@@ -180,9 +180,10 @@ def test_each_run_is_audited_and_the_cli_detects_tampering(dicom_outputs, tmp_pa
     log = Path(os.environ["AIPORTAL_AUDIT_LOG"])
     records = [json.loads(line) for line in log.read_text().splitlines()]
     ours = [r for r in records if r["run_id"] == run["provenance"]["run_id"]]
-    assert len(ours) == 1 and ours[0]["event"] == "ai_run"
+    assert [r["event"] for r in ours] == ["ai_run", "export"]
     assert ours[0]["model_id"] == "classic-ct" and ours[0]["weights_sha256"] == "none"
-    assert ours[0]["outputs"] and "PatientName" not in json.dumps(ours[0])
+    assert {Path(o["path"]).name for o in ours[1]["outputs"]} >= {"segmentation.seg.nrrd", "segments.json"}
+    assert "PatientName" not in json.dumps(ours)
 
     copy = tmp_path / "audit.jsonl"
     copy.write_text(log.read_text())
@@ -191,7 +192,7 @@ def test_each_run_is_audited_and_the_cli_detects_tampering(dicom_outputs, tmp_pa
     done = _run_cli("audit", "--log", str(copy), "review", ours[0]["run_id"], "Bone", "accepted", "--user", "dr-a")
     assert done.returncode == 0
     shown = json.loads(_run_cli("audit", "--log", str(copy), "--run", ours[0]["run_id"], "--json").stdout)
-    assert [r["event"] for r in shown] == ["ai_run", "review"] and shown[1]["user"] == "dr-a"
+    assert [r["event"] for r in shown] == ["ai_run", "export", "review"] and shown[2]["user"] == "dr-a"
     copy.write_text(copy.read_text().replace('"classic-ct"', '"other-model"', 1))
     done = _run_cli("audit", "--log", str(copy), "verify")
     assert done.returncode == 1 and "NOT intact" in done.stderr

@@ -180,18 +180,18 @@ def test_node_from_array_round_trip(runtime):
             [0, 0, 0, 1],
         ]
     )
-    node = volume_node_from_array(runtime, array, matrix, "oblique")
+    node = volume_node_from_array(runtime.scene, array, matrix, "oblique")
     np.testing.assert_array_equal(array_from_volume(node), array)
     np.testing.assert_allclose(ijk_to_ras_matrix(node), matrix, atol=1e-12)
     assert node.GetDisplayNode() is not None
-    label = volume_node_from_array(runtime, array > 0, matrix, "mask", "vtkMRMLLabelMapVolumeNode")
+    label = volume_node_from_array(runtime.scene, array > 0, matrix, "mask", "vtkMRMLLabelMapVolumeNode")
     assert label.IsA("vtkMRMLLabelMapVolumeNode")
     np.testing.assert_array_equal(array_from_volume(label), (array > 0).astype(np.uint8))
 
 
 def test_place_in_study_reuses_items(shared_data, runtime):
     first = load_volume(shared_data / CT_3SLICE, runtime)
-    second = volume_node_from_array(runtime, np.zeros((2, 2, 2), np.int16), np.eye(4), "derived")
+    second = volume_node_from_array(runtime.scene, np.zeros((2, 2, 2), np.int16), np.eye(4), "derived")
     shnode = runtime.shnode
     study = place_in_study(runtime, second, first.source, "unused")
     assert study == shnode.GetItemParent(shnode.GetItemByDataNode(first.node))

@@ -7,6 +7,7 @@ with a non-zero code; results are written all-or-nothing (see :mod:`aiportal.out
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import sys
 import traceback
@@ -90,20 +91,49 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_options(args: argparse.Namespace):
+    from aiportal.export.exporter import ExportOptions, parse_formats
+
+    return ExportOptions(formats=parse_formats(args.formats), seg_type=args.seg_type.upper(),
+                         assign_missing_uids=args.assign_uids, observer_person=args.observer,
+                         surfaces_merged=args.merged_surfaces, coordinates=args.coordinates.upper(),
+                         smoothing=args.smoothing, decimation=args.decimation)
+
+
+def _print_export(result, out: Path) -> None:
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    uids = [f for f in result.files if f.sop_instance_uid and f.kind in ("seg", "sr")]
+    for file in uids:
+        print(f"  {file.kind.upper():<4} {out / file.name}  SOPInstanceUID {file.sop_instance_uid}")
+    print(f"wrote {len(result.files)} file(s) to {out}")
+
+
+def _export_audit_fields(result, out: Path, run_ids: list[str], source) -> dict:
+    reference = source.reference() if source else {}
+    return {"run_id": run_ids[0] if len(run_ids) == 1 else "", "run_ids": run_ids,
+            "study_uid": reference.get("study_uid", ""), "series_uid": reference.get("series_uid", ""),
+            "user": getpass.getuser(), "outputs": [{"kind": f.kind, "path": str(out / f.name),
+                                                    "sop_instance_uid": f.sop_instance_uid,
+                                                    "series_uid": f.series_uid} for f in result.files]}
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
-    from aiportal.io.volumes import ijk_to_ras_matrix, load_volume, save_volume, volume_node_from_array
+    from aiportal.export.exporter import expected_outputs, export_results
+    from aiportal.io.volumes import load_volume
     from aiportal.outputs import check_output_folder, staged_output
     from aiportal.segment import SegmentationJob
-    from aiportal.segmentation import export_label_map, save_segmentation, segment_voxel_counts
+    from aiportal.segmentation import segment_voxel_counts
 
-    check_output_folder(args.out, SEGMENT_OUTPUTS, args.overwrite)  # before any work
+    options = _export_options(args)
+    check_output_folder(args.out, [*expected_outputs(options.formats), "run.json"], args.overwrite)  # before work
     progress = TerminalProgress()
     progress(0.0, f"loading {args.input}")
     loaded = load_volume(args.input, series_uid=args.series)
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    job = SegmentationJob(loaded.node, args.model, device=args.device, input_name=str(args.input),
-                          modality=loaded.source.modality if loaded.source else None)
+    modality = loaded.source.modality if loaded.source else None
+    job = SegmentationJob(loaded.node, args.model, device=args.device, input_name=str(args.input), modality=modality)
     result = job.run(progress=progress)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -112,33 +142,52 @@ def cmd_segment(args: argparse.Namespace) -> int:
     segmentation = node.GetSegmentation()
     spacing = loaded.node.GetSpacing()
     voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    counts = segment_voxel_counts(node)
-    segments = []
-    for segment_id, count in counts.items():
-        segment = segmentation.GetSegment(segment_id)
-        label = next(spec for spec in result.model.labels if spec.name == segment.GetName())
-        segments.append({"name": label.name, "label_value": label.value, "voxels": count,
-                         "volume_ml": round(count * voxel_ml, 3)})
+    volumes = {segmentation.GetSegment(segment_id).GetName(): round(count * voxel_ml, 3)
+               for segment_id, count in segment_voxel_counts(node).items()}
     run_record = {"input": str(args.input), "source": loaded.source.reference() if loaded.source else None,
                   "model": result.model.id, "provenance": asdict(result.provenance),
-                  "elapsed_s": round(result.elapsed_s, 3), "segments": segments,
+                  "elapsed_s": round(result.elapsed_s, 3), "volumes_ml": volumes,
                   "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
     with staged_output(args.out, overwrite=args.overwrite) as staging:
-        save_segmentation(node, staging / "segmentation.seg.nrrd")
-        label_node = volume_node_from_array(job.runtime, export_label_map(node, loaded.node),
-                                            ijk_to_ras_matrix(loaded.node), "labels", "vtkMRMLLabelMapVolumeNode")
-        save_volume(label_node, staging / "labels.nrrd")
-        (staging / "labels.json").write_text(json.dumps(
-            {"model": result.model.id, "labels": [asdict(label) for label in result.model.labels]}, indent=2))
+        exported = export_results(node, loaded.node, loaded.source, staging, options, modality=modality,
+                                  progress=progress)
         (staging / "run.json").write_text(json.dumps(run_record, indent=2))
 
-    _audit().append("ai_run", **_run_audit_fields(run_record, [args.out / name for name in SEGMENT_OUTPUTS]))
-    print(f"{result.model.id} on {args.input}: {len(segments)} segments in {result.elapsed_s:.1f} s")
-    for segment in segments:
-        print(f"  {segment['name']:<12} {segment['volume_ml']:>10.1f} mL")
+    audit = _audit()
+    audit.append("ai_run", **_run_audit_fields(run_record))
+    audit.append("export", **_export_audit_fields(exported, args.out, [result.provenance.run_id], loaded.source))
+    print(f"{result.model.id} on {args.input}: {len(volumes)} segments in {result.elapsed_s:.1f} s")
+    for name, volume_ml in volumes.items():
+        print(f"  {name:<12} {volume_ml:>10.1f} mL")
     if result.absent_labels:
         print(f"  not found: {', '.join(result.absent_labels)}")
-    print(f"wrote {args.out / 'segmentation.seg.nrrd'} and {args.out / 'labels.nrrd'}")
+    _print_export(exported, args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from aiportal.export.exporter import expected_outputs, export_results
+    from aiportal.io.volumes import load_volume
+    from aiportal.outputs import check_output_folder, staged_output
+    from aiportal.provenance import Provenance
+    from aiportal.segmentation import load_segmentation, on_same_grid, segment_ids
+
+    options = _export_options(args)
+    check_output_folder(args.out, expected_outputs(options.formats), args.overwrite)
+    progress = TerminalProgress()
+    progress(0.0, f"loading {args.source}")
+    loaded = load_volume(args.source, series_uid=args.series)
+    node = load_segmentation(args.segmentation)
+    if not on_same_grid(node, loaded.node):  # export maps voxels to the source images one to one
+        raise AIPortalError(f"{args.segmentation} was not made on the image grid of {args.source}",
+                            "give the source series or file the segmentation was made from")
+    segmentation = node.GetSegmentation()
+    run_ids = sorted({p.run_id for s in segment_ids(node) if (p := Provenance.of_segment(segmentation.GetSegment(s)))})
+    with staged_output(args.out, overwrite=args.overwrite) as staging:
+        exported = export_results(node, loaded.node, loaded.source, staging, options,
+                                  modality=loaded.source.modality if loaded.source else None, progress=progress)
+    _audit().append("export", **_export_audit_fields(exported, args.out, run_ids, loaded.source))
+    _print_export(exported, args.out)
     return 0
 
 
@@ -149,15 +198,15 @@ def _audit():
     return AuditLog(Settings.from_environment().audit_log)
 
 
-def _run_audit_fields(run_record: dict, outputs: list[Path]) -> dict:
-    """What the audit keeps of a run: UIDs, model, parameters, device, user, times, outputs — no PHI."""
+def _run_audit_fields(run_record: dict) -> dict:
+    """What the audit keeps of a run: UIDs, model, parameters, device, user, times — no PHI."""
     provenance, source = run_record["provenance"], run_record["source"] or {}
     return {"run_id": provenance["run_id"], "input": run_record["input"],
             "study_uid": source.get("study_uid", ""), "series_uid": source.get("series_uid", ""),
             "model_id": provenance["model_id"], "model_version": provenance["model_version"],
             "weights_sha256": provenance["weights_sha256"], "parameters": provenance["parameters"],
             "device": provenance["device"], "user": provenance["user"], "started": provenance["started"],
-            "finished": provenance["finished"], "outputs": [{"path": str(path)} for path in outputs]}
+            "finished": provenance["finished"]}
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -203,12 +252,29 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.overwrite:
         raise AIPortalError(f"{args.out} already exists", "choose another path, or pass --overwrite")
     phantom = make_ct_phantom(seed=args.seed)
-    node = volume_node_from_array(get_runtime(), phantom.hu, phantom.ijk_to_ras, "CT phantom")
+    node = volume_node_from_array(get_runtime().scene, phantom.hu, phantom.ijk_to_ras, "CT phantom")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_volume(node, args.out)
     k, j, i = phantom.hu.shape
     print(f"wrote {args.out}: synthetic chest CT phantom, {i}x{j}x{k} voxels")
     return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser, default_formats: str = "nrrd,json") -> None:
+    from aiportal.export.exporter import FORMATS
+
+    group = parser.add_argument_group("export")
+    group.add_argument("--formats", default=default_formats,
+                       help=f"comma-separated, from: {','.join(FORMATS)} (default {default_formats}; sr brings seg)")
+    group.add_argument("--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type")
+    group.add_argument("--assign-uids", action="store_true",
+                       help="anonymised series with empty UIDs: give them UIDs and write a corrected copy "
+                            "(source/) that the SEG/SR reference")
+    group.add_argument("--observer", help="person observer name for the SR (the model is always the device observer)")
+    group.add_argument("--merged-surfaces", action="store_true", help="one STL/OBJ file for all segments")
+    group.add_argument("--coordinates", choices=["lps", "ras"], default="lps", help="of STL/OBJ files")
+    group.add_argument("--smoothing", type=float, default=0.5, help="surface smoothing factor 0..1")
+    group.add_argument("--decimation", type=float, default=0.0, help="surface decimation factor 0..1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -231,7 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
     segment.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    _add_export_arguments(segment)
     segment.set_defaults(handler=cmd_segment)
+
+    export = commands.add_parser("export", help="export an existing segmentation (seg.nrrd) of a source image")
+    export.add_argument("segmentation", type=Path, help="a .seg.nrrd made on the source image")
+    export.add_argument("--source", type=Path, required=True, help="the source DICOM series folder or image file")
+    export.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    export.add_argument("--out", type=Path, required=True, help="output folder")
+    export.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    _add_export_arguments(export, default_formats="seg,sr")
+    export.set_defaults(handler=cmd_export)
 
     audit = commands.add_parser("audit", help="read, verify or add to the audit trail")
     audit.add_argument("--log", type=Path, help="audit log (default: AIPORTAL_AUDIT_LOG or ~/.local/share/aiportal)")

@@ -41,6 +41,9 @@ def staged_output(out_dir: Path, overwrite: bool = False) -> Iterator[Path]:
         check_output_folder(out_dir, names, overwrite)
         out_dir.mkdir(exist_ok=True)
         for name in names:
-            (staging / name).replace(out_dir / name)
+            target = out_dir / name
+            if target.is_dir():  # only reached with overwrite: a folder cannot be renamed onto a folder
+                shutil.rmtree(target)
+            (staging / name).replace(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

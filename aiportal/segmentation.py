@@ -209,3 +209,47 @@ def segment_voxel_counts(segmentation_node) -> dict[str, int]:
         values = numpy_support.vtk_to_numpy(scalars)
         counts[segment_id] = int(np.count_nonzero(values == segmentation.GetSegment(segment_id).GetLabelValue()))
     return counts
+
+
+def describe_segments(segmentation_node) -> list[dict]:
+    """The label table of a segmentation: name, label value, SNOMED codes, colour, model per segment."""
+    from dataclasses import asdict
+
+    segmentation = segmentation_node.GetSegmentation()
+    table = []
+    for segment_id in segment_ids(segmentation_node):
+        segment = segmentation.GetSegment(segment_id)
+        codes = terminology.deserialize(segment.GetTerminology())
+        provenance = Provenance.of_segment(segment)
+        table.append({
+            "segment_id": segment_id,
+            "name": segment.GetName(),
+            "value": label_value(segment),
+            "codes": asdict(codes) if codes else None,
+            "color": [round(channel * 255) for channel in segment.GetColor()],
+            "model_id": provenance.model_id if provenance else None,
+            "review": read_tag(segment, REVIEW_TAG),
+        })
+    return table
+
+
+def on_same_grid(segmentation_node, volume_node, tolerance_mm: float = 1e-3) -> bool:
+    """Whether the segmentation's reference geometry is the volume's voxel grid."""
+    text = segmentation_node.GetSegmentation().GetConversionParameter(
+        slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName())
+    if not text:
+        return False
+    geometry = slicer.vtkOrientedImageData()
+    if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, geometry, False):
+        return False
+    ours, theirs = vtk.vtkMatrix4x4(), ijk_to_ras_vtk(volume_node)
+    geometry.GetImageToWorldMatrix(ours)
+    ours, theirs = (np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)]) for m in (ours, theirs))
+    i0, i1, j0, j1, k0, k1 = geometry.GetExtent()
+    # a geometry with a non-zero extent start is the same grid shifted: compare the corner voxels instead
+    corner = ours @ np.array([i0, j0, k0, 1.0])
+    return (
+        (i1 - i0 + 1, j1 - j0 + 1, k1 - k0 + 1) == tuple(volume_node.GetImageData().GetDimensions())
+        and np.allclose(ours[:3, :3], theirs[:3, :3], atol=tolerance_mm)
+        and np.allclose(corner[:3], theirs[:3, 3], atol=tolerance_mm)
+    )

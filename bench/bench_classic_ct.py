@@ -152,7 +152,7 @@ def _prepare(case: str, shared: Path, scratch: Path) -> Path:
             from aiportal.sample import make_ct_phantom
 
             phantom = make_ct_phantom(shape=(300, 512, 512), spacing=(1.0, 0.7, 0.7))
-            node = volume_node_from_array(get_runtime(), phantom.hu, phantom.ijk_to_ras, "phantom")
+            node = volume_node_from_array(get_runtime().scene, phantom.hu, phantom.ijk_to_ras, "phantom")
         else:
             node = load_volume(shared / "totalseg" / case).node
         return save_volume(node, scratch / f"{case}.nrrd")

@@ -87,7 +87,7 @@ def _first_vtk_error(collector: vtk.vtkStringOutputWindow) -> str:
 
 
 def volume_node_from_array(
-    runtime: SlicerRuntime,
+    scene: slicer.vtkMRMLScene,
     array_kji: np.ndarray,
     ijk_to_ras: np.ndarray,
     name: str,
@@ -104,7 +104,7 @@ def volume_node_from_array(
     image.SetDimensions(array.shape[2], array.shape[1], array.shape[0])
     image.AllocateScalars(numpy_support.get_vtk_array_type(array.dtype), 1)
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(array.shape)[:] = array
-    node = runtime.scene.AddNewNodeByClass(node_class, name)
+    node = scene.AddNewNodeByClass(node_class, name)
     node.SetAndObserveImageData(image)  # geometry lives in the node, so image origin/spacing stay 0/1
     node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras))
     node.CreateDefaultDisplayNodes()
@@ -245,7 +245,7 @@ def load_volume(
         or source.series_description
         or (f"Series {source.series_number}" if source.series_number is not None else folder.name)
     )
-    node = volume_node_from_array(runtime, image.array, image.ijk_to_ras, node_name)
+    node = volume_node_from_array(runtime.scene, image.array, image.ijk_to_ras, node_name)
     if source.instance_uids_text:
         node.SetAttribute("DICOM.instanceUIDs", source.instance_uids_text)
     if source.series_uid:

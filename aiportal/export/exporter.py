@@ -1,0 +1,164 @@
+"""Export a segmentation in the formats a hospital uses — the one entry point for every face.
+
+Formats: ``nrrd`` (seg.nrrd + label map), ``json`` (label table + statistics), ``csv``
+(statistics), ``seg`` (DICOM SEG), ``sr`` (DICOM TID 1500 SR; implies ``seg``), ``stl``, ``obj``.
+Everything is written into a caller-given folder (a staging folder: see :mod:`aiportal.outputs`).
+DICOM prerequisites are checked before any heavy work, so a refusal costs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiportal.errors import InputError
+from aiportal.io.dicom_series import SourceSeries
+from aiportal.progress import ProgressCallback, no_progress, scaled
+
+FORMATS = ("nrrd", "json", "csv", "seg", "sr", "stl", "obj")
+DEFAULT_FORMATS = ("nrrd", "json")
+
+
+def parse_formats(text: str) -> tuple[str, ...]:
+    """``"seg,sr,stl"`` → validated formats in canonical order; SR needs its SEG, so it brings it."""
+    asked = {part.strip().lower() for part in text.split(",") if part.strip()}
+    unknown = asked - set(FORMATS)
+    if unknown or not asked:
+        raise InputError(f"unknown output format(s) {', '.join(sorted(unknown)) or '(none given)'}",
+                         f"use a comma-separated list of: {', '.join(FORMATS)}")
+    if "sr" in asked:
+        asked.add("seg")
+    return tuple(name for name in FORMATS if name in asked)
+
+
+_OUTPUT_NAMES = {
+    "nrrd": ("segmentation.seg.nrrd", "labels.nrrd"),
+    "json": ("segments.json",),
+    "csv": ("statistics.csv",),
+    "seg": ("segmentation.dcm", "source"),  # source/: corrected copy of an anonymised series, when made
+    "sr": ("measurements.dcm",),
+    "stl": ("surfaces",),
+    "obj": ("surfaces",),
+}
+
+
+def expected_outputs(formats: tuple[str, ...]) -> list[str]:
+    """Top-level names these formats may write, to refuse clashes before any work."""
+    return list(dict.fromkeys(name for fmt in formats for name in _OUTPUT_NAMES[fmt]))
+
+
+@dataclass
+class ExportOptions:
+    formats: tuple[str, ...] = DEFAULT_FORMATS
+    seg_type: str = "BINARY"  # or "LABELMAP"
+    assign_missing_uids: bool = False  # for anonymised series with empty UIDs: write a corrected copy
+    observer_person: str | None = None  # the person in the SR's observer context, besides the device
+    surfaces_merged: bool = False
+    coordinates: str = "LPS"  # of STL/OBJ files: LPS (DICOM, most planning software) or RAS
+    smoothing: float = 0.5
+    decimation: float = 0.0
+
+
+@dataclass
+class ExportedFile:
+    kind: str
+    name: str  # relative to the export folder
+    sop_instance_uid: str | None = None
+    series_uid: str | None = None
+
+
+@dataclass
+class ExportResult:
+    files: list[ExportedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def export_results(
+    segmentation_node,
+    volume_node,
+    source: SourceSeries | None,
+    folder: Path,
+    options: ExportOptions,
+    *,
+    modality: str | None = None,
+    progress: ProgressCallback = no_progress,
+) -> ExportResult:
+    """Write ``options.formats`` of the segmentation (on ``volume_node``'s grid) into ``folder``."""
+    from aiportal.export.dicom_source import export_source
+
+    folder = Path(folder)
+    result = ExportResult()
+    formats = set(options.formats)
+    dicom_source = None
+    if "seg" in formats:  # refuse early: missing source series or UIDs
+        dicom_source = export_source(source, volume_node, assign_missing_uids=options.assign_missing_uids,
+                                     corrected_copy_folder=folder / "source")
+        result.notes += dicom_source.changes
+        if dicom_source.corrected_folder is not None:
+            result.files += [ExportedFile("source", str(path.relative_to(folder)), ds.SOPInstanceUID,
+                                          ds.SeriesInstanceUID)
+                             for path, ds in zip(dicom_source.files, dicom_source.datasets, strict=True)]
+        modality = modality or dicom_source.modality
+
+    if "nrrd" in formats:
+        progress(0.0, "writing seg.nrrd")
+        _write_nrrd(segmentation_node, volume_node, folder, result)
+
+    statistics = None
+    if formats & {"json", "csv", "sr"}:
+        from aiportal.export.statistics import as_json, compute_statistics, write_csv
+
+        statistics = compute_statistics(segmentation_node, volume_node, modality=modality,
+                                        progress=scaled(progress, 0.1, 0.5))
+        if "csv" in formats:
+            write_csv(statistics, folder / "statistics.csv")
+            result.files.append(ExportedFile("csv", "statistics.csv"))
+        if "json" in formats:
+            from aiportal.segmentation import describe_segments
+
+            (folder / "segments.json").write_text(json.dumps(
+                {"segments": describe_segments(segmentation_node), "statistics": as_json(statistics)}, indent=2))
+            result.files.append(ExportedFile("json", "segments.json"))
+
+    if "seg" in formats:
+        from aiportal.export.dicom_seg import write_seg
+
+        progress(0.55, "writing DICOM SEG")
+        seg = write_seg(segmentation_node, volume_node, dicom_source, folder / "segmentation.dcm",
+                        segmentation_type=options.seg_type)
+        result.files.append(ExportedFile("seg", "segmentation.dcm", seg.sop_instance_uid, seg.series_instance_uid))
+        if "sr" in formats:
+            from aiportal.export.dicom_sr import write_sr
+
+            progress(0.7, "writing DICOM SR")
+            sr = write_sr(statistics, None, seg, folder / "segmentation.dcm", dicom_source,
+                          folder / "measurements.dcm", observer_person=options.observer_person)
+            result.files.append(ExportedFile("sr", "measurements.dcm", sr.sop_instance_uid, sr.series_instance_uid))
+
+    for surface_format in ("stl", "obj"):
+        if surface_format in formats:
+            from aiportal.export.surfaces import export_surfaces
+
+            progress(0.8, f"writing {surface_format.upper()} surfaces")
+            paths = export_surfaces(segmentation_node, folder / "surfaces", file_format=surface_format.upper(),
+                                    merged=options.surfaces_merged, coordinates=options.coordinates,
+                                    smoothing=options.smoothing, decimation=options.decimation)
+            result.files += [ExportedFile(surface_format, str(Path(path).relative_to(folder))) for path in paths]
+    progress(1.0, "exported")
+    return result
+
+
+def _write_nrrd(segmentation_node, volume_node, folder: Path, result: ExportResult) -> None:
+    from aiportal.io.volumes import ijk_to_ras_matrix, save_volume, volume_node_from_array
+    from aiportal.segmentation import export_label_map, save_segmentation
+
+    save_segmentation(segmentation_node, folder / "segmentation.seg.nrrd")
+    scene = segmentation_node.GetScene()
+    label_node = volume_node_from_array(scene, export_label_map(segmentation_node, volume_node),
+                                        ijk_to_ras_matrix(volume_node), "labels", "vtkMRMLLabelMapVolumeNode")
+    try:
+        save_volume(label_node, folder / "labels.nrrd")
+    finally:
+        scene.RemoveNode(label_node)
+    result.files += [ExportedFile("nrrd", "segmentation.seg.nrrd"), ExportedFile("nrrd", "labels.nrrd")]
