@@ -436,3 +436,16 @@ def test_enhanced_multiframe_equals_its_single_frame_series(shared_data, runtime
     np.testing.assert_allclose(ijk_to_ras_matrix(multi.node), expected_matrix, atol=1e-4)
     assert multi.source.frames == [0, 1, 2]
     assert multi.node.GetAttribute("DICOM.instanceUIDs") == multi.source.headers[0].SOPInstanceUID
+
+
+def test_source_from_files_sorts_like_the_series_reader(shared_data):
+    from aiportal.io.dicom_series import source_from_files
+
+    folder = shared_data / "dcmqi/data/segmentations/ct-3slice"
+    expected = read_dicom_series(folder).source
+    files = sorted(folder.iterdir(), reverse=True)
+    source = source_from_files(files)
+    assert source.sop_instance_uids == expected.sop_instance_uids
+    assert source.files == expected.files and source.study_uid == expected.study_uid
+    with pytest.raises(InputError, match="missing or not DICOM"):
+        source_from_files([*files, folder / "nope.dcm"])

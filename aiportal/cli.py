@@ -7,7 +7,6 @@ with a non-zero code; results are written all-or-nothing (see :mod:`aiportal.out
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import traceback
@@ -109,19 +108,10 @@ def _print_export(result, out: Path) -> None:
     print(f"wrote {len(result.files)} file(s) to {out}")
 
 
-def _export_audit_fields(result, out: Path, run_ids: list[str], source) -> dict:
-    reference = source.reference() if source else {}
-    return {"run_id": run_ids[0] if len(run_ids) == 1 else "", "run_ids": run_ids,
-            "study_uid": reference.get("study_uid", ""), "series_uid": reference.get("series_uid", ""),
-            "user": getpass.getuser(), "outputs": [{"kind": f.kind, "path": str(out / f.name),
-                                                    "sop_instance_uid": f.sop_instance_uid,
-                                                    "series_uid": f.series_uid} for f in result.files]}
-
-
 def cmd_segment(args: argparse.Namespace) -> int:
-    from aiportal.export.exporter import expected_outputs, export_results
+    from aiportal.export.exporter import expected_outputs, export_to_folder
     from aiportal.io.volumes import load_volume
-    from aiportal.outputs import check_output_folder, staged_output
+    from aiportal.outputs import check_output_folder
     from aiportal.segment import SegmentationJob
     from aiportal.segmentation import segment_voxel_counts
 
@@ -148,14 +138,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
                   "model": result.model.id, "provenance": asdict(result.provenance),
                   "elapsed_s": round(result.elapsed_s, 3), "volumes_ml": volumes,
                   "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
-    with staged_output(args.out, overwrite=args.overwrite) as staging:
-        exported = export_results(node, loaded.node, loaded.source, staging, options, modality=modality,
-                                  progress=progress)
-        (staging / "run.json").write_text(json.dumps(run_record, indent=2))
-
-    audit = _audit()
-    audit.append("ai_run", **_run_audit_fields(run_record))
-    audit.append("export", **_export_audit_fields(exported, args.out, [result.provenance.run_id], loaded.source))
+    _audit().append("ai_run", **_run_audit_fields(run_record))
+    exported = export_to_folder(node, loaded.node, loaded.source, args.out, options, overwrite=args.overwrite,
+                                modality=modality, extra_files={"run.json": json.dumps(run_record, indent=2)},
+                                progress=progress)
     print(f"{result.model.id} on {args.input}: {len(volumes)} segments in {result.elapsed_s:.1f} s")
     for name, volume_ml in volumes.items():
         print(f"  {name:<12} {volume_ml:>10.1f} mL")
@@ -166,11 +152,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from aiportal.export.exporter import expected_outputs, export_results
+    from aiportal.export.exporter import expected_outputs, export_to_folder
     from aiportal.io.volumes import load_volume
-    from aiportal.outputs import check_output_folder, staged_output
-    from aiportal.provenance import Provenance
-    from aiportal.segmentation import load_segmentation, on_same_grid, segment_ids
+    from aiportal.outputs import check_output_folder
+    from aiportal.segmentation import load_segmentation, on_same_grid
 
     options = _export_options(args)
     check_output_folder(args.out, expected_outputs(options.formats), args.overwrite)
@@ -181,12 +166,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     if not on_same_grid(node, loaded.node):  # export maps voxels to the source images one to one
         raise AIPortalError(f"{args.segmentation} was not made on the image grid of {args.source}",
                             "give the source series or file the segmentation was made from")
-    segmentation = node.GetSegmentation()
-    run_ids = sorted({p.run_id for s in segment_ids(node) if (p := Provenance.of_segment(segmentation.GetSegment(s)))})
-    with staged_output(args.out, overwrite=args.overwrite) as staging:
-        exported = export_results(node, loaded.node, loaded.source, staging, options,
-                                  modality=loaded.source.modality if loaded.source else None, progress=progress)
-    _audit().append("export", **_export_audit_fields(exported, args.out, run_ids, loaded.source))
+    exported = export_to_folder(node, loaded.node, loaded.source, args.out, options, overwrite=args.overwrite,
+                                modality=loaded.source.modality if loaded.source else None, progress=progress)
     _print_export(exported, args.out)
     return 0
 

@@ -162,3 +162,49 @@ def _write_nrrd(segmentation_node, volume_node, folder: Path, result: ExportResu
     finally:
         scene.RemoveNode(label_node)
     result.files += [ExportedFile("nrrd", "segmentation.seg.nrrd"), ExportedFile("nrrd", "labels.nrrd")]
+
+
+def export_to_folder(
+    segmentation_node,
+    volume_node,
+    source: SourceSeries | None,
+    out_dir: Path,
+    options: ExportOptions,
+    *,
+    overwrite: bool = False,
+    modality: str | None = None,
+    extra_files: dict[str, str] | None = None,
+    progress: ProgressCallback = no_progress,
+) -> ExportResult:
+    """Export all-or-nothing into ``out_dir`` and add an ``export`` record to the audit trail.
+
+    ``extra_files`` (name → text) are written alongside, e.g. the CLI's run record.
+    """
+    import getpass
+
+    from aiportal.audit import AuditLog
+    from aiportal.outputs import check_output_folder, staged_output
+    from aiportal.provenance import Provenance
+    from aiportal.segmentation import segment_ids
+    from aiportal.settings import Settings
+
+    out_dir = Path(out_dir)
+    extra_files = extra_files or {}
+    check_output_folder(out_dir, [*expected_outputs(options.formats), *extra_files], overwrite)
+    with staged_output(out_dir, overwrite=overwrite) as staging:
+        result = export_results(segmentation_node, volume_node, source, staging, options, modality=modality,
+                                progress=progress)
+        for name, text in extra_files.items():
+            (staging / name).write_text(text)
+    segmentation = segmentation_node.GetSegmentation()
+    run_ids = sorted({provenance.run_id for segment_id in segment_ids(segmentation_node)
+                      if (provenance := Provenance.of_segment(segmentation.GetSegment(segment_id)))})
+    reference = source.reference() if source else {}
+    AuditLog(Settings.from_environment().audit_log).append(
+        "export", run_id=run_ids[0] if len(run_ids) == 1 else "", run_ids=run_ids,
+        study_uid=reference.get("study_uid", ""), series_uid=reference.get("series_uid", ""),
+        user=getpass.getuser(), formats=list(options.formats),
+        outputs=[{"kind": f.kind, "path": str(out_dir / f.name), "sop_instance_uid": f.sop_instance_uid,
+                  "series_uid": f.series_uid} for f in result.files],
+    )
+    return result

@@ -625,6 +625,55 @@ def _resolve(path: Path, series_uid: str | None, cancel: CancelToken | None) -> 
     return path, key, members
 
 
+def _source_series(key: str, slices: list[_Slice]) -> SourceSeries:
+    headers = [s.item.header for s in slices]
+    first = headers[0]
+    return SourceSeries(
+        study_uid=_text(first, "StudyInstanceUID"),
+        series_uid=_text(first, "SeriesInstanceUID"),
+        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
+        modality=_text(first, "Modality"),
+        patient_id=_text(first, "PatientID"),
+        patient_name=_text(first, "PatientName"),
+        study_date=_text(first, "StudyDate"),
+        study_description=_text(first, "StudyDescription"),
+        series_description=_text(first, "SeriesDescription"),
+        accession_number=_text(first, "AccessionNumber"),
+        files=[s.item.path for s in slices],
+        headers=headers,
+        frames=[s.frame for s in slices],
+        series_number=_int_or_none(first, "SeriesNumber"),
+        key=key,
+    )
+
+
+def source_from_files(files: list[Path]) -> SourceSeries:
+    """The source description of a series given as explicit files (headers only, no pixels decoded).
+
+    For volumes whose files are known one by one, e.g. from Slicer's DICOM database
+    (``slicer.dicomDatabase.fileForInstance`` of each ``DICOM.instanceUIDs`` entry).
+    """
+    paths = [Path(path) for path in files]
+    if not paths:
+        raise InputError("No DICOM files were given for the source series", "load the volume from DICOM first")
+    folder = paths[0].parent
+    members = []
+    for path in paths:
+        header = _read_header(path, folder) if path.is_file() else None
+        if header is None:
+            raise InputError(f"Source DICOM file {path} is missing or not DICOM", "reload the series from the database")
+        members.append(_File(path, header))
+    groups = _group(members)
+    if len(groups) != 1:
+        raise InputError(f"The {len(paths)} source files in {folder} belong to {len(groups)} series",
+                         "give the files of one series")
+    (key, group), = groups.items()
+    slices = _slices(folder, group)
+    _check_consistent(folder, slices)
+    slices, _, _ = _sort_and_place(folder, slices)
+    return _source_series(key, slices)
+
+
 def read_dicom_series(
     folder: Path,
     series_uid: str | None = None,
@@ -647,25 +696,7 @@ def read_dicom_series(
     slices, ijk_to_ras, notes = _sort_and_place(folder, slices)
     array = _apply_rescale(_stack(folder, slices, progress, cancel), [s.rescale for s in slices])
 
-    headers = [s.item.header for s in slices]
-    first = headers[0]
-    source = SourceSeries(
-        study_uid=_text(first, "StudyInstanceUID"),
-        series_uid=_text(first, "SeriesInstanceUID"),
-        frame_of_reference_uid=_text(first, "FrameOfReferenceUID"),
-        modality=_text(first, "Modality"),
-        patient_id=_text(first, "PatientID"),
-        patient_name=_text(first, "PatientName"),
-        study_date=_text(first, "StudyDate"),
-        study_description=_text(first, "StudyDescription"),
-        series_description=_text(first, "SeriesDescription"),
-        accession_number=_text(first, "AccessionNumber"),
-        files=[s.item.path for s in slices],
-        headers=headers,
-        frames=[s.frame for s in slices],
-        series_number=_int_or_none(first, "SeriesNumber"),
-        key=key,
-    )
+    source = _source_series(key, slices)
     if not source.series_uid or not all(source.sop_instance_uids):
         notes.append(
             f"Series in {folder} has empty UIDs (anonymised): it is grouped as {key}, and DICOM exports "
