@@ -27,6 +27,8 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from aiportal.export.exporter import ExportOptions, ExportResult, export_to_folder
+from aiportal.io.dicom_series import SourceSeries, source_from_files
 from aiportal.models.catalog import get_catalog
 from aiportal.segment import DEVICES, SegmentationJob, show_segmentation_3d
 
@@ -234,6 +236,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -350,6 +353,32 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
         self._updateRunState()
+
+    def onExportButton(self) -> None:
+        """Export the output segmentation in the checked formats into the chosen folder."""
+        segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None
+        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
+        if not segmentationNode or not volumeNode or not self.ui.exportFolderLineEdit.currentPath:
+            slicer.util.warningDisplay(_("Select the input volume, the output segmentation and an output folder."))
+            return
+        formats = [name for name, checkBox in (
+            ("nrrd", self.ui.exportNrrdCheckBox), ("json", self.ui.exportJsonCheckBox),
+            ("csv", self.ui.exportCsvCheckBox), ("seg", self.ui.exportSegCheckBox), ("sr", self.ui.exportSrCheckBox),
+            ("stl", self.ui.exportStlCheckBox), ("obj", self.ui.exportObjCheckBox)) if checkBox.checked]
+        options = ExportOptions(
+            formats=tuple(formats),
+            seg_type=self.ui.exportSegTypeComboBox.currentText,
+            assign_missing_uids=self.ui.exportAssignUidsCheckBox.checked,
+            surfaces_merged=self.ui.exportMergedSurfacesCheckBox.checked,
+            coordinates=self.ui.exportCoordinatesComboBox.currentText,
+        )
+        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
+            result = self.logic.exportResults(segmentationNode, volumeNode, self.ui.exportFolderLineEdit.currentPath,
+                                              options)
+            self.ui.statusLabel.text = "\n".join(
+                [_("Exported {count} file(s) to {folder}.").format(count=len(result.files),
+                                                                   folder=self.ui.exportFolderLineEdit.currentPath),
+                 *result.notes])
 
     def _onJobProgress(self, fraction: float, stage: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)
@@ -577,6 +606,30 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
+    def sourceSeries(self, volumeNode: vtkMRMLScalarVolumeNode) -> SourceSeries | None:
+        """The DICOM source of a volume loaded by Slicer's DICOM module (None for a file-based volume)."""
+        uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
+        if not uids:
+            return None
+        return source_from_files([slicer.dicomDatabase.fileForInstance(uid) for uid in uids])
+
+    def exportResults(
+        self,
+        segmentationNode: vtkMRMLSegmentationNode,
+        volumeNode: vtkMRMLScalarVolumeNode,
+        outputFolder: str,
+        options: ExportOptions,
+    ) -> ExportResult:
+        """
+        Export the segmentation (seg.nrrd, statistics, DICOM SEG + SR, STL/OBJ) and audit the export.
+        Can be used without GUI widget. Nothing in outputFolder is overwritten.
+        :param segmentationNode: segmentation made on volumeNode
+        :param volumeNode: its source volume; DICOM SEG/SR need it loaded from DICOM
+        :param outputFolder: folder to write into (created if missing)
+        :param options: formats and their settings
+        """
+        return export_to_folder(segmentationNode, volumeNode, self.sourceSeries(volumeNode), outputFolder, options)
+
     def process(
         self,
         inputVolume: vtkMRMLScalarVolumeNode,
@@ -649,6 +702,17 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.absent_labels, [])
         self.assertEqual(result.model.id, DEFAULT_MODEL_ID)
         self.assertEqual(result.provenance.model_id, DEFAULT_MODEL_ID)
+
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            exported = logic.exportResults(segmentationNode, inputVolume, folder,
+                                           ExportOptions(formats=("nrrd", "json", "stl")))
+            names = {file.name for file in exported.files}
+            self.assertIn("segmentation.seg.nrrd", names)
+            self.assertTrue(any(name.endswith(".stl") for name in names))
+            for file in exported.files:
+                self.assertTrue(os.path.isfile(os.path.join(folder, file.name)), file.name)
 
         self.delayDisplay("Test passed")
 
