@@ -196,3 +196,39 @@ def test_each_run_is_audited_and_the_cli_detects_tampering(dicom_outputs, tmp_pa
     copy.write_text(copy.read_text().replace('"classic-ct"', '"other-model"', 1))
     done = _run_cli("audit", "--log", str(copy), "verify")
     assert done.returncode == 1 and "NOT intact" in done.stderr
+
+
+def test_every_format_from_the_cli_and_export_of_an_existing_segmentation(shared_data, tmp_path):
+    import highdicom as hd
+    from dicom_validation import dciodvfy_errors
+
+    series = shared_data / "totalseg/example_ct_dicom"
+    everything = "nrrd,json,csv,seg,sr,stl,obj"
+    refused = _run_cli("segment", str(series), "--formats", everything, "--out", str(tmp_path / "refused"))
+    assert refused.returncode == 1 and "--assign-uids" in refused.stderr
+    assert not (tmp_path / "refused").exists()
+
+    out = tmp_path / "all"
+    done = _run_cli("segment", str(series), "--formats", everything, "--assign-uids", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"segmentation.seg.nrrd", "labels.nrrd", "segments.json", "statistics.csv", "segmentation.dcm",
+            "measurements.dcm", "source", "surfaces", "run.json"} <= names
+    assert {p.suffix for p in (out / "surfaces").iterdir()} >= {".stl", ".obj"}
+    for dicom in (out / "segmentation.dcm", out / "measurements.dcm"):
+        assert dciodvfy_errors(dicom) == [], dicom
+    seg = hd.seg.segread(out / "segmentation.dcm")
+    copy_uids = {hd.imread(p).SOPInstanceUID for p in (out / "source").rglob("*") if p.is_file()}
+    referenced = {item.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}
+    assert referenced <= copy_uids  # the SEG references the corrected copy written beside it
+
+    again = tmp_path / "again"
+    done = _run_cli("export", str(out / "segmentation.seg.nrrd"), "--source", str(out / "source"),
+                    "--formats", "seg,sr", "--out", str(again))
+    assert done.returncode == 0, done.stderr
+    reexported = hd.seg.segread(again / "segmentation.dcm")
+    assert [s.TrackingUID for s in reexported.SegmentSequence] == [s.TrackingUID for s in seg.SegmentSequence]
+    wrong_grid = _run_cli("export", str(out / "segmentation.seg.nrrd"), "--source",
+                          str(shared_data / "totalseg/example_ct.nii.gz"), "--formats", "nrrd",
+                          "--out", str(tmp_path / "wrong"))
+    assert wrong_grid.returncode == 1 and "grid" in wrong_grid.stderr

@@ -204,8 +204,8 @@ def export_source(
         raise InputError(
             f"The DICOM series in {where} has empty {', '.join(missing)} (anonymised?), so a SEG/SR cannot "
             "reference it",
-            "export it again from the PACS with its UIDs, or allow assigning new UIDs (a corrected copy of the "
-            "series is written and must be sent together with the SEG/SR)",
+            "export it again from the PACS with its UIDs, or allow assigning new UIDs (--assign-uids; a corrected "
+            "copy of the series is written and must be sent together with the SEG/SR)",
         )
     if corrected_copy_folder is None:
         raise ValueError("assign_missing_uids needs corrected_copy_folder: the copy with the new UIDs goes there")

@@ -101,10 +101,6 @@ def export_results(
                              for path, ds in zip(dicom_source.files, dicom_source.datasets, strict=True)]
         modality = modality or dicom_source.modality
 
-    if "nrrd" in formats:
-        progress(0.0, "writing seg.nrrd")
-        _write_nrrd(segmentation_node, volume_node, folder, result)
-
     statistics = None
     if formats & {"json", "csv", "sr"}:
         from aiportal.export.statistics import as_json, compute_statistics, write_csv
@@ -136,11 +132,16 @@ def export_results(
                           folder / "measurements.dcm", observer_person=options.observer_person)
             result.files.append(ExportedFile("sr", "measurements.dcm", sr.sop_instance_uid, sr.series_instance_uid))
 
+    if "nrrd" in formats:  # after the SEG: it tags each segment with its tracking UID, which seg.nrrd keeps
+        progress(0.75, "writing seg.nrrd")
+        _write_nrrd(segmentation_node, volume_node, folder, result)
+
     for surface_format in ("stl", "obj"):
         if surface_format in formats:
             from aiportal.export.surfaces import export_surfaces
 
             progress(0.8, f"writing {surface_format.upper()} surfaces")
+            (folder / "surfaces").mkdir(exist_ok=True)
             paths = export_surfaces(segmentation_node, folder / "surfaces", file_format=surface_format.upper(),
                                     merged=options.surfaces_merged, coordinates=options.coordinates,
                                     smoothing=options.smoothing, decimation=options.decimation)
