@@ -8,6 +8,7 @@ review state and provenance (see :mod:`aiportal.provenance`). The same functions
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -199,15 +200,20 @@ def load_segmentation(path: Path, runtime: SlicerRuntime | None = None):
 def segment_voxel_counts(segmentation_node) -> dict[str, int]:
     """Voxel count of every segment, read from Slicer's shared label map layers (no export)."""
     segmentation = segmentation_node.GetSegmentation()
+    histograms: dict[str, np.ndarray] = {}  # one pass per shared layer, whatever its number of segments
     counts = {}
     for segment_id in segment_ids(segmentation_node):
         layer = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
-        scalars = layer.GetPointData().GetScalars() if layer is not None else None
-        if scalars is None:
+        values = image_scalars_kji(layer)
+        value = segmentation.GetSegment(segment_id).GetLabelValue()
+        if values is None:
             counts[segment_id] = 0
             continue
-        values = numpy_support.vtk_to_numpy(scalars)
-        counts[segment_id] = int(np.count_nonzero(values == segmentation.GetSegment(segment_id).GetLabelValue()))
+        address = layer.GetAddressAsString("")
+        if address not in histograms:
+            histograms[address] = np.bincount(values.ravel().astype(np.int64, copy=False))
+        histogram = histograms[address]
+        counts[segment_id] = int(histogram[value]) if 0 <= value < histogram.size else 0
     return counts
 
 
@@ -253,3 +259,83 @@ def on_same_grid(segmentation_node, volume_node, tolerance_mm: float = 1e-3) -> 
         and np.allclose(ours[:3, :3], theirs[:3, :3], atol=tolerance_mm)
         and np.allclose(corner[:3], theirs[:3, 3], atol=tolerance_mm)
     )
+
+
+def vtk_matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
+    return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
+
+
+def image_scalars_kji(image) -> np.ndarray | None:
+    """A view of an image's voxels in (k, j, i) order, or None when it has none."""
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is None:
+        return None
+    i0, i1, j0, j1, k0, k1 = image.GetExtent()
+    return numpy_support.vtk_to_numpy(scalars).reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
+
+
+@dataclass
+class GridLayer:
+    """One of Slicer's shared label map layers, placed on a volume's voxel grid."""
+
+    array: np.ndarray  # a view of the layer's voxels (k, j, i); values are segment label values
+    offset_kji: np.ndarray  # where array[0, 0, 0] lies on the volume grid (may be outside it)
+
+
+def layer_on_grid(layer_image, volume_ijk_to_ras: np.ndarray) -> GridLayer | None:
+    """The layer when its voxels are the volume's voxels shifted by whole voxels; else None.
+
+    Reading layers directly is what makes per-segment work fast: one view per layer instead of
+    one full-volume export per segment.
+    """
+    array = image_scalars_kji(layer_image)
+    if array is None:
+        return None
+    matrix = vtk.vtkMatrix4x4()
+    layer_image.GetImageToWorldMatrix(matrix)
+    layer_to_volume = np.linalg.inv(volume_ijk_to_ras) @ vtk_matrix_to_array(matrix)
+    shift = layer_to_volume[:3, 3]
+    same_axes = np.allclose(layer_to_volume[:3, :3], np.eye(3), atol=1e-4)
+    if not (same_axes and np.allclose(shift, np.round(shift), atol=1e-3)):
+        return None
+    offset_ijk = np.round(shift).astype(int) + np.array(layer_image.GetExtent()[0::2])
+    return GridLayer(array, offset_ijk[::-1])
+
+
+def segment_number_map(segmentation_node, volume_node, ids: Sequence[str]) -> np.ndarray | None:
+    """``ids[n]`` drawn as ``n + 1`` on the volume grid, one pass per shared layer.
+
+    None when a layer is not on the volume's grid or two of the segments overlap (then each
+    segment needs its own mask: :func:`segment_mask`).
+    """
+    shape = _shape_kji(volume_node)
+    grid = vtk_matrix_to_array(ijk_to_ras_vtk(volume_node))
+    numbers = np.zeros(shape, dtype=np.uint8 if len(ids) < 255 else np.uint16)
+    segmentation = segmentation_node.GetSegmentation()
+    by_layer: dict[str, tuple[object, list[tuple[int, int]]]] = {}
+    for number, segment_id in enumerate(ids, start=1):
+        image = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+        if image is None:
+            return None
+        address = image.GetAddressAsString("")
+        value = segmentation.GetSegment(segment_id).GetLabelValue()
+        by_layer.setdefault(address, (image, []))[1].append((value, number))
+    for image, pairs in by_layer.values():
+        layer = layer_on_grid(image, grid)
+        if layer is None:
+            return None
+        lookup = np.zeros(int(max(layer.array.max(), max(v for v, _ in pairs))) + 1, dtype=numbers.dtype)
+        for value, number in pairs:
+            lookup[value] = number
+        low = np.maximum(layer.offset_kji, 0)
+        high = np.minimum(layer.offset_kji + layer.array.shape, shape)
+        if np.any(high <= low):
+            continue
+        inside = tuple(slice(a - o, b - o) for a, b, o in zip(low, high, layer.offset_kji, strict=True))
+        target = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        drawn = lookup[layer.array[inside]]
+        region = numbers[target]
+        if np.any(region[drawn > 0]):  # segments of different layers overlap here
+            return None
+        np.maximum(region, drawn, out=region)
+    return numbers

@@ -23,7 +23,7 @@ from aiportal.errors import AIPortalError, InputError
 from aiportal.export.dicom_source import ExportSource
 from aiportal.models.catalog import Code, ModelEntry, get_catalog
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag, software_versions
-from aiportal.segmentation import REVIEW_TAG, segment_mask
+from aiportal.segmentation import REVIEW_TAG, segment_mask, segment_number_map, segment_voxel_counts
 from aiportal.segmentation import segment_ids as all_segment_ids
 
 #: Segment tag holding the segment's DICOM tracking UID, so re-exports keep the same identity.
@@ -93,11 +93,16 @@ def _display_color(segment) -> hd.color.CIELabColor:
     return hd.color.CIELabColor.from_rgb(red, green, blue)
 
 
-def _pixel_array(packed: list[np.ndarray], shape: tuple[int, ...], names: list[str], segmentation_type: str
-                 ) -> np.ndarray:
-    """Segment numbers as one label array when segments are disjoint (n_slices x rows x columns),
-    else one boolean plane per segment (LABELMAP must be disjoint). The masks come bit-packed so
-    that only the array handed to highdicom is full size."""
+def _pixel_array(segmentation_node, volume_node, ids: list[str], shape: tuple[int, ...], names: list[str],
+                 segmentation_type: str) -> np.ndarray:
+    """Segment numbers as one label array when the segments are disjoint (n_slices x rows x columns),
+    read in one pass per shared layer; else one boolean plane per segment (LABELMAP must be disjoint)."""
+    numbers = segment_number_map(segmentation_node, volume_node, ids)
+    if numbers is not None:
+        return numbers
+    # overlapping segments (or layers off the volume grid): one mask per segment, kept bit-packed
+    # so that only the array handed to highdicom is full size
+    packed = [np.packbits(segment_mask(segmentation_node, segment_id, volume_node)) for segment_id in ids]
     labels = np.zeros(shape, dtype=np.uint8 if len(packed) < 256 else np.uint16)
     for number, bits in enumerate(packed, start=1):
         mask = _unpack(bits, shape)
@@ -168,12 +173,12 @@ def write_seg(
             "set each segment's terminology (category and type) in the Segment Editor, or leave those segments out",
         )
 
-    masks, descriptions, kept, empty, models = [], [], [], [], []
+    descriptions, kept, empty, models = [], [], [], []
     columns, rows, slices = volume_node.GetImageData().GetDimensions()
     shape = (slices, rows, columns)
+    voxels = segment_voxel_counts(segmentation_node)
     for segment_id, segment in segments.items():
-        mask = segment_mask(segmentation_node, segment_id, volume_node)
-        if not mask.any():
+        if not voxels.get(segment_id):
             empty.append(segment.GetName())
             continue
         number = len(kept) + 1
@@ -202,7 +207,6 @@ def write_seg(
         if segment_codes.region is not None and segment_codes.region_modifier is not None:
             descriptions[-1].AnatomicRegionSequence[0].AnatomicRegionModifierSequence = [
                 coded(segment_codes.region_modifier)]
-        masks.append(np.packbits(mask))
         kept.append(segment_id)
     if not kept:
         raise InputError(
@@ -212,7 +216,8 @@ def write_seg(
 
     seg = hd.seg.Segmentation(
         source_images=source.datasets,
-        pixel_array=_pixel_array(masks, shape, [d.SegmentLabel for d in descriptions], segmentation_type),
+        pixel_array=_pixel_array(segmentation_node, volume_node, kept, shape, [d.SegmentLabel for d in descriptions],
+                                 segmentation_type),
         segmentation_type=segmentation_type,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),

@@ -33,7 +33,14 @@ from vtkmodules.util import numpy_support
 from aiportal.errors import InputError
 from aiportal.models.catalog import Code
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
-from aiportal.segmentation import label_value, segment_mask
+from aiportal.segmentation import (
+    ijk_to_ras_vtk,
+    image_scalars_kji,
+    label_value,
+    layer_on_grid,
+    segment_mask,
+    vtk_matrix_to_array,
+)
 from aiportal.segmentation import segment_ids as all_segment_ids
 
 
@@ -124,24 +131,9 @@ QUANTITIES: tuple[Quantity, ...] = quantities("CT")
 
 
 # -- computation ---------------------------------------------------------------------------------
-def _matrix(getter) -> np.ndarray:
-    matrix = vtk.vtkMatrix4x4()
-    getter(matrix)
-    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-
-def _scalars_kji(image) -> np.ndarray | None:
-    """A view of an image's voxels in (k, j, i) order, or None when it has none."""
-    scalars = image.GetPointData().GetScalars() if image is not None else None
-    if scalars is None:
-        return None
-    i0, i1, j0, j1, k0, k1 = image.GetExtent()
-    return numpy_support.vtk_to_numpy(scalars).reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
-
-
 @dataclass
 class _Layer:
-    """A shared label map layer, its bounding box per label, and its offset on the volume grid."""
+    """A shared label map layer on the volume grid, with every label's bounding box."""
 
     array: np.ndarray
     boxes: list[tuple[slice, ...] | None]
@@ -149,20 +141,13 @@ class _Layer:
 
 
 def _layer_on_grid(layer, volume_ijk_to_ras: np.ndarray) -> _Layer | None:
-    """The layer when its voxels are the volume's voxels shifted by whole voxels; else None."""
-    array = _scalars_kji(layer)
-    if array is None:
+    placed = layer_on_grid(layer, volume_ijk_to_ras)
+    if placed is None:
         return None
-    layer_to_volume = np.linalg.inv(volume_ijk_to_ras) @ _matrix(layer.GetImageToWorldMatrix)
-    shift = layer_to_volume[:3, 3]
-    same_axes = np.allclose(layer_to_volume[:3, :3], np.eye(3), atol=1e-4)
-    if not (same_axes and np.allclose(shift, np.round(shift), atol=1e-3)):
-        return None
-    extent = layer.GetExtent()
-    offset_ijk = np.round(shift).astype(int) + np.array(extent[0::2])
+    array = placed.array
     # one pass over the layer gives every label's bounding box (find_objects needs integers)
     boxes = ndimage.find_objects(array if array.dtype.kind in "iu" else array.astype(np.int32))
-    return _Layer(array, boxes, offset_ijk[::-1])
+    return _Layer(array, boxes, placed.offset_kji)
 
 
 def _crop_from_layer(layer: _Layer, value: int) -> tuple[np.ndarray, np.ndarray] | None:
@@ -323,8 +308,8 @@ def compute_statistics(
                 f"use one of: {', '.join(known) or 'none (the segmentation is empty)'}",
             )
     table = quantities(modality or volume_node.GetAttribute("DICOM.Modality") or "CT")
-    ijk_to_ras = _matrix(volume_node.GetIJKToRASMatrix)
-    voxels = _scalars_kji(volume_node.GetImageData())
+    ijk_to_ras = vtk_matrix_to_array(ijk_to_ras_vtk(volume_node))
+    voxels = image_scalars_kji(volume_node.GetImageData())
     voxel_ml = abs(np.linalg.det(ijk_to_ras[:3, :3])) / 1000.0
     layers: dict[str, _Layer | None] = {}
     rows = []

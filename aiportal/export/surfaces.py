@@ -68,6 +68,18 @@ def _check_folder(out_dir: Path) -> None:
         raise InputError(f"Output folder {out_dir} is not writable", "choose a folder you can write to")
 
 
+def _surfaces_made_with(segmentation, smoothing: float, decimation: float) -> bool:
+    """Whether the segmentation already holds closed surfaces made with these factors."""
+    if not segmentation.ContainsRepresentation(CLOSED_SURFACE):
+        return False
+    try:
+        made = (float(segmentation.GetConversionParameter("Smoothing factor") or "nan"),
+                float(segmentation.GetConversionParameter("Decimation factor") or "0"))
+    except ValueError:
+        return False
+    return made == (smoothing, decimation)
+
+
 def export_surfaces(
     segmentation_node,
     out_dir,
@@ -113,11 +125,12 @@ def export_surfaces(
     copy = slicer.vtkMRMLSegmentationNode()
     copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
     segmentation = copy.GetSegmentation()
-    segmentation.RemoveRepresentation(CLOSED_SURFACE)  # may have been made with other parameters
-    segmentation.SetConversionParameter("Smoothing factor", str(smoothing))
-    segmentation.SetConversionParameter("Decimation factor", str(decimation))
-    if not segmentation.CreateRepresentation(CLOSED_SURFACE):
-        raise AIPortalError(f"Slicer could not make surfaces of {segmentation_node.GetName()}")
+    if not _surfaces_made_with(segmentation, smoothing, decimation):  # else reuse the ones shown in 3D
+        segmentation.RemoveRepresentation(CLOSED_SURFACE)
+        segmentation.SetConversionParameter("Smoothing factor", str(smoothing))
+        segmentation.SetConversionParameter("Decimation factor", str(decimation))
+        if not segmentation.CreateRepresentation(CLOSED_SURFACE):
+            raise AIPortalError(f"Slicer could not make surfaces of {segmentation_node.GetName()}")
     empty = [
         segmentation.GetSegment(s).GetName()
         for s in wanted
