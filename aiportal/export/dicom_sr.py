@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
+import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
@@ -135,9 +136,12 @@ def write_sr(
     unspecified body region".
     """
     started = time.monotonic()
-    seg_dataset = hd.seg.segread(seg_dataset_path)
+    # the header is all the SR needs (descriptions, evidence UIDs); decoding thousands of frames' items is not
+    seg_dataset = pydicom.dcmread(seg_dataset_path, stop_before_pixels=True)
     if str(seg_dataset.SOPInstanceUID) != seg.sop_instance_uid:
         raise ValueError(f"{seg_dataset_path} is not the SEG {seg.sop_instance_uid} that was written")
+    descriptions = {int(item.SegmentNumber): hd.seg.SegmentDescription.from_dataset(item)
+                    for item in seg_dataset.SegmentSequence}
     skipped: list[str] = []
     groups, count = [], 0
     for stats in statistics:
@@ -145,11 +149,10 @@ def write_sr(
             continue
         measurements = _measurements(stats, quantities, skipped)
         count += len(measurements)
-        description = seg_dataset.get_segment_description(seg.segment_numbers[stats.segment_id])
+        description = descriptions[seg.segment_numbers[stats.segment_id]]
         groups.append(_group_for_segment(measurements, description, seg, str(seg_dataset.SOPClassUID), source))
     if model_id is None:  # the model named in the SEG (the first segment an algorithm made)
-        algorithm = next((d.algorithm_identification[0] for d in map(seg_dataset.get_segment_description,
-                                                                     seg.segment_numbers.values())
+        algorithm = next((d.algorithm_identification[0] for d in map(descriptions.get, seg.segment_numbers.values())
                           if d.algorithm_identification), None)
         if algorithm is not None:
             model_id, model_version = str(algorithm.AlgorithmName), str(algorithm.AlgorithmVersion)
