@@ -206,6 +206,7 @@ def test_every_format_from_the_cli_and_export_of_an_existing_segmentation(shared
     everything = "nrrd,json,csv,seg,sr,stl,obj"
     refused = _run_cli("segment", str(series), "--formats", everything, "--out", str(tmp_path / "refused"))
     assert refused.returncode == 1 and "--assign-uids" in refused.stderr
+    assert "lungs" not in refused.stderr  # refused before the model ran, not after
     assert not (tmp_path / "refused").exists()
 
     out = tmp_path / "all"

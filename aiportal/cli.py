@@ -109,7 +109,7 @@ def _print_export(result, out: Path) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from aiportal.export.exporter import expected_outputs, export_to_folder
+    from aiportal.export.exporter import check_export_possible, expected_outputs, export_to_folder
     from aiportal.io.volumes import load_volume
     from aiportal.outputs import check_output_folder
     from aiportal.segment import SegmentationJob
@@ -123,6 +123,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     for warning in loaded.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     modality = loaded.source.modality if loaded.source else None
+    check_export_possible(loaded.source, loaded.node, options)  # before the model: it may run for minutes
     job = SegmentationJob(loaded.node, args.model, device=args.device, input_name=str(args.input), modality=modality)
     result = job.run(progress=progress)
     for note in result.notes:

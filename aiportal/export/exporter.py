@@ -48,6 +48,14 @@ def expected_outputs(formats: tuple[str, ...]) -> list[str]:
     return list(dict.fromkeys(name for fmt in formats for name in _OUTPUT_NAMES[fmt]))
 
 
+def check_export_possible(source: SourceSeries | None, volume_node, options: ExportOptions) -> None:
+    """Refuse a DICOM export that cannot succeed (no DICOM source, empty UIDs) before any model runs."""
+    if "seg" in options.formats and not options.assign_missing_uids:
+        from aiportal.export.dicom_source import export_source
+
+        export_source(source, volume_node)  # raises with the reason and the fix; writes nothing
+
+
 @dataclass
 class ExportOptions:
     formats: tuple[str, ...] = DEFAULT_FORMATS
