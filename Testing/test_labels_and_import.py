@@ -112,3 +112,17 @@ def test_totalsegmentator_label_map_becomes_segmentation_and_survives_seg_nrrd(s
     assert read_tag(reloaded_segmentation.GetSegment(liver), REVIEW_TAG) == "suggested"
     assert np.array_equal(export_label_map(reloaded, ct.node), labels_kji)
     json.dumps(provenance.as_tags())  # tags are plain strings
+
+
+def test_label_map_from_layers_equals_slicers_per_segment_export(shared_data, runtime):
+    from aiportal.segment import SegmentationJob
+    from aiportal.segmentation import segment_mask
+
+    volume = load_volume(shared_data / "totalseg/example_ct.nii.gz", runtime).node
+    node = SegmentationJob(volume, "classic-ct", runtime=runtime).run().segmentation_node
+    segmentation = node.GetSegmentation()
+    assert segmentation.GetNumberOfLayers() > 1  # body and organs overlap: the case that needs care
+    expected = np.zeros(array_from_volume(volume).shape, dtype=np.uint8)
+    for segment_id in segment_ids(node):  # Slicer resamples each segment; the later one wins
+        expected[segment_mask(node, segment_id, volume)] = label_value(segmentation.GetSegment(segment_id))
+    assert np.array_equal(export_label_map(node, volume), expected)

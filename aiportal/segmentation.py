@@ -150,12 +150,24 @@ def export_label_map(segmentation_node, reference_volume) -> np.ndarray:
     values = [label_value(segmentation.GetSegment(segment_id)) for segment_id in ids]
     next_free = max([v for v in values if v] + [0]) + 1
     shape = _shape_kji(reference_volume)
-    dtype = np.uint8 if next_free + len(ids) < 256 else np.uint16
-    label_map = np.zeros(shape, dtype=dtype)
+    label_map = np.zeros(shape, dtype=np.uint8 if next_free + len(ids) < 256 else np.uint16)
+    grid = vtk_matrix_to_array(ijk_to_ras_vtk(reference_volume))
+    layers: dict[str, GridLayer | None] = {}
     for segment_id, value in zip(ids, values, strict=True):
         if value is None:
             value, next_free = next_free, next_free + 1
-        label_map[segment_mask(segmentation_node, segment_id, reference_volume)] = value
+        image = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+        address = image.GetAddressAsString("") if image is not None else ""
+        if address not in layers:
+            layers[address] = layer_on_grid(image, grid) if image is not None else None
+        layer = layers[address]
+        if layer is None:  # a layer off the volume grid: let Slicer resample this segment
+            label_map[segment_mask(segmentation_node, segment_id, reference_volume)] = value
+            continue
+        placed = _placement(layer, shape)
+        if placed is not None:
+            inside, target = placed
+            label_map[target][layer.array[inside] == segmentation.GetSegment(segment_id).GetLabelValue()] = value
     return label_map
 
 
@@ -248,9 +260,9 @@ def on_same_grid(segmentation_node, volume_node, tolerance_mm: float = 1e-3) -> 
     geometry = slicer.vtkOrientedImageData()
     if not slicer.vtkSegmentationConverter.DeserializeImageGeometry(text, geometry, False):
         return False
-    ours, theirs = vtk.vtkMatrix4x4(), ijk_to_ras_vtk(volume_node)
-    geometry.GetImageToWorldMatrix(ours)
-    ours, theirs = (np.array([[m.GetElement(r, c) for c in range(4)] for r in range(4)]) for m in (ours, theirs))
+    matrix = vtk.vtkMatrix4x4()
+    geometry.GetImageToWorldMatrix(matrix)
+    ours, theirs = vtk_matrix_to_array(matrix), vtk_matrix_to_array(ijk_to_ras_vtk(volume_node))
     i0, i1, j0, j1, k0, k1 = geometry.GetExtent()
     # a geometry with a non-zero extent start is the same grid shifted: compare the corner voxels instead
     corner = ours @ np.array([i0, j0, k0, 1.0])
@@ -302,6 +314,16 @@ def layer_on_grid(layer_image, volume_ijk_to_ras: np.ndarray) -> GridLayer | Non
     return GridLayer(array, offset_ijk[::-1])
 
 
+def _placement(layer: GridLayer, shape: tuple[int, ...]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """The part of a layer inside the volume, as (slices into the layer, slices into the volume)."""
+    low = np.maximum(layer.offset_kji, 0)
+    high = np.minimum(layer.offset_kji + layer.array.shape, shape)
+    if np.any(high <= low):
+        return None
+    inside = tuple(slice(a - o, b - o) for a, b, o in zip(low, high, layer.offset_kji, strict=True))
+    return inside, tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+
+
 def segment_number_map(segmentation_node, volume_node, ids: Sequence[str]) -> np.ndarray | None:
     """``ids[n]`` drawn as ``n + 1`` on the volume grid, one pass per shared layer.
 
@@ -327,12 +349,10 @@ def segment_number_map(segmentation_node, volume_node, ids: Sequence[str]) -> np
         lookup = np.zeros(int(max(layer.array.max(), max(v for v, _ in pairs))) + 1, dtype=numbers.dtype)
         for value, number in pairs:
             lookup[value] = number
-        low = np.maximum(layer.offset_kji, 0)
-        high = np.minimum(layer.offset_kji + layer.array.shape, shape)
-        if np.any(high <= low):
+        placed = _placement(layer, shape)
+        if placed is None:
             continue
-        inside = tuple(slice(a - o, b - o) for a, b, o in zip(low, high, layer.offset_kji, strict=True))
-        target = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
+        inside, target = placed
         drawn = lookup[layer.array[inside]]
         region = numbers[target]
         if np.any(region[drawn > 0]):  # segments of different layers overlap here

@@ -1,0 +1,229 @@
+"""RECIST 1.1 axes of a segment, measured exactly on its voxels, and placed as Markups lines.
+
+Definitions (all distances between voxel centres, in RAS millimetres):
+
+- **Axial slices** are the planes of constant index along the voxel axis whose slice plane is closest
+  to perpendicular to the patient's superior axis. When that plane is tilted more than 1° from true
+  axial the measurement is still made in the acquired slices and ``notes`` says so.
+- **Boundary** voxels of a slice are the segment's voxels with an in-plane face neighbour outside it.
+  The convex hull of a slice's voxel centres has only boundary voxels as vertices, so the longest
+  distance on the hull vertices is exact.
+- **Long axis**: the longest distance between two boundary voxel centres of one slice, over all
+  slices. Slices tied within 1 µm are broken by the longer short axis, then the lower index.
+- **Short axis** (on the long-axis slice): the longest distance measured perpendicular to the long
+  axis between two boundary voxel centres whose positions along the long axis differ by at most one
+  in-plane voxel (the larger in-plane spacing). Its endpoints are those two centres, each moved along
+  the long axis (by at most half a voxel) onto their common perpendicular line, so the reported short
+  axis is exactly perpendicular to the long axis.
+- **Maximum 3D diameter**: the longest distance between any two voxel centres (as the Feret diameter).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from aiportal.errors import InputError
+from aiportal.export.statistics import extreme_points, max_pairwise_distance
+from aiportal.io.volumes import ijk_to_ras_matrix
+from aiportal.provenance import TAG_PREFIX
+from aiportal.segmentation import layer_on_grid, segment_ids, segment_mask, segment_voxel_counts
+
+SEGMENTATION_ID_ATTRIBUTE = TAG_PREFIX + "SegmentationID"
+SEGMENT_ID_ATTRIBUTE = TAG_PREFIX + "SegmentID"
+MEASUREMENT_ATTRIBUTE = TAG_PREFIX + "Measurement"
+
+OBLIQUE_TOLERANCE_DEG = 1.0
+_TIE_MM = 1e-6
+_AXIS_NAMES = "ijk"
+
+
+@dataclass
+class RecistMeasurement:
+    segment_id: str
+    segment_name: str
+    long_axis_mm: float
+    short_axis_mm: float
+    long_axis_endpoints_ras: tuple[tuple[float, float, float], tuple[float, float, float]]
+    short_axis_endpoints_ras: tuple[tuple[float, float, float], tuple[float, float, float]]
+    slice_axis: str  # voxel axis ("i", "j" or "k") whose index is constant on the axial slices
+    slice_index: int  # index along slice_axis of the slice holding both axes
+    max_3d_diameter_mm: float
+    volume_ml: float
+    lymph_node: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def reported_mm(self) -> float:
+        """The RECIST diameter of this lesion: short axis for a lymph node, long axis otherwise."""
+        return self.short_axis_mm if self.lymph_node else self.long_axis_mm
+
+
+def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_node: bool = False) -> RecistMeasurement:
+    """RECIST 1.1 long and short axes, maximum 3D diameter and volume of a segment on ``volume_node``'s grid."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    if segment is None:
+        raise InputError(
+            f"Segment {segment_id!r} is not in {segmentation_node.GetName()}",
+            f"use one of: {', '.join(segment_ids(segmentation_node)) or 'none (the segmentation is empty)'}",
+        )
+    label = f"Segment {segment.GetName()!r} ({segment_id}) of {segmentation_node.GetName()}"
+    ijk_to_ras = ijk_to_ras_matrix(volume_node)
+    linear, translation = ijk_to_ras[:3, :3], ijk_to_ras[:3, 3]
+    voxels_kji, total = _segment_voxels(segmentation_node, segment_id, volume_node, ijk_to_ras)
+    if total == 0:
+        raise InputError(f"{label} is empty", "paint the lesion (or pick another segment) before measuring")
+    if len(voxels_kji) == 0:
+        raise InputError(f"{label} lies entirely outside {volume_node.GetName()}",
+                         "measure it on the image it was drawn on")
+    if len(voxels_kji) == 1:
+        raise InputError(f"{label} is a single voxel: it has no diameter", "segment the whole lesion")
+
+    axis, normal, tilt_deg = _axial_axis(linear)  # ijk order
+    spacing = np.linalg.norm(linear, axis=0)
+    in_plane_voxel_mm = float(max(spacing[a] for a in range(3) if a != axis))
+    slices = _slice_boundaries(voxels_kji, 2 - axis)  # slice index -> boundary voxel indices (k, j, i)
+    ras = {index: kji[:, ::-1] @ linear.T + translation for index, kji in slices.items()}
+    hulls = {index: extreme_points(points) for index, points in ras.items()}
+    longest = {index: _farthest_pair(hull) for index, hull in hulls.items()}
+    long_mm = max(pair[2] for pair in longest.values())
+    if long_mm == 0.0:
+        raise InputError(f"{label} is one voxel wide in every axial slice: it has no axial diameter",
+                         "segment the whole lesion")
+
+    best = None
+    for index in sorted(index for index, pair in longest.items() if pair[2] >= long_mm - _TIE_MM):
+        p, q, length = longest[index]
+        short = _short_axis(ras[index], p, q, normal, in_plane_voxel_mm)
+        if best is None or short[2] > best[2][2] + _TIE_MM:
+            best = (index, (p, q, length), short)
+    index, (p, q, length), (a, b, short_mm) = best
+
+    notes = []
+    if tilt_deg > OBLIQUE_TOLERANCE_DEG:
+        notes.append(f"slices are oblique: {tilt_deg:.1f}° from axial; axes are measured in the acquired slices")
+    notes.append(_measurability(length, short_mm, lymph_node))
+    every_hull = np.concatenate(list(hulls.values()))
+    return RecistMeasurement(
+        segment_id=segment_id,
+        segment_name=segment.GetName(),
+        long_axis_mm=float(length),
+        short_axis_mm=float(short_mm),
+        long_axis_endpoints_ras=(_point(p), _point(q)),
+        short_axis_endpoints_ras=(_point(a), _point(b)),
+        slice_axis=_AXIS_NAMES[axis],
+        slice_index=int(index),
+        # the hull of all slices' hull vertices is the hull of the whole segment: its Feret diameter
+        max_3d_diameter_mm=max_pairwise_distance(extreme_points(every_hull)),
+        volume_ml=float(len(voxels_kji) * abs(np.linalg.det(linear)) / 1000.0),
+        lymph_node=lymph_node,
+        notes=notes,
+    )
+
+
+def add_axis_lines(scene, measurement: RecistMeasurement, segmentation_node, segment_id: str | None = None,
+                   name_prefix: str | None = None):
+    """Two Markups line nodes at the measured axes, named "<prefix> long axis" / "<prefix> short axis"
+    (prefix: the segment's name) and linked to the segment by node attributes."""
+    segment_id = segment_id or measurement.segment_id
+    prefix = name_prefix or measurement.segment_name
+    lines = []
+    for kind, endpoints in (("long", measurement.long_axis_endpoints_ras),
+                            ("short", measurement.short_axis_endpoints_ras)):
+        line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"{prefix} {kind} axis")
+        line.CreateDefaultDisplayNodes()
+        for point in endpoints:
+            line.AddControlPointWorld(*point)
+        line.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segmentation_node.GetID())
+        line.SetAttribute(SEGMENT_ID_ATTRIBUTE, segment_id)
+        line.SetAttribute(MEASUREMENT_ATTRIBUTE, f"RECIST {kind} axis")
+        lines.append(line)
+    return lines[0], lines[1]
+
+
+# -- geometry ------------------------------------------------------------------------------------
+def _segment_voxels(segmentation_node, segment_id: str, volume_node, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, int]:
+    """The segment's voxel indices (k, j, i) inside the volume, and its voxel count wherever it lies."""
+    shape = np.array(volume_node.GetImageData().GetDimensions()[::-1])
+    image = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
+    layer = layer_on_grid(image, ijk_to_ras) if image is not None else None
+    if layer is None:  # another grid (or no voxels): let Slicer resample the segment onto the volume's grid
+        total = segment_voxel_counts(segmentation_node)[segment_id]
+        return np.argwhere(segment_mask(segmentation_node, segment_id, volume_node)), total
+    value = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
+    kji = np.argwhere(layer.array == value) + layer.offset_kji
+    return kji[np.all((kji >= 0) & (kji < shape), axis=1)], len(kji)
+
+
+def _axial_axis(linear: np.ndarray) -> tuple[int, np.ndarray, float]:
+    """The voxel axis (0=i, 1=j, 2=k) whose slices are closest to axial, their unit normal, and
+    their tilt from axial in degrees."""
+    normals = np.array([np.cross(linear[:, (a + 1) % 3], linear[:, (a + 2) % 3]) for a in range(3)])
+    normals /= np.linalg.norm(normals, axis=1)[:, None]
+    axis = int(np.abs(normals[:, 2]).argmax())
+    return axis, normals[axis], math.degrees(math.acos(min(1.0, abs(float(normals[axis, 2])))))
+
+
+def _slice_boundaries(voxels_kji: np.ndarray, slice_dim: int) -> dict[int, np.ndarray]:
+    """In-plane boundary voxels of each slice (a voxel with an in-plane face neighbour outside)."""
+    low = voxels_kji.min(axis=0)
+    mask = np.zeros(voxels_kji.max(axis=0) - low + 1, dtype=bool)
+    mask[tuple((voxels_kji - low).T)] = True
+    in_plane = ndimage.generate_binary_structure(3, 1)
+    for end in (0, 2):  # no neighbours across slices
+        position = [1, 1, 1]
+        position[slice_dim] = end
+        in_plane[tuple(position)] = False
+    boundary = np.argwhere(mask & ~ndimage.binary_erosion(mask, structure=in_plane, border_value=0)) + low
+    order = np.argsort(boundary[:, slice_dim], kind="stable")
+    boundary = boundary[order]
+    indices, starts = np.unique(boundary[:, slice_dim], return_index=True)
+    return {int(i): part for i, part in zip(indices, np.split(boundary, starts[1:]), strict=True)}
+
+
+def _farthest_pair(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """The two points farthest apart (first such pair), and their distance."""
+    squared = ((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=-1)
+    first, second = np.unravel_index(int(squared.argmax()), squared.shape)
+    return points[first], points[second], math.sqrt(float(squared[first, second]))
+
+
+def _short_axis(points: np.ndarray, p: np.ndarray, q: np.ndarray, normal: np.ndarray, window_mm: float,
+                chunk: int = 1024) -> tuple[np.ndarray, np.ndarray, float]:
+    """Longest extent perpendicular to p→q (in the plane of ``normal``) between two of the points at
+    most ``window_mm`` apart along p→q; the endpoints are moved onto their common perpendicular line."""
+    along = (q - p) / np.linalg.norm(q - p)
+    across = np.cross(normal, along)
+    across /= np.linalg.norm(across)
+    u, v = points @ along, points @ across
+    best, pair = -1.0, (0, 0)
+    for start in range(0, len(points), chunk):
+        spread = v[start : start + chunk, None] - v[None, :]
+        spread[np.abs(u[start : start + chunk, None] - u[None, :]) > window_mm + 1e-9] = -np.inf
+        flat = int(spread.argmax())
+        if spread.flat[flat] > best:
+            best = float(spread.flat[flat])
+            pair = (start + flat // len(points), flat % len(points))
+    a, b = points[pair[0]], points[pair[1]]
+    middle = (u[pair[0]] + u[pair[1]]) / 2
+    return a + (middle - u[pair[0]]) * along, b + (middle - u[pair[1]]) * along, best
+
+
+def _point(vector: np.ndarray) -> tuple[float, float, float]:
+    return (float(vector[0]), float(vector[1]), float(vector[2]))
+
+
+def _measurability(long_mm: float, short_mm: float, lymph_node: bool) -> str:
+    """RECIST 1.1 size thresholds (section 3.1), for the reader; the slice-thickness rule is theirs."""
+    if lymph_node:
+        if short_mm >= 15.0:
+            return f"lymph node short axis {short_mm:.1f} mm ≥ 15 mm: measurable (target candidate)"
+        if short_mm >= 10.0:
+            return f"lymph node short axis {short_mm:.1f} mm: pathological but not measurable (non-target)"
+        return f"lymph node short axis {short_mm:.1f} mm < 10 mm: not pathological"
+    if long_mm >= 10.0:
+        return f"long axis {long_mm:.1f} mm ≥ 10 mm: measurable (also needs ≥ 2 × slice thickness)"
+    return f"long axis {long_mm:.1f} mm < 10 mm: non-measurable (RECIST 1.1 minimum 10 mm)"
