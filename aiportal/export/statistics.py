@@ -157,14 +157,14 @@ def _crop_from_layer(layer: _Layer, value: int) -> tuple[np.ndarray, np.ndarray]
     return layer.array[box] == value, layer.offset_kji + np.array([s.start for s in box])
 
 
-def _crop_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+def crop_from_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     boxes = ndimage.find_objects(mask.astype(np.uint8))
     if not boxes or boxes[0] is None:
         return None
     return mask[boxes[0]], np.array([s.start for s in boxes[0]])
 
 
-def _clip_to_volume(
+def clip_to_volume(
     mask: np.ndarray, origin_kji: np.ndarray, shape: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Cut off the part of a cropped mask that lies outside the volume (no intensities there)."""
@@ -326,9 +326,9 @@ def compute_statistics(
         if layer is not None:
             crop = _crop_from_layer(layer, segment.GetLabelValue())
         else:  # another grid: let Slicer resample the segment onto the volume's grid
-            crop = _crop_from_mask(segment_mask(segmentation_node, segment_id, volume_node))
+            crop = crop_from_mask(segment_mask(segmentation_node, segment_id, volume_node))
         if crop is not None:
-            crop = _clip_to_volume(*crop, voxels.shape)
+            crop = clip_to_volume(*crop, voxels.shape)
         row = SegmentStatistics(segment_id, segment.GetName(), label_value(segment), _empty_values(table), table)
         row.values["voxel_count"] = 0
         if crop is not None and (count := int(np.count_nonzero(crop[0]))):

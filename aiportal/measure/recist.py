@@ -14,7 +14,8 @@ Definitions (all distances between voxel centres, in RAS millimetres):
   axis between two boundary voxel centres whose positions along the long axis differ by at most one
   in-plane voxel (the larger in-plane spacing). Its endpoints are those two centres, each moved along
   the long axis (by at most half a voxel) onto their common perpendicular line, so the reported short
-  axis is exactly perpendicular to the long axis.
+  axis is exactly perpendicular to the long axis. As with a reader's caliper, it may cross outside a
+  non-convex lesion.
 - **Maximum 3D diameter**: the longest distance between any two voxel centres (as the Feret diameter).
 """
 
@@ -27,7 +28,7 @@ import numpy as np
 from scipy import ndimage
 
 from aiportal.errors import InputError
-from aiportal.export.statistics import extreme_points, max_pairwise_distance
+from aiportal.export.statistics import clip_to_volume, crop_from_mask, extreme_points, max_pairwise_distance
 from aiportal.io.volumes import ijk_to_ras_matrix
 from aiportal.provenance import TAG_PREFIX
 from aiportal.segmentation import layer_on_grid, segment_ids, segment_mask, segment_voxel_counts
@@ -71,21 +72,25 @@ def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_no
             f"use one of: {', '.join(segment_ids(segmentation_node)) or 'none (the segmentation is empty)'}",
         )
     label = f"Segment {segment.GetName()!r} ({segment_id}) of {segmentation_node.GetName()}"
+    if segmentation_node.GetParentTransformNode() or volume_node.GetParentTransformNode():
+        raise InputError(f"{segmentation_node.GetName()} or {volume_node.GetName()} is transformed",
+                         "harden the transforms (Data module) before measuring")
     ijk_to_ras = ijk_to_ras_matrix(volume_node)
     linear, translation = ijk_to_ras[:3, :3], ijk_to_ras[:3, 3]
-    voxels_kji, total = _segment_voxels(segmentation_node, segment_id, volume_node, ijk_to_ras)
+    crop, total = _segment_crop(segmentation_node, segment_id, volume_node, ijk_to_ras)
     if total == 0:
         raise InputError(f"{label} is empty", "paint the lesion (or pick another segment) before measuring")
-    if len(voxels_kji) == 0:
+    if crop is None:
         raise InputError(f"{label} lies entirely outside {volume_node.GetName()}",
                          "measure it on the image it was drawn on")
-    if len(voxels_kji) == 1:
+    count = int(np.count_nonzero(crop[0]))
+    if count == 1:
         raise InputError(f"{label} is a single voxel: it has no diameter", "segment the whole lesion")
 
     axis, normal, tilt_deg = _axial_axis(linear)  # ijk order
     spacing = np.linalg.norm(linear, axis=0)
     in_plane_voxel_mm = float(max(spacing[a] for a in range(3) if a != axis))
-    slices = _slice_boundaries(voxels_kji, 2 - axis)  # slice index -> boundary voxel indices (k, j, i)
+    slices = _slice_boundaries(*crop, 2 - axis)  # slice index -> boundary voxel indices (k, j, i)
     ras = {index: kji[:, ::-1] @ linear.T + translation for index, kji in slices.items()}
     hulls = {index: extreme_points(points) for index, points in ras.items()}
     longest = {index: _farthest_pair(hull) for index, hull in hulls.items()}
@@ -105,6 +110,9 @@ def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_no
     notes = []
     if tilt_deg > OBLIQUE_TOLERANCE_DEG:
         notes.append(f"slices are oblique: {tilt_deg:.1f}° from axial; axes are measured in the acquired slices")
+    if count < total:
+        notes.append(f"{total - count} of {total} voxels lie outside {volume_node.GetName()}: "
+                     "only the part inside is measured")
     notes.append(_measurability(length, short_mm, lymph_node))
     every_hull = np.concatenate(list(hulls.values()))
     return RecistMeasurement(
@@ -118,7 +126,7 @@ def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_no
         slice_index=int(index),
         # the hull of all slices' hull vertices is the hull of the whole segment: its Feret diameter
         max_3d_diameter_mm=max_pairwise_distance(extreme_points(every_hull)),
-        volume_ml=float(len(voxels_kji) * abs(np.linalg.det(linear)) / 1000.0),
+        volume_ml=float(count * abs(np.linalg.det(linear)) / 1000.0),
         lymph_node=lymph_node,
         notes=notes,
     )
@@ -145,17 +153,25 @@ def add_axis_lines(scene, measurement: RecistMeasurement, segmentation_node, seg
 
 
 # -- geometry ------------------------------------------------------------------------------------
-def _segment_voxels(segmentation_node, segment_id: str, volume_node, ijk_to_ras: np.ndarray) -> tuple[np.ndarray, int]:
-    """The segment's voxel indices (k, j, i) inside the volume, and its voxel count wherever it lies."""
-    shape = np.array(volume_node.GetImageData().GetDimensions()[::-1])
+def _segment_crop(
+    segmentation_node, segment_id: str, volume_node, ijk_to_ras: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray] | None, int]:
+    """The segment cropped to its bounding box inside the volume (mask, origin (k, j, i)), or None
+    when no voxel of it is inside; and its voxel count wherever it lies."""
     image = segmentation_node.GetBinaryLabelmapInternalRepresentation(segment_id)
     layer = layer_on_grid(image, ijk_to_ras) if image is not None else None
     if layer is None:  # another grid (or no voxels): let Slicer resample the segment onto the volume's grid
         total = segment_voxel_counts(segmentation_node)[segment_id]
-        return np.argwhere(segment_mask(segmentation_node, segment_id, volume_node)), total
+        return crop_from_mask(segment_mask(segmentation_node, segment_id, volume_node)), total
     value = segmentation_node.GetSegmentation().GetSegment(segment_id).GetLabelValue()
-    kji = np.argwhere(layer.array == value) + layer.offset_kji
-    return kji[np.all((kji >= 0) & (kji < shape), axis=1)], len(kji)
+    crop = crop_from_mask(layer.array == value)
+    if crop is None:
+        return None, 0
+    mask, origin = crop
+    inside = clip_to_volume(mask, origin + layer.offset_kji, volume_node.GetImageData().GetDimensions()[::-1])
+    if inside is not None and not inside[0].any():
+        inside = None
+    return inside, int(np.count_nonzero(mask))
 
 
 def _axial_axis(linear: np.ndarray) -> tuple[int, np.ndarray, float]:
@@ -167,17 +183,14 @@ def _axial_axis(linear: np.ndarray) -> tuple[int, np.ndarray, float]:
     return axis, normals[axis], math.degrees(math.acos(min(1.0, abs(float(normals[axis, 2])))))
 
 
-def _slice_boundaries(voxels_kji: np.ndarray, slice_dim: int) -> dict[int, np.ndarray]:
-    """In-plane boundary voxels of each slice (a voxel with an in-plane face neighbour outside)."""
-    low = voxels_kji.min(axis=0)
-    mask = np.zeros(voxels_kji.max(axis=0) - low + 1, dtype=bool)
-    mask[tuple((voxels_kji - low).T)] = True
+def _slice_boundaries(mask: np.ndarray, origin_kji: np.ndarray, slice_dim: int) -> dict[int, np.ndarray]:
+    """In-plane boundary voxels (k, j, i) of each slice: voxels with an in-plane face neighbour outside."""
     in_plane = ndimage.generate_binary_structure(3, 1)
     for end in (0, 2):  # no neighbours across slices
         position = [1, 1, 1]
         position[slice_dim] = end
         in_plane[tuple(position)] = False
-    boundary = np.argwhere(mask & ~ndimage.binary_erosion(mask, structure=in_plane, border_value=0)) + low
+    boundary = np.argwhere(mask & ~ndimage.binary_erosion(mask, structure=in_plane, border_value=0)) + origin_kji
     order = np.argsort(boundary[:, slice_dim], kind="stable")
     boundary = boundary[order]
     indices, starts = np.unique(boundary[:, slice_dim], return_index=True)
