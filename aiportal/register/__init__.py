@@ -5,6 +5,7 @@ from aiportal.register.registration import (
     apply_to_scene,
     load_transform,
     register_volumes,
+    resample,
     save_transform,
     transform_matrix,
 )
@@ -12,6 +13,7 @@ from aiportal.register.registration import (
 __all__ = [
     "RegistrationResult",
     "apply_to_scene",
+    "resample",
     "load_transform",
     "register_volumes",
     "save_transform",

@@ -9,6 +9,8 @@ Conventions (the one Slicer uses for a transform node that is the moving volume'
 - A B-spline result is kept in ITK's direction (fixed → moving, LPS) as ``RegistrationResult.itk_transform``
   and becomes the *from-parent* transform of a B-spline transform node, as Slicer's own
   transform reader does for ITK files.
+- Each volume's own geometry (IJK→RAS) is used; transforms the volumes are already under are ignored,
+  so registering again after :func:`apply_to_scene` gives the same answer.
 """
 
 from __future__ import annotations
@@ -27,8 +29,6 @@ from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix
 from aiportal.progress import CancelToken, ProgressCallback, no_progress, scaled
 
 if TYPE_CHECKING:
-    import slicer
-
     from aiportal.runtime import SlicerRuntime
 
 Kind = Literal["rigid", "affine", "bspline"]
@@ -44,9 +44,9 @@ MOVING_REFERENCE = "movingVolume"
 _ATTRIBUTE_PREFIX = "AIPortal.Registration."
 
 _LINEAR_ITERATIONS = 200
-_METRIC_SAMPLES = 200_000
+_METRIC_SAMPLES = 50_000
 _BSPLINE_ITERATIONS = 100
-_BSPLINE_MESH_SPACING_MM = 40.0  # control-point spacing at the finest level: smooth, anatomy-scale warps
+_BSPLINE_MESH_SPACING_MM = 40.0  # control-point spacing: smooth, organ-scale warps, few parameters
 
 
 @dataclass
@@ -54,7 +54,9 @@ class RegistrationResult:
     """What a registration found.
 
     ``matrix_ras`` maps moving RAS → fixed RAS (for B-spline: the affine part found before the warp).
-    ``itk_transform`` is the full optimised transform in ITK's direction (fixed LPS → moving LPS).
+    ``itk_transform`` is the full optimised transform in ITK's direction (fixed LPS → moving LPS): an
+    ``AffineTransform`` for rigid and affine, a ``CompositeTransform`` [affine, B-spline] for bspline.
+    ``bspline_coefficients`` are the B-spline's (x, y, z) LPS displacement coefficients in mm, (k, j, i) arrays.
     """
 
     kind: str
@@ -134,15 +136,18 @@ def _check_overlap(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transfor
         )
 
 
-def _linear_to_ras(transform: sitk.Transform) -> np.ndarray:
-    """Moving RAS → fixed RAS matrix of a fixed LPS → moving LPS linear ITK transform."""
-    linear = _as_affine(transform)
+def _linear_to_ras(linear: sitk.AffineTransform) -> np.ndarray:
+    """Moving RAS → fixed RAS matrix of a fixed LPS → moving LPS affine ITK transform."""
     matrix = np.array(linear.GetMatrix()).reshape(3, 3)
     center = np.array(linear.GetCenter())
     fixed_to_moving = np.eye(4)
     fixed_to_moving[:3, :3] = matrix
     fixed_to_moving[:3, 3] = center + np.array(linear.GetTranslation()) - matrix @ center
     return _FLIP @ np.linalg.inv(fixed_to_moving) @ _FLIP
+
+
+class _StopRequested(Exception):
+    """Raised inside an iteration callback to abort a registration that did not stop when asked."""
 
 
 class _Stage:
@@ -158,7 +163,9 @@ class _Stage:
 
     def _on_iteration(self) -> None:
         if self.cancel is not None and self.cancel.cancelled:
-            # an exception cannot cross the C++ callback; stop the optimiser and raise after Execute
+            if self.cancelled:
+                # the optimiser ignored the stop (LBFGSB does): an exception in the callback aborts Execute
+                raise _StopRequested
             self.cancelled = True
             self.method.StopRegistration()
             return
@@ -168,14 +175,25 @@ class _Stage:
         self.progress((level + within) / self.levels, f"{self.name} level {level + 1}/{self.levels}")
 
     def run(self, fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
-        transform = self.method.Execute(fixed, moving)
+        try:
+            transform = self.method.Execute(fixed, moving)
+        except RuntimeError as error:  # SimpleITK wraps the callback's exception (and prints its traceback)
+            if self.cancelled:
+                raise CancelledError("the registration") from error
+            raise
         if self.cancelled:
             raise CancelledError("the registration")
+        if not np.isfinite(self.method.GetMetricValue()) or self.method.GetMetricValue() > 1e300:
+            # ITK reports "no valid points" as the largest double: the images drifted apart
+            raise AIPortalError(
+                f"The {self.name} registration lost the overlap between the images",
+                "use mutual information for different contrasts, or initialise by moments or with masks",
+            )
         return transform
 
 
-def _method(metric: str, levels: int, fixed_voxels: int, fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None,
-            ) -> sitk.ImageRegistrationMethod:
+def _method(metric: str, levels: int, fixed_voxels: int, fixed_mask: sitk.Image | None,
+            moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     if metric == "mean_squares":
         method.SetMetricAsMeanSquares()
@@ -197,8 +215,8 @@ def _method(metric: str, levels: int, fixed_voxels: int, fixed_mask: sitk.Image 
     return method
 
 
-def _initial_transform(fixed: sitk.Image, moving: sitk.Image, kind: str, initialization: str) -> sitk.Transform:
-    transform = sitk.Euler3DTransform() if kind == "rigid" else sitk.AffineTransform(3)
+def _initial_transform(fixed: sitk.Image, moving: sitk.Image, initialization: str) -> sitk.Euler3DTransform:
+    transform = sitk.Euler3DTransform()
     if initialization == "none":
         return transform  # identity: trust the scanner coordinates (e.g. same-session scans)
     how = (sitk.CenteredTransformInitializerFilter.MOMENTS if initialization == "moments"
@@ -221,7 +239,9 @@ def register_volumes(
 ) -> RegistrationResult:
     """Find the transform that aligns ``moving_node`` to ``fixed_node``; nothing is added to the scene.
 
-    ``metric="auto"`` uses Mattes mutual information, which also works for a single modality.
+    ``kind`` runs stages: rigid; rigid then affine; rigid, affine then a B-spline warp on top.
+    ``metric="auto"`` uses Mattes mutual information (any pair of contrasts); ``mean_squares`` is
+    more precise when both volumes have the same contrast.
     Masks are boolean (k, j, i) arrays on their volume's grid (e.g. from ``segment_mask``); the
     metric only samples inside them. ``initialization="none"`` starts from the scanner coordinates.
     Raises :class:`InputError` for unusable input and :class:`CancelledError` when cancelled.
@@ -241,37 +261,44 @@ def register_volumes(
     moving_mask_image = _mask_image(moving_mask, moving_node, "moving")
     metric_name = "mutual_information" if metric == "auto" else metric
 
-    initial = _initial_transform(fixed, moving, "rigid" if kind == "rigid" else "affine", initialization)
+    initial = _initial_transform(fixed, moving, initialization)
     _check_overlap(fixed, moving, initial)
-    stages = 2 if kind == "bspline" else 1
-    method = _method(metric_name, levels, fixed.GetNumberOfPixels(), fixed_mask_image, moving_mask_image)
-    method.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=_LINEAR_ITERATIONS, relaxationFactor=0.5,
-        gradientMagnitudeTolerance=1e-8,
-    )
-    method.SetOptimizerScalesFromPhysicalShift()  # balance rotation (rad) against translation (mm)
-    method.SetInitialTransform(initial, inPlace=False)
-    linear_name = "rigid" if kind == "rigid" else "affine"
-    stage = _Stage(method, linear_name, levels, _LINEAR_ITERATIONS, scaled(progress, 0.0, 1.0 / stages), cancel)
-    transform = stage.run(fixed, moving)
-    iterations = stage.total_iterations
-    notes = [f"{linear_name}: {method.GetOptimizerStopConditionDescription()}"]
-    final_metric = method.GetMetricValue()
-    matrix_ras = _linear_to_ras(transform)
-    coefficients = None
+    # affine starts from the rigid answer: its 12 parameters drift when optimised from the initialisation alone
+    stage_names = ["rigid", "affine", "bspline"][: ("rigid", "affine", "bspline").index(kind) + 1]
+    share = 1.0 / len(stage_names)
+    transform: sitk.Transform = initial
+    iterations, notes, final_metric = 0, [], float("nan")
+    for index, name in enumerate(name for name in stage_names if name != "bspline"):
+        if name == "affine":
+            transform = _as_affine(transform)
+        method = _method(metric_name, levels, fixed.GetNumberOfPixels(), fixed_mask_image, moving_mask_image)
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=1.0, minStep=1e-4, numberOfIterations=_LINEAR_ITERATIONS, relaxationFactor=0.5,
+            gradientMagnitudeTolerance=1e-8,
+        )
+        method.SetOptimizerScalesFromPhysicalShift()  # balance rotation (rad) against translation (mm)
+        method.SetInitialTransform(transform, inPlace=False)
+        stage_progress = scaled(progress, index * share, (index + 1) * share)
+        stage = _Stage(method, name, levels, _LINEAR_ITERATIONS, stage_progress, cancel)
+        transform = stage.run(fixed, moving)
+        iterations += stage.total_iterations
+        notes.append(f"{name}: {method.GetOptimizerStopConditionDescription()}")
+        final_metric = method.GetMetricValue()
+    linear = _as_affine(transform)
+    matrix_ras = _linear_to_ras(linear)
+    transform, coefficients = linear, None
 
     if kind == "bspline":
-        linear = _as_affine(transform)
         bspline_method = _method(metric_name, levels, fixed.GetNumberOfPixels(), fixed_mask_image, moving_mask_image)
-        mesh = [max(1, int(round(size * spacing / _BSPLINE_MESH_SPACING_MM / 2 ** (levels - 1))))
-                for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing())]
+        mesh = [max(1, int(round(size * spacing / _BSPLINE_MESH_SPACING_MM)))
+                for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing(), strict=True)]
         bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
         bspline_method.SetMovingInitialTransform(linear)  # warp on top of the fixed affine result
-        bspline_method.SetInitialTransformAsBSpline(bspline, inPlace=True,
-                                                    scaleFactors=[2**level for level in range(levels)])
-        bspline_method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5,
-                                            numberOfIterations=_BSPLINE_ITERATIONS)
-        stage = _Stage(bspline_method, "bspline", levels, _BSPLINE_ITERATIONS, scaled(progress, 0.5, 1.0), cancel)
+        # one control grid for all levels: LBFGSB cannot follow a grid refined between levels
+        bspline_method.SetInitialTransform(bspline, inPlace=True)
+        bspline_method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=_BSPLINE_ITERATIONS)
+        stage_progress = scaled(progress, 1.0 - share, 1.0)
+        stage = _Stage(bspline_method, "bspline", levels, _BSPLINE_ITERATIONS, stage_progress, cancel)
         stage.run(fixed, moving)
         iterations += stage.total_iterations
         notes.append(f"bspline: {bspline_method.GetOptimizerStopConditionDescription()}")
@@ -287,6 +314,7 @@ def register_volumes(
 
 
 def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
+    """The optimised linear transform (Euler or affine, possibly wrapped by Execute) as one affine."""
     if isinstance(transform, sitk.CompositeTransform):
         transform = transform.GetBackTransform()
     affine = sitk.AffineTransform(3)
@@ -294,6 +322,20 @@ def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
     affine.SetTranslation(transform.GetTranslation())
     affine.SetCenter(transform.GetCenter())
     return affine
+
+
+def resample(runtime: SlicerRuntime, result: RegistrationResult, fixed_node, moving_node, *,
+             name: str | None = None, labels: bool = False):
+    """A new volume node: the moving volume resampled onto the fixed grid (nearest neighbour for ``labels``)."""
+    from aiportal.io.volumes import volume_node_from_array
+
+    moving = image_from_node(moving_node)
+    grid = image_from_node(fixed_node, np.zeros(array_from_volume(fixed_node).shape, np.uint8))
+    interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
+    warped = sitk.Resample(moving, grid, result.itk_transform, interpolator, 0.0, moving.GetPixelID())
+    node_class = "vtkMRMLLabelMapVolumeNode" if labels else "vtkMRMLScalarVolumeNode"
+    return volume_node_from_array(runtime.scene, sitk.GetArrayFromImage(warped), ijk_to_ras_matrix(fixed_node),
+                                  name or f"{moving_node.GetName()} registered", node_class)
 
 
 def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
@@ -342,7 +384,9 @@ def _bspline_node(runtime: SlicerRuntime, result: RegistrationResult, name: str)
         path = Path(folder) / "bspline.h5"
         sitk.WriteTransform(result.itk_transform, str(path))
         node = runtime.scene.AddNewNodeByClass("vtkMRMLBSplineTransformNode", name)
-        _storage(path).ReadData(node)
+        if not _storage(path).ReadData(node):
+            runtime.scene.RemoveNode(node)
+            raise AIPortalError("Slicer could not read the B-spline transform back", "report this as a bug")
     return node
 
 
