@@ -185,3 +185,35 @@ def test_fixed_mask_from_a_segment_keeps_the_known_motion(runtime, shared_data, 
     # fewer samples (the tissue only, 60% of a 2 mm image) cost a little precision
     assert rotation_error_deg(result.matrix_ras, true) < 1.0  # measured 0.48°
     assert translation_error_mm(result.matrix_ras, true) < 1.0  # measured 0.74 mm
+
+
+def test_register_command_writes_a_reloadable_transform_and_the_resampled_volume(runtime, shared_data, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    fixed = shared_data / "nibabel-moved" / "anatomical.nii"
+    moving = shared_data / "nibabel-moved" / "reoriented_anat_moved.nii"
+    out = tmp_path / "reg"
+    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "register", str(fixed), str(moving), "--type", "rigid",
+                           "--metric", "mean_squares", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    matrix = transform_matrix(load_transform(runtime, out / "transform.h5"))
+    true = np.linalg.inv(KNOWN_MOTION)
+    assert rotation_error_deg(matrix, true) < 0.5 and translation_error_mm(matrix, true) < 0.5
+    record = json.loads((out / "registration.json").read_text())
+    assert np.allclose(record["moving_to_fixed_ras"], matrix, atol=1e-6)
+    registered = load_volume(out / "moving_registered.nrrd", runtime).node
+    assert np.allclose(ijk_to_ras_matrix(registered), ijk_to_ras_matrix(load_volume(fixed, runtime).node), atol=1e-4)
+
+    again = subprocess.run([sys.executable, "-m", "aiportal.cli", "register", str(fixed), str(moving), "--out",
+                            str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 1 and "--overwrite" in again.stderr  # nothing replaced
+    import SimpleITK as sitk
+
+    flat_path = tmp_path / "slice.nrrd"  # one slice of the real image (Slicer's writer refuses single slices)
+    sitk.WriteImage(sitk.ReadImage(str(fixed))[:, :, 12:13], str(flat_path))
+    flat = subprocess.run([sys.executable, "-m", "aiportal.cli", "register", str(fixed), str(flat_path),
+                           "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert flat.returncode == 1 and "aiportal: error:" in flat.stderr and "2D" in flat.stderr
+    assert not (tmp_path / "x").exists()

@@ -173,6 +173,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_register(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from aiportal.io.volumes import load_volume, save_volume
+    from aiportal.outputs import check_output_folder, staged_output
+    from aiportal.register import apply_to_scene, register_volumes, resample, save_transform
+    from aiportal.runtime import get_runtime
+
+    outputs = ["transform.h5", "registration.json", *([] if args.no_resample else ["moving_registered.nrrd"])]
+    check_output_folder(args.out, outputs, args.overwrite)
+    progress = TerminalProgress()
+    progress(0.0, f"loading {args.fixed} and {args.moving}")
+    fixed = load_volume(args.fixed, series_uid=args.fixed_series).node
+    moving = load_volume(args.moving, series_uid=args.moving_series).node
+    result = register_volumes(fixed, moving, kind=args.type, metric=args.metric, initialization=args.init,
+                              levels=args.levels, progress=progress)
+    runtime = get_runtime()
+    with staged_output(args.out, overwrite=args.overwrite) as staging:
+        save_transform(apply_to_scene(runtime, result, fixed, moving, observe=False), staging / "transform.h5")
+        if not args.no_resample:
+            save_volume(resample(runtime, result, fixed, moving), staging / "moving_registered.nrrd")
+        (staging / "registration.json").write_text(json.dumps({
+            "fixed": str(args.fixed), "moving": str(args.moving), "kind": result.kind, "metric": result.metric,
+            "final_metric": result.final_metric, "iterations": result.iterations,
+            "elapsed_s": round(result.elapsed_s, 3), "moving_to_fixed_ras": np.asarray(result.matrix_ras).tolist(),
+            "notes": result.notes}, indent=2))
+    print(f"{result.kind} registration of {args.moving} to {args.fixed}: metric {result.final_metric:.5g} "
+          f"after {result.iterations} iterations in {result.elapsed_s:.1f} s")
+    print(f"wrote {args.out / 'transform.h5'} (moving → fixed, Slicer's transform-to-parent)")
+    return 0
+
+
 def _audit():
     from aiportal.audit import AuditLog
     from aiportal.settings import Settings
@@ -290,6 +322,22 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(export, default_formats="seg,sr")
     export.set_defaults(handler=cmd_export)
+
+    register = commands.add_parser("register", help="align a moving volume to a fixed one")
+    register.add_argument("fixed", type=Path, help="fixed volume: DICOM folder/file, NIfTI or NRRD")
+    register.add_argument("moving", type=Path, help="moving volume")
+    register.add_argument("--type", choices=["rigid", "affine", "bspline"], default="rigid")
+    register.add_argument("--metric", choices=["auto", "mean_squares", "mutual_information"], default="auto",
+                          help="auto = mutual information (any contrasts); mean_squares for the same contrast")
+    register.add_argument("--init", choices=["geometry", "moments", "none"], default="geometry",
+                          help="initial alignment: image centres, intensity moments, or scanner coordinates")
+    register.add_argument("--levels", type=int, default=3, help="multi-resolution levels")
+    register.add_argument("--fixed-series", help="SeriesInstanceUID in a fixed folder with several series")
+    register.add_argument("--moving-series", help="SeriesInstanceUID in a moving folder with several series")
+    register.add_argument("--out", type=Path, required=True, help="output folder")
+    register.add_argument("--no-resample", action="store_true", help="do not write the resampled moving volume")
+    register.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    register.set_defaults(handler=cmd_register)
 
     audit = commands.add_parser("audit", help="read, verify or add to the audit trail")
     audit.add_argument("--log", type=Path, help="audit log (default: AIPORTAL_AUDIT_LOG or ~/.local/share/aiportal)")
