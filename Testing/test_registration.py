@@ -217,3 +217,36 @@ def test_register_command_writes_a_reloadable_transform_and_the_resampled_volume
                            "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert flat.returncode == 1 and "aiportal: error:" in flat.stderr and "2D" in flat.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_prior_segmentation_propagates_onto_the_current_scan(runtime, anatomical):
+    from aiportal.models.backend import LabelMapResult
+    from aiportal.models.catalog import ANATOMICAL_STRUCTURE, TISSUE, Code, LabelSpec
+    from aiportal.provenance import Provenance, now_iso
+    from aiportal.register import propagate_segmentation
+    from aiportal.segmentation import import_label_map, label_value, segment_ids
+
+    voxels = array_from_volume(anatomical).astype(np.float32)
+    prior_scan = moved_copy(runtime, anatomical, SYNTHETIC_MOTION, name="prior")  # same voxels, moved in space
+    head, bright = voxels > np.percentile(voxels, 40), voxels > np.percentile(voxels, 85)  # overlapping segments
+    labels = (LabelSpec(1, "head", ANATOMICAL_STRUCTURE, Code("SCT", "69536005", "Head"), color=(200, 150, 100)),
+              LabelSpec(2, "bright", TISSUE, Code("SCT", "85756007", "Tissue"), color=(20, 120, 250), layer=1))
+    provenance = Provenance("prior-model", "1", "none", {}, "cpu", now_iso(), now_iso())
+    prior = import_label_map(LabelMapResult(layers=[head.astype(np.uint8), bright.astype(np.uint8) * 2]), labels,
+                             prior_scan, provenance, runtime=runtime)
+
+    result = register_volumes(anatomical, prior_scan, kind="rigid", metric="mean_squares")
+    current = propagate_segmentation(runtime, result, prior, anatomical, prior_scan)
+
+    segmentation = current.GetSegmentation()
+    by_name = {segmentation.GetSegment(s).GetName(): s for s in segment_ids(current)}
+    assert set(by_name) == {"head", "bright"}
+    for name, truth in (("head", head), ("bright", bright)):
+        mask = segment_mask(current, by_name[name], anatomical)
+        dice = 2 * np.count_nonzero(mask & truth) / (mask.sum() + truth.sum())
+        assert dice > 0.9, (name, dice)  # the same voxels, found again on the current grid
+        segment = segmentation.GetSegment(by_name[name])
+        assert Provenance.of_segment(segment) == provenance and label_value(segment) in (1, 2)
+    assert segmentation.GetSegment(by_name["bright"]).GetColor() == pytest.approx((20 / 255, 120 / 255, 250 / 255))
+    overlap = segment_mask(current, by_name["head"], anatomical) & segment_mask(current, by_name["bright"], anatomical)
+    assert overlap.sum() > 0.9 * segment_mask(current, by_name["bright"], anatomical).sum()  # overlaps survive

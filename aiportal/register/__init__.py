@@ -1,5 +1,6 @@
 """AIRegister logic: register volumes with SimpleITK and keep the result as Slicer transform nodes."""
 
+from aiportal.register.propagate import propagate_segmentation
 from aiportal.register.registration import (
     RegistrationResult,
     apply_to_scene,
@@ -15,6 +16,7 @@ __all__ = [
     "apply_to_scene",
     "resample",
     "load_transform",
+    "propagate_segmentation",
     "register_volumes",
     "save_transform",
     "transform_matrix",
