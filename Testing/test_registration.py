@@ -250,3 +250,33 @@ def test_prior_segmentation_propagates_onto_the_current_scan(runtime, anatomical
     assert segmentation.GetSegment(by_name["bright"]).GetColor() == pytest.approx((20 / 255, 120 / 255, 250 / 255))
     overlap = segment_mask(current, by_name["head"], anatomical) & segment_mask(current, by_name["bright"], anatomical)
     assert overlap.sum() > 0.9 * segment_mask(current, by_name["bright"], anatomical).sum()  # overlaps survive
+
+
+def test_fusion_modes_set_every_slice_view(runtime, anatomical):
+    from aiportal.register import checkerboard, show_fusion
+
+    moving = moved_copy(runtime, anatomical, SYNTHETIC_MOTION)
+    result = register_volumes(anatomical, moving, kind="rigid", metric="mean_squares")
+    views = [runtime.scene.AddNewNodeByClass("vtkMRMLSliceCompositeNode") for _ in range(3)]  # as Red/Yellow/Green
+
+    show_fusion(runtime, result, anatomical, moving, mode="fade", opacity=0.3)
+    for view in views:
+        assert (view.GetBackgroundVolumeID(), view.GetForegroundVolumeID()) == (anatomical.GetID(), moving.GetID())
+        assert view.GetForegroundOpacity() == pytest.approx(0.3) and view.GetCompositing() == view.Alpha
+
+    show_fusion(runtime, result, anatomical, moving, mode="difference")
+    assert all(view.GetCompositing() == view.Subtract and view.GetForegroundOpacity() == 1.0 for view in views)
+
+    board = show_fusion(runtime, result, anatomical, moving, mode="checkerboard", square_mm=8.0)
+    assert all(view.GetBackgroundVolumeID() == board.GetID() and not view.GetForegroundVolumeID() for view in views)
+    fixed, moved = array_from_volume(anatomical), array_from_volume(resample(runtime, result, anatomical, moving))
+    cubes = array_from_volume(board)
+    assert np.array_equal(cubes, checkerboard(fixed, moved, np.linalg.norm(ijk_to_ras_matrix(anatomical)[:3, :3],
+                                                                             axis=0)[::-1], 8.0))
+    assert np.array_equal(cubes[0, 0, 0], fixed[0, 0, 0]) and (cubes == fixed).mean() > 0.4
+    slice_mm = np.linalg.norm(ijk_to_ras_matrix(anatomical)[:3, 2])
+    k = next(k for k in range(cubes.shape[0]) if 8.0 <= k * slice_mm < 16.0)  # the second cube along k
+    assert np.array_equal(cubes[k, :1, :1], moved[k, :1, :1].astype(cubes.dtype))
+    assert not np.array_equal(cubes, fixed) and not np.array_equal(cubes, moved)
+    with pytest.raises(InputError, match="fusion mode"):
+        show_fusion(runtime, result, anatomical, moving, mode="swipe")

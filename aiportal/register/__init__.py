@@ -1,5 +1,6 @@
 """AIRegister logic: register volumes with SimpleITK and keep the result as Slicer transform nodes."""
 
+from aiportal.register.fusion import checkerboard, show_fusion
 from aiportal.register.propagate import propagate_segmentation
 from aiportal.register.registration import (
     RegistrationResult,
@@ -12,6 +13,8 @@ from aiportal.register.registration import (
 )
 
 __all__ = [
+    "checkerboard",
+    "show_fusion",
     "RegistrationResult",
     "apply_to_scene",
     "resample",
