@@ -1,13 +1,14 @@
 import logging
 import os
 import sys
+from typing import Annotated
 
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -23,6 +24,8 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from aiportal.register import apply_to_scene, register_volumes, show_fusion
+from aiportal.runtime import get_runtime
 
 #
 # AIRegister
@@ -63,10 +66,14 @@ class AIRegisterParameterNode:
 
     fixedVolume - The reference image (usually the current study).
     movingVolume - The image moved onto the fixed one (usually the prior study).
+    registrationType - rigid, affine (after rigid) or bspline (deformable, after affine).
+    fusionMode - How the slice views show the result: fade, difference or checkerboard.
     """
 
     fixedVolume: vtkMRMLScalarVolumeNode
     movingVolume: vtkMRMLScalarVolumeNode
+    registrationType: Annotated[str, Choice(["rigid", "affine", "bspline"])] = "rigid"
+    fusionMode: Annotated[str, Choice(["fade", "difference", "checkerboard"])] = "fade"
 
 
 #
@@ -189,7 +196,8 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button."""
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
-            self.logic.process(self._parameterNode.fixedVolume, self._parameterNode.movingVolume)
+            self.logic.process(self._parameterNode.fixedVolume, self._parameterNode.movingVolume,
+                               self._parameterNode.registrationType, self._parameterNode.fusionMode)
 
 
 #
@@ -211,17 +219,35 @@ class AIRegisterLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AIRegisterParameterNode(super().getParameterNode())
 
-    def process(self, fixedVolume: vtkMRMLScalarVolumeNode, movingVolume: vtkMRMLScalarVolumeNode) -> None:
+    def process(
+        self,
+        fixedVolume: vtkMRMLScalarVolumeNode,
+        movingVolume: vtkMRMLScalarVolumeNode,
+        registrationType: str = "rigid",
+        fusionMode: str = "fade",
+        progressCallback=None,
+    ):
         """
-        Register movingVolume to fixedVolume.
-        Can be used without GUI widget. Placeholder: the registration service is not written yet.
+        Register movingVolume to fixedVolume, put movingVolume under the resulting transform node
+        and set the slice views to review the result.
+        Can be used without GUI widget.
         :param fixedVolume: reference image
         :param movingVolume: image to move onto the reference
+        :param registrationType: "rigid", "affine" or "bspline"
+        :param fusionMode: "fade", "difference" or "checkerboard"
+        :param progressCallback: called with (fraction 0..1, stage text)
+        :return: the transform node (moving to fixed)
         """
         if not fixedVolume or not movingVolume:
             raise ValueError(_("Select a fixed and a moving volume."))
-        logging.info("AIRegister: registering %s to %s", movingVolume.GetName(), fixedVolume.GetName())
-        raise NotImplementedError(_("Registration is not available yet in this version."))
+        logging.info("AIRegister: %s registration of %s to %s", registrationType, movingVolume.GetName(),
+                     fixedVolume.GetName())
+        runtime = get_runtime()
+        result = register_volumes(fixedVolume, movingVolume, kind=registrationType,
+                                  progress=progressCallback or (lambda fraction, stage: None))
+        transformNode = apply_to_scene(runtime, result, fixedVolume, movingVolume)
+        show_fusion(runtime, result, fixedVolume, movingVolume, mode=fusionMode)
+        return transformNode
 
 
 #
@@ -246,14 +272,29 @@ class AIRegisterTest(ScriptedLoadableModuleTest):
         self.test_AIRegister1()
 
     def test_AIRegister1(self):
-        """The logic and its parameter node construct; the placeholder refuses bad input clearly."""
+        """A copy of MRHead moved by a known rigid motion is registered back; bad input is refused."""
         self.delayDisplay("Starting the test")
+
+        import numpy as np
+        import SampleData
 
         logic = AIRegisterLogic()
         parameterNode = logic.getParameterNode()
-        self.assertIsNone(parameterNode.fixedVolume)
-        self.assertIsNone(parameterNode.movingVolume)
+        self.assertEqual(parameterNode.registrationType, "rigid")
         with self.assertRaises(ValueError):
             logic.process(None, None)
+
+        fixed = SampleData.downloadSample("MRHead")
+        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "MRHead moved")
+        angle = np.radians(5.0)  # known motion: 5 degrees about S and 4 mm along R, in the moving volume's header
+        motion = np.array([[np.cos(angle), -np.sin(angle), 0, 4], [np.sin(angle), np.cos(angle), 0, 0],
+                           [0, 0, 1, 0], [0, 0, 0, 1]])
+        ijkToRas = vtk.vtkMatrix4x4()
+        fixed.GetIJKToRASMatrix(ijkToRas)
+        moving.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(motion @ slicer.util.arrayFromVTKMatrix(ijkToRas)))
+        transformNode = logic.process(fixed, moving, "rigid", "fade")
+        recovered = slicer.util.arrayFromTransformMatrix(transformNode)
+        self.assertLess(np.abs(recovered @ motion - np.eye(4))[:3, 3].max(), 1.0)  # moving -> fixed undoes it
+        self.assertEqual(moving.GetTransformNodeID(), transformNode.GetID())
 
         self.delayDisplay("Test passed")
