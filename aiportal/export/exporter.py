@@ -205,6 +205,7 @@ def export_to_folder(
                                 progress=progress)
         for name, text in extra_files.items():
             (staging / name).write_text(text)
+            result.files.append(ExportedFile("record", name))
     segmentation = segmentation_node.GetSegmentation()
     run_ids = sorted({provenance.run_id for segment_id in segment_ids(segmentation_node)
                       if (provenance := Provenance.of_segment(segmentation.GetSegment(segment_id)))})
