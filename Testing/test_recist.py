@@ -334,3 +334,37 @@ def test_response_explains_why_not_cr_and_rejects_impossible_sums():
         classify_response(50.0, 60.0, 55.0)
     with pytest.raises(InputError, match="negative"):
         classify_response(50.0, 40.0, -1.0)
+
+
+def test_measure_command_writes_tables_and_loadable_axis_lines(runtime, shared_data, totalseg, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from aiportal.segmentation import save_segmentation
+
+    _, ct, _, node, by_value = totalseg
+    seg_path = save_segmentation(node, tmp_path / "organs.seg.nrrd")
+    names = {node.GetSegmentation().GetSegment(s).GetName(): s for s in segment_ids(node)}
+    spleen = next(name for name, s in names.items() if s == by_value[1])
+    out = tmp_path / "measured"
+    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "measure", str(seg_path), "--volume",
+                           str(shared_data / "totalseg" / "example_ct_sm.nii.gz"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    table = json.loads((out / "measurements.json").read_text())
+    row = next(r for r in table["measurements"] if r["segment_name"] == spleen)
+    expected = measure_segment(node, by_value[1], ct)
+    assert row["long_axis_mm"] == pytest.approx(expected.long_axis_mm, abs=1e-9)
+    assert row["short_axis_mm"] == pytest.approx(expected.short_axis_mm, abs=1e-9)
+    assert len((out / "measurements.csv").read_text().splitlines()) == len(table["measurements"]) + 1
+    line = slicer.vtkMRMLMarkupsLineNode()
+    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
+    runtime.scene.AddNode(line)
+    storage.SetFileName(str(out / "axes" / f"{spleen} long axis.mrk.json"))
+    assert storage.ReadData(line)
+    assert line.GetLineLengthWorld() == pytest.approx(expected.long_axis_mm, abs=1e-3)
+    unknown = subprocess.run([sys.executable, "-m", "aiportal.cli", "measure", str(seg_path), "--volume",
+                              str(shared_data / "totalseg" / "example_ct_sm.nii.gz"), "--segments", "no-such",
+                              "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 1 and "no-such" in unknown.stderr and not (tmp_path / "x").exists()

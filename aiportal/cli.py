@@ -173,6 +173,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_measure(args: argparse.Namespace) -> int:
+    from aiportal.io.volumes import load_volume
+    from aiportal.measure.report import measure_segmentation, write_axis_lines, write_measurements
+    from aiportal.outputs import check_output_folder, staged_output
+    from aiportal.segmentation import load_segmentation
+
+    check_output_folder(args.out, ["measurements.json", "measurements.csv", "axes"], args.overwrite)
+    volume = load_volume(args.volume, series_uid=args.series).node
+    node = load_segmentation(args.segmentation)
+    measurements, skipped = measure_segmentation(node, volume, segment_names=args.segments or None,
+                                                 lymph_nodes=tuple(args.lymph_nodes or ()))
+    with staged_output(args.out, overwrite=args.overwrite) as staging:
+        write_measurements(measurements, skipped, staging)
+        write_axis_lines(node.GetScene(), measurements, node, staging / "axes")
+    for m in measurements:
+        kind = "node, short axis" if m.lymph_node else "long axis"
+        print(f"  {m.segment_name:<20} {m.reported_mm:8.1f} mm ({kind}); long {m.long_axis_mm:.1f} x short "
+              f"{m.short_axis_mm:.1f} mm on slice {m.slice_axis}={m.slice_index}; 3D {m.max_3d_diameter_mm:.1f} mm")
+    for name, reason in skipped.items():
+        print(f"  {name:<20} not measured: {reason}")
+    print(f"wrote {args.out / 'measurements.json'}, measurements.csv and axis lines in {args.out / 'axes'}")
+    return 0
+
+
 def cmd_register(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -322,6 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(export, default_formats="seg,sr")
     export.set_defaults(handler=cmd_export)
+
+    measure = commands.add_parser("measure", help="RECIST 1.1 long/short axes of each segment")
+    measure.add_argument("segmentation", type=Path, help="a .seg.nrrd made on the volume")
+    measure.add_argument("--volume", type=Path, required=True, help="its volume: DICOM folder/file, NIfTI or NRRD")
+    measure.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    measure.add_argument("--segments", nargs="*", help="segment names to measure (default: all)")
+    measure.add_argument("--lymph-nodes", nargs="*", help="segment names that are lymph nodes (short axis)")
+    measure.add_argument("--out", type=Path, required=True, help="output folder")
+    measure.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    measure.set_defaults(handler=cmd_measure)
 
     register = commands.add_parser("register", help="align a moving volume to a fixed one")
     register.add_argument("fixed", type=Path, help="fixed volume: DICOM folder/file, NIfTI or NRRD")
