@@ -21,7 +21,6 @@ from aiportal.errors import AIPortalError, CancelledError
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
 
-SEGMENT_OUTPUTS = ("segmentation.seg.nrrd", "labels.nrrd", "labels.json", "run.json")
 
 
 class TerminalProgress:

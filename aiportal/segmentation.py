@@ -78,7 +78,7 @@ def import_label_map(
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume)
     by_value = {label.value: label for label in labels}
     grid = ijk_to_ras_vtk(reference_volume)
-    shape = _shape_kji(reference_volume)
+    shape = shape_kji(reference_volume)
     segmentation = segmentation_node.GetSegmentation()
     was_modifying = segmentation_node.StartModify()
     try:
@@ -104,7 +104,8 @@ def import_label_map(
     return segmentation_node
 
 
-def _shape_kji(volume_node) -> tuple[int, int, int]:
+def shape_kji(volume_node) -> tuple[int, int, int]:
+    """The (k, j, i) shape of a volume node's voxel array."""
     i, j, k = volume_node.GetImageData().GetDimensions()
     return (k, j, i)
 
@@ -149,7 +150,7 @@ def export_label_map(segmentation_node, reference_volume) -> np.ndarray:
     segmentation = segmentation_node.GetSegmentation()
     values = [label_value(segmentation.GetSegment(segment_id)) for segment_id in ids]
     next_free = max([v for v in values if v] + [0]) + 1
-    shape = _shape_kji(reference_volume)
+    shape = shape_kji(reference_volume)
     label_map = np.zeros(shape, dtype=np.uint8 if next_free + len(ids) < 256 else np.uint16)
     grid = vtk_matrix_to_array(ijk_to_ras_vtk(reference_volume))
     layers: dict[str, GridLayer | None] = {}
@@ -330,7 +331,7 @@ def segment_number_map(segmentation_node, volume_node, ids: Sequence[str]) -> np
     None when a layer is not on the volume's grid or two of the segments overlap (then each
     segment needs its own mask: :func:`segment_mask`).
     """
-    shape = _shape_kji(volume_node)
+    shape = shape_kji(volume_node)
     grid = vtk_matrix_to_array(ijk_to_ras_vtk(volume_node))
     numbers = np.zeros(shape, dtype=np.uint8 if len(ids) < 255 else np.uint16)
     segmentation = segmentation_node.GetSegmentation()

@@ -83,7 +83,7 @@ def worker_ours(path: Path, reference: Path | None) -> dict:
     from aiportal.io.volumes import load_volume
     from aiportal.models.backends.classic_ct import BONE, LEFT_LUNG, RIGHT_LUNG
     from aiportal.segment import SegmentationJob
-    from aiportal.segmentation import segment_ids, segment_mask
+    from aiportal.segmentation import segment_ids, segment_mask, shape_kji
 
     volume = load_volume(path).node
     job = SegmentationJob(volume, "classic-ct")
@@ -96,7 +96,7 @@ def worker_ours(path: Path, reference: Path | None) -> dict:
     def mask(*labels):
         found = [segment_mask(result.segmentation_node, by_name[label.name], volume)
                  for label in labels if label.name in by_name]
-        return np.logical_or.reduce(found) if found else np.zeros(volume.GetImageData().GetDimensions()[::-1], bool)
+        return np.logical_or.reduce(found) if found else np.zeros(shape_kji(volume), bool)
 
     return {"seconds": total, "model_seconds": model_times[-1] - model_times[0], "peak_mb": _peak_mb(),
             "dice": _masks_on_reference(mask(LEFT_LUNG, RIGHT_LUNG), mask(BONE), volume, reference)}

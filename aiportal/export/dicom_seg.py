@@ -23,7 +23,7 @@ from aiportal.errors import AIPortalError, InputError
 from aiportal.export.dicom_source import ExportSource
 from aiportal.models.catalog import Code, ModelEntry, get_catalog
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag, software_versions
-from aiportal.segmentation import REVIEW_TAG, segment_mask, segment_number_map, segment_voxel_counts
+from aiportal.segmentation import REVIEW_TAG, segment_mask, segment_number_map, segment_voxel_counts, shape_kji
 from aiportal.segmentation import segment_ids as all_segment_ids
 
 #: Segment tag holding the segment's DICOM tracking UID, so re-exports keep the same identity.
@@ -174,8 +174,7 @@ def write_seg(
         )
 
     descriptions, kept, empty, models = [], [], [], []
-    columns, rows, slices = volume_node.GetImageData().GetDimensions()
-    shape = (slices, rows, columns)
+    shape = shape_kji(volume_node)
     voxels = segment_voxel_counts(segmentation_node)
     for segment_id, segment in segments.items():
         if not voxels.get(segment_id):

@@ -31,7 +31,7 @@ from aiportal.errors import InputError
 from aiportal.export.statistics import clip_to_volume, crop_from_mask, extreme_points, max_pairwise_distance
 from aiportal.io.volumes import ijk_to_ras_matrix
 from aiportal.provenance import TAG_PREFIX
-from aiportal.segmentation import layer_on_grid, segment_ids, segment_mask, segment_voxel_counts
+from aiportal.segmentation import layer_on_grid, segment_ids, segment_mask, segment_voxel_counts, shape_kji
 
 SEGMENTATION_ID_ATTRIBUTE = TAG_PREFIX + "SegmentationID"
 SEGMENT_ID_ATTRIBUTE = TAG_PREFIX + "SegmentID"
@@ -168,7 +168,7 @@ def _segment_crop(
     if crop is None:
         return None, 0
     mask, origin = crop
-    inside = clip_to_volume(mask, origin + layer.offset_kji, volume_node.GetImageData().GetDimensions()[::-1])
+    inside = clip_to_volume(mask, origin + layer.offset_kji, shape_kji(volume_node))
     if inside is not None and not inside[0].any():
         inside = None
     return inside, int(np.count_nonzero(mask))

@@ -13,7 +13,14 @@ import slicer
 
 from aiportal.register.registration import RegistrationResult, image_from_node
 from aiportal.runtime import SlicerRuntime
-from aiportal.segmentation import ijk_to_ras_vtk, oriented_image, segment_ids, segment_mask, segment_number_map
+from aiportal.segmentation import (
+    ijk_to_ras_vtk,
+    oriented_image,
+    segment_ids,
+    segment_mask,
+    segment_number_map,
+    shape_kji,
+)
 
 
 def _layers(segmentation_node) -> list[list[str]]:
@@ -34,11 +41,11 @@ def propagate_segmentation(runtime: SlicerRuntime, result: RegistrationResult, s
     propagated.CreateDefaultDisplayNodes()
     propagated.SetReferenceImageGeometryParameterFromVolumeNode(fixed_node)
     source = segmentation_node.GetSegmentation()
-    fixed_grid = image_from_node(fixed_node, np.zeros(fixed_node.GetImageData().GetDimensions()[::-1], np.uint16))
+    fixed_grid = image_from_node(fixed_node, np.zeros(shape_kji(fixed_node), np.uint16))
     for ids in _layers(segmentation_node):
         numbers = segment_number_map(segmentation_node, moving_node, ids)
         if numbers is None:  # a layer off the moving grid: number the segments one by one
-            numbers = np.zeros(moving_node.GetImageData().GetDimensions()[::-1], np.uint16)
+            numbers = np.zeros(shape_kji(moving_node), np.uint16)
             for number, segment_id in enumerate(ids, start=1):
                 numbers[segment_mask(segmentation_node, segment_id, moving_node)] = number
         warped = sitk.Resample(image_from_node(moving_node, numbers.astype(np.uint16)), fixed_grid,
