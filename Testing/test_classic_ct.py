@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from aiportal.errors import CancelledError, ModelError
+from aiportal.io.volumes import nearest_on_grid
 from aiportal.models.classic_ct import check_ct_intensities, segment_classic_ct
 from aiportal.progress import CancelToken
 from aiportal.sample import make_ct_phantom
@@ -61,14 +62,9 @@ def reference_on_grid(path: Path, shape: tuple[int, int, int], ijk_to_ras: np.nd
     """Reference label map resampled (nearest) onto the CT grid by geometry, not by array order."""
     img = nib.load(path)
     labels = np.asarray(img.dataobj).transpose(2, 1, 0)
-    ct_to_ref = np.linalg.inv(img.affine) @ ijk_to_ras
-    k, j, i = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
-    ref_ijk = np.rint(np.stack([i, j, k, np.ones_like(i)], axis=-1) @ ct_to_ref.T).astype(int)
-    ri, rj, rk = ref_ijk[..., 0], ref_ijk[..., 1], ref_ijk[..., 2]
-    inside = (ri >= 0) & (rj >= 0) & (rk >= 0) & (ri < labels.shape[2]) & (rj < labels.shape[1]) & (
-        rk < labels.shape[0])
+    on_ct, inside = nearest_on_grid(labels, img.affine, shape, ijk_to_ras)
     assert inside.all(), f"{path.name} does not cover the CT grid"
-    return labels[rk, rj, ri]
+    return on_ct
 
 
 @pytest.fixture(scope="module")

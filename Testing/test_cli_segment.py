@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from aiportal.cli import main
 from aiportal.errors import CancelledError
-from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix, load_volume, save_volume
+from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix, load_volume, nearest_on_grid, save_volume
 from aiportal.models.totalseg_labels import read_class_map_json
 from aiportal.provenance import Provenance
 from aiportal.segment import SegmentationJob
@@ -28,15 +27,6 @@ LUNG_LOBES = ("lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_r
 def _labels(out: Path, runtime):
     loaded = load_volume(out / "labels.nrrd", runtime)
     return array_from_volume(loaded.node), ijk_to_ras_matrix(loaded.node)
-
-
-def _on_grid(array, ijk_to_ras, shape, target_ijk_to_ras):
-    """Nearest-neighbour resampling of a label map onto another grid, by geometry."""
-    target_to_source = np.linalg.inv(ijk_to_ras) @ target_ijk_to_ras
-    k, j, i = np.indices(shape).reshape(3, -1)
-    source = target_to_source @ np.vstack([i, j, k, np.ones_like(i)])
-    coords = np.rint(source[[2, 1, 0]]).astype(int)  # back to (k, j, i)
-    return ndimage.map_coordinates(array, coords, order=0, mode="constant").reshape(shape)
 
 
 def _dice(a, b):
@@ -73,7 +63,7 @@ def test_dicom_result_agrees_with_totalsegmentator(dicom_outputs, shared_data, r
     labels, grid = _labels(dicom_outputs / "dicom", runtime)
     reference = load_volume(shared_data / "totalseg/example_seg_dicom.nii.gz", runtime)
     ref = array_from_volume(reference.node)
-    ours = _on_grid(labels, grid, ref.shape, ijk_to_ras_matrix(reference.node))
+    ours, _ = nearest_on_grid(labels, grid, ref.shape, ijk_to_ras_matrix(reference.node))
     names = {name: value for value, name in read_class_map_json(
         shared_data / "totalseg/class_map_total_totalmr.json", "total").items()}
     # this series lies below the lungs (the reference has no lobe): stomach gas must not become lung

@@ -59,19 +59,15 @@ def _masks_on_reference(lungs, bone, volume_node, reference: Path | None) -> dic
     """Dice of lungs and bone against the TotalSegmentator reference (resampled by geometry)."""
     if reference is None:
         return {}
-    from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix, load_volume
+    from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix, load_volume, nearest_on_grid
 
     ref_node = load_volume(reference).node
     ref = array_from_volume(ref_node)
-    to_ours = np.linalg.inv(ijk_to_ras_matrix(volume_node)) @ ijk_to_ras_matrix(ref_node)
-    k, j, i = np.indices(ref.shape).reshape(3, -1)
-    ijk = np.rint(to_ours @ np.vstack([i, j, k, np.ones_like(i)]))[:3].astype(int)
-    inside = np.all((ijk >= 0) & (ijk < np.array(lungs.shape[::-1])[:, None]), axis=0)
     scores = {}
     for name, ours, labels in (("lungs", lungs, LUNG_LOBES), ("bone", bone, BONES)):
-        picked = np.zeros(ref.size, bool)
-        picked[inside] = ours[ijk[2, inside], ijk[1, inside], ijk[0, inside]]
-        truth = np.isin(ref.ravel(), list(labels))
+        picked, _ = nearest_on_grid(ours, ijk_to_ras_matrix(volume_node), ref.shape, ijk_to_ras_matrix(ref_node),
+                                    fill=False)
+        truth = np.isin(ref, list(labels))
         if truth.any():
             scores[name] = round(2 * np.count_nonzero(picked & truth) / (picked.sum() + truth.sum()), 3)
     return scores

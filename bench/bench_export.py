@@ -55,6 +55,7 @@ def make_case(shared: Path, folder: Path) -> None:
         array_from_volume,
         ijk_to_ras_matrix,
         load_volume,
+        nearest_on_grid,
         save_volume,
         volume_node_from_array,
     )
@@ -64,10 +65,9 @@ def make_case(shared: Path, folder: Path) -> None:
     source = read_dicom_series(shared / "totalseg/example_ct_dicom")
     reference = load_volume(shared / "totalseg/example_seg_dicom.nii.gz").node
     # the reference is stored on a flipped grid: map it onto the series grid by geometry
-    to_reference = np.linalg.inv(ijk_to_ras_matrix(reference)) @ source.ijk_to_ras
-    k, j, i = np.indices(source.array.shape).reshape(3, -1)
-    ijk = np.rint(to_reference @ np.vstack([i, j, k, np.ones_like(i)]))[:3].astype(int)
-    labels = array_from_volume(reference)[ijk[2], ijk[1], ijk[0]].reshape(source.array.shape).astype(np.uint8)
+    labels, _ = nearest_on_grid(array_from_volume(reference), ijk_to_ras_matrix(reference), source.array.shape,
+                                source.ijk_to_ras)
+    labels = labels.astype(np.uint8)
 
     study, series, frame = generate_uid(), generate_uid(), generate_uid()
     step = source.ijk_to_ras[:3, 2]

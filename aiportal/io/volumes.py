@@ -140,6 +140,23 @@ def _vtk_matrix(array: np.ndarray) -> vtk.vtkMatrix4x4:
     return matrix
 
 
+def nearest_on_grid(array_kji: np.ndarray, ijk_to_ras: np.ndarray, shape: tuple[int, ...],
+                    target_ijk_to_ras: np.ndarray, fill=0) -> tuple[np.ndarray, np.ndarray]:
+    """``array_kji`` (on ``ijk_to_ras``) sampled nearest-neighbour at every voxel of another grid.
+
+    Maps by geometry, never by array order (label maps are often stored flipped). Returns the values
+    on the target grid (``fill`` where the source does not reach) and a mask of where it does.
+    """
+    k, j, i = np.indices(shape).reshape(3, -1)
+    source = np.rint(np.linalg.inv(ijk_to_ras) @ target_ijk_to_ras @ np.vstack([i, j, k, np.ones_like(i)]))
+    si, sj, sk = source[:3].astype(np.int64)
+    inside = (si >= 0) & (sj >= 0) & (sk >= 0) & (sk < array_kji.shape[0]) & (sj < array_kji.shape[1]) & (
+        si < array_kji.shape[2])
+    values = np.full(k.size, fill, dtype=array_kji.dtype)
+    values[inside] = array_kji[sk[inside], sj[inside], si[inside]]
+    return values.reshape(shape), inside.reshape(shape)
+
+
 def save_volume(node, path) -> Path:
     """Write a volume node to .nrrd/.nhdr/.nii/.nii.gz/.mha/.mhd with Slicer's storage node."""
     import slicer
