@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 from aiportal.errors import CancelledError, ModelError
 from aiportal.io.volumes import nearest_on_grid
 from aiportal.models.classic_ct import check_ct_intensities, segment_classic_ct
 from aiportal.progress import CancelToken
 from aiportal.sample import make_ct_phantom
-
-nib = pytest.importorskip("nibabel")
-sitk = pytest.importorskip("SimpleITK")
 
 LEFT_LUNG_LABELS = (10, 11)
 RIGHT_LUNG_LABELS = (12, 13, 14)
