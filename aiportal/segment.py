@@ -1,8 +1,10 @@
 """AI Segment as a job: the one entry point every face uses to segment a volume.
 
-The model computes on a snapshot of the voxels in a worker thread (no MRML access there); the
-segmentation node is created on the caller's thread by :meth:`SegmentationJob.finish`. A GUI
-polls :meth:`SegmentationJob.poll` from a timer; a batch caller uses :meth:`SegmentationJob.run`::
+The model computes on a snapshot of the voxels in a child process started by
+:class:`~aiportal.models.runner.ChildRunner` with the model environment's Python (isolated from
+Slicer's packages; cancel and time-out kill it), watched by a worker thread; the segmentation
+node is created on the caller's thread by :meth:`SegmentationJob.finish`. A GUI polls
+:meth:`SegmentationJob.poll` from a timer; a batch caller uses :meth:`SegmentationJob.run`::
 
     job = SegmentationJob(volume_node, "classic-ct")
     result = job.run(progress=lambda fraction, stage: print(f"{fraction:.0%} {stage}"))
@@ -27,6 +29,7 @@ from aiportal.runtime import SlicerRuntime, get_runtime
 from aiportal.segmentation import import_label_map, label_value, segment_ids
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+Executor = Literal["process", "thread"]  # "thread": in this process, for debugging and pure-numpy models
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -48,10 +51,15 @@ class SegmentationResult:
     notes: list[str] = field(default_factory=list)
 
 
-def resolve_device(requested: str, entry: ModelEntry) -> tuple[str, str | None]:
-    """The device to run on, and a note when the request could not be honoured."""
+def check_device(requested: str) -> str:
     if requested not in DEVICES:
         raise ModelError(f"Unknown device {requested!r}", f"use one of: {', '.join(DEVICES)}")
+    return requested
+
+
+def resolve_device(requested: str, entry: ModelEntry) -> tuple[str, str | None]:
+    """The device for an in-process run, and a note when the request could not be honoured."""
+    check_device(requested)
     if requested == "auto":
         return entry.devices[0], None
     if requested in entry.devices:
@@ -80,15 +88,26 @@ class SegmentationJob:
         input_name: str | None = None,
         runtime: SlicerRuntime | None = None,
         catalog: Catalog | None = None,
+        executor: Executor = "process",
+        timeout_s: float | None = None,
     ) -> None:
         if volume_node is None or volume_node.GetImageData() is None:
             raise AIPortalError("No input volume with image data", "select or load a CT/MR volume first")
         self.runtime = runtime or get_runtime()
         catalog = catalog or get_catalog()
         self.model = catalog.get(model_id)
-        self._backend = catalog.backend(model_id)
-        self.device, device_note = resolve_device(device, self.model)
-        self.notes = [device_note] if device_note else []
+        self._backend_ref = catalog.backend_ref(model_id)
+        self.executor, self.timeout_s = executor, timeout_s
+        self.requested_device = check_device(device)
+        self.notes: list[str] = []
+        if executor == "process":
+            from aiportal.models.envs import python_for
+
+            self._python = python_for(self.model.environment)  # fails now, not after the volume is copied
+            self.device = device  # the child resolves "auto" and reports the device it used
+        else:
+            self.device, device_note = resolve_device(device, self.model)
+            self.notes += [device_note] if device_note else []
         self.params = dict(params or {})
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
@@ -113,9 +132,25 @@ class SegmentationJob:
         with self._lock:
             self._status = JobStatus("running", min(max(fraction, 0.0), 1.0), stage)
 
+    def _compute(self) -> LabelMapResult:
+        if self.executor == "thread":
+            backend = self._backend_ref.build()
+            return backend.run(self._input, dict(self.params, device=self.device), self._report, self._cancel)
+        from aiportal.models.runner import ChildRun, ChildRunner
+
+        report = ChildRun()
+        try:
+            return ChildRunner(python=self._python, timeout_s=self.timeout_s).run(
+                self._backend_ref, self._input, self.params, self._report, self._cancel, model_id=self.model.id,
+                device=self.requested_device, devices=self.model.devices,
+                memory_bytes=int(self.model.memory_gb * 2**30), report=report)
+        finally:
+            self.device = report.device
+            self.notes += report.notes
+
     def _work(self) -> None:
         try:
-            result = self._backend.run(self._input, self.params, self._report, self._cancel)
+            result = self._compute()
             with self._lock:
                 self._result = result
                 self._status = JobStatus("done", 1.0, "done")

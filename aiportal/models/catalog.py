@@ -6,6 +6,7 @@ backend declares its entry here. Labels carry SNOMED CT codes so results can bec
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -75,6 +76,8 @@ class ModelEntry:
     input_requirements: str = ""
     prompts: tuple[str, ...] = ()  # e.g. ("box",) or ("points",)
     references: tuple[str, ...] = field(default_factory=tuple)
+    environment: str = "main"  # the Python environment it runs in (aiportal.models.envs)
+    memory_gb: float = 0.0  # working memory it needs beyond the input (checked before a run)
 
     def label(self, value: int) -> LabelSpec:
         for spec in self.labels:
@@ -87,41 +90,77 @@ class ModelEntry:
         return self.weights.sha256 if self.weights else None
 
 
-BackendFactory = Callable[[], "ModelBackend"]
+@dataclass(frozen=True)
+class BackendRef:
+    """How to build a backend anywhere (this process or a child): ``module:Class`` and string arguments."""
+
+    ref: str
+    args: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, backend_class: type, *args: object) -> BackendRef:
+        return cls(f"{backend_class.__module__}:{backend_class.__qualname__}", tuple(str(a) for a in args))
+
+    def build(self) -> ModelBackend:
+        module_name, _, class_name = self.ref.partition(":")
+        return getattr(importlib.import_module(module_name), class_name)(*self.args)
+
+
+# "nnunet:/path/to/results" -> the entry and backend of that folder (see Catalog.add_source)
+SourceResolver = Callable[[str], "tuple[ModelEntry, BackendRef]"]
 
 
 class Catalog:
-    """Models by id, each with the factory of its backend."""
+    """Models by id, each with the reference of its backend; folder models resolve by prefix."""
 
     def __init__(self) -> None:
         self._entries: dict[str, ModelEntry] = {}
-        self._factories: dict[str, BackendFactory] = {}
+        self._backends: dict[str, BackendRef] = {}
+        self._sources: dict[str, tuple[SourceResolver, str]] = {}
 
-    def register(self, entry: ModelEntry, factory: BackendFactory) -> None:
+    def register(self, entry: ModelEntry, backend: type | BackendRef, *args: object) -> None:
         if entry.id in self._entries:
             raise ValueError(f"model id {entry.id!r} registered twice")
         values = [label.value for label in entry.labels]
         if len(set(values)) != len(values) or 0 in values:
             raise ValueError(f"model {entry.id!r}: label values must be unique and non-zero")
         self._entries[entry.id] = entry
-        self._factories[entry.id] = factory
+        self._backends[entry.id] = backend if isinstance(backend, BackendRef) else BackendRef.of(backend, *args)
+
+    def add_source(self, prefix: str, resolver: SourceResolver, description: str) -> None:
+        """Models named ``PREFIX:LOCATION`` (e.g. ``nnunet:/models/Dataset123``) are built on first use."""
+        self._sources[prefix] = (resolver, description)
 
     @property
     def models(self) -> list[ModelEntry]:
         return list(self._entries.values())
 
+    @property
+    def sources(self) -> dict[str, str]:
+        return {prefix: description for prefix, (_, description) in self._sources.items()}
+
     def get(self, model_id: str) -> ModelEntry:
-        try:
+        if model_id in self._entries:
             return self._entries[model_id]
-        except KeyError:
-            raise ModelError(
-                f"Unknown model {model_id!r}",
-                f"choose one of: {', '.join(self._entries)} (see `aiportal info`)",
-            ) from None
+        prefix, colon, location = model_id.partition(":")
+        if colon and prefix in self._sources:
+            entry, backend = self._sources[prefix][0](location)
+            self._entries[model_id] = entry
+            self._backends[model_id] = backend
+            return entry
+        folder_kinds = "".join(f", or {prefix}:FOLDER ({text})" for prefix, text in self.sources.items())
+        raise ModelError(
+            f"Unknown model {model_id!r}",
+            f"choose one of: {', '.join(self._entries)}{folder_kinds} (see `aiportal models`)",
+        )
+
+    def backend_ref(self, model_id: str) -> BackendRef:
+        self.get(model_id)
+        return self._backends[model_id]
 
     def backend(self, model_id: str) -> ModelBackend:
-        self.get(model_id)
-        return self._factories[model_id]()
+        """The backend built in this process (the runner builds it in a child from :meth:`backend_ref`)."""
+        return self.backend_ref(model_id).build()
 
 
 _catalog: Catalog | None = None

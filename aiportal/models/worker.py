@@ -1,0 +1,111 @@
+"""The child side of the runner: ``python -m aiportal.models.worker JOB_FOLDER``.
+
+Reads the input the parent left in JOB_FOLDER, runs one backend, writes the result there. Progress,
+notes and errors go to the parent as JSON lines on the original stdout; everything the libraries
+print (tqdm bars included) is sent to stderr, which the parent parses and logs. Imports nothing
+of Slicer or VTK: this runs in the model's own environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+INPUT_ARRAY = "input.npy"
+JOB_FILE = "job.json"
+RESULT_ARRAYS = "result.npz"
+RESULT_FILE = "result.json"
+
+
+def resolve_device(requested: str, supported: list[str]) -> tuple[str, str | None]:
+    """The device to use here and now, with a note when the request had to fall back to the CPU."""
+    available = ["cpu"]
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        if torch.cuda.is_available():
+            available.append("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            available.append("mps")
+    if requested == "auto":
+        return next(device for device in (*supported, "cpu") if device in available), None
+    if requested in available and requested in supported:
+        return requested, None
+    reason = "this model does not support it" if requested not in supported else (
+        f"no {requested.upper()} device is visible to {sys.executable}"
+        + ("" if torch is not None else " (no torch installed)"))
+    return "cpu", f"{requested} requested but {reason}: running on the CPU (slower)"
+
+
+class _Events:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def send(self, **event: Any) -> None:
+        self.stream.write(json.dumps(event) + "\n")
+        self.stream.flush()
+
+    def progress(self, fraction: float, stage: str) -> None:
+        self.send(progress=float(fraction), stage=stage)
+
+
+def run_job(folder: Path, events: _Events) -> None:
+    from aiportal.errors import AIPortalError
+    from aiportal.models.backend import ModelInput
+    from aiportal.models.catalog import BackendRef
+    from aiportal.progress import CancelToken
+
+    job = json.loads((folder / JOB_FILE).read_text())
+    try:
+        device, note = resolve_device(job["device"], job["devices"])
+        if note:
+            events.send(note=note)
+        events.send(device=device)
+        params = dict(job["params"], device=device)
+        volume = ModelInput(array=np.load(folder / INPUT_ARRAY, mmap_mode="r"),
+                            ijk_to_ras=np.asarray(job["ijk_to_ras"], dtype=float),
+                            modality=job["modality"], name=job["name"])
+        events.progress(0.0, f"loading {job['model_id']}")
+        backend = BackendRef(job["backend"], tuple(job["backend_args"])).build()
+        # the parent cancels by killing this process tree; the token stays unset here
+        result = backend.run(volume, params, events.progress, CancelToken())
+        np.savez(folder / RESULT_ARRAYS, *[np.ascontiguousarray(layer) for layer in result.layers])
+        (folder / RESULT_FILE).write_text(json.dumps({
+            "layers": len(result.layers),
+            "confidences": {str(label): float(value) for label, value in result.confidences.items()},
+            "details": result.details,
+        }, default=str))
+        events.send(done=True)
+    except AIPortalError as error:
+        events.send(error={"type": type(error).__name__, "message": error.message, "fix": error.fix})
+        raise SystemExit(2) from None
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m aiportal.models.worker JOB_FOLDER", file=sys.stderr)
+        return 64
+    # the protocol keeps the real stdout; anything printed by libraries (even from C) goes to stderr
+    events = _Events(os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8"))
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    sys.stdout = sys.stderr
+    try:
+        run_job(Path(argv[0]), events)
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
