@@ -107,6 +107,50 @@ def _print_export(result, out: Path) -> None:
     print(f"wrote {len(result.files)} file(s) to {out}")
 
 
+def _model_params(args: argparse.Namespace, volume_node) -> dict:
+    """``--param``, ``--box`` and ``--box-ras`` as the model's parameters (boxes in voxel indices)."""
+    from aiportal.prompts import box_from_ras_corners, check_box
+    from aiportal.segmentation import shape_kji
+
+    params: dict = {}
+    for item in args.param:
+        key, equals, value = item.partition("=")
+        if not equals or not key:
+            raise AIPortalError(f"--param {item!r} is not KEY=VALUE", "e.g. --param step_size=0.5")
+        try:
+            params[key] = json.loads(value)
+        except ValueError:
+            params[key] = value
+    boxes = [check_box(box, shape_kji(volume_node), str(args.input)) for box in args.box or []]
+    boxes += [box_from_ras_corners(volume_node, box[:3], box[3:]) for box in args.box_ras or []]
+    if boxes:
+        params["boxes"] = boxes
+    return params
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from aiportal.models.catalog import get_catalog
+    from aiportal.models.envs import ENVIRONMENTS, environment_status, setup_environment
+
+    if args.models_command == "setup":
+        python = setup_environment(args.environment, progress=TerminalProgress())
+        print(f"environment {args.environment} ready: {python}")
+        return 0
+    catalog = get_catalog()
+    environments = {name: environment_status(name) for name in ENVIRONMENTS}
+    if args.json:
+        print(json.dumps({"models": [asdict(model) for model in catalog.models], "environments": environments,
+                          "folder_models": catalog.sources}, indent=2))
+        return 0
+    for model in catalog.models:
+        prompts = f"; prompts: {', '.join(model.prompts)}" if model.prompts else ""
+        print(f"{model.id:<22} {model.modality:<3} {model.family:<9} {model.title}{prompts}")
+        print(f"{'':<22} environment {model.environment}: {environments[model.environment]}")
+    for prefix, description in catalog.sources.items():
+        print(f"{prefix + ':FOLDER':<22} {description}")
+    return 0
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     from aiportal.export.exporter import check_export_possible, expected_outputs, export_to_folder
     from aiportal.io.volumes import load_volume
@@ -123,7 +167,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     modality = loaded.source.modality if loaded.source else None
     check_export_possible(loaded.source, loaded.node, options)  # before the model: it may run for minutes
-    job = SegmentationJob(loaded.node, args.model, device=args.device, input_name=str(args.input), modality=modality)
+    params = _model_params(args, loaded.node)
+    job = SegmentationJob(loaded.node, args.model, params=params, device=args.device, input_name=str(args.input),
+                          modality=modality, timeout_s=args.timeout)
     result = job.run(progress=progress)
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -323,9 +369,13 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="list models and compute devices")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=cmd_info)
-    models = commands.add_parser("models", help="list models (same as info)")
+    models = commands.add_parser("models", help="list models and their environments; set an environment up")
     models.add_argument("--json", action="store_true")
-    models.set_defaults(handler=cmd_info)
+    models_commands = models.add_subparsers(dest="models_command")
+    models_commands.add_parser("list", help="list models (the default)").add_argument("--json", action="store_true")
+    setup = models_commands.add_parser("setup", help="create a model environment (its own venv)")
+    setup.add_argument("environment", help="environment name (see `aiportal models`)")
+    models.set_defaults(handler=cmd_models)
 
     segment = commands.add_parser("segment", help="segment a CT/MR volume")
     segment.add_argument("input", type=Path, help="DICOM series folder or file, NIfTI (.nii/.nii.gz) or NRRD")
@@ -333,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--out", type=Path, required=True, help="output folder")
     segment.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
     segment.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    segment.add_argument("--box", nargs=6, type=int, action="append", metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
+                         help="box prompt in voxel indices (inclusive; K0 = K1: a 2D box propagated); repeatable")
+    segment.add_argument("--box-ras", nargs=6, type=float, action="append",
+                         metavar=("R0", "A0", "S0", "R1", "A1", "S1"), help="box prompt by two RAS corners in mm")
+    segment.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                         help="model parameter (value parsed as JSON when it can be), e.g. --param folds=[0]")
+    segment.add_argument("--timeout", type=float, help="stop the model after this many seconds")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(segment)
     segment.set_defaults(handler=cmd_segment)
