@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsROINode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, parameterNodeWrapper
@@ -30,7 +30,9 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
 from aiportal.export.exporter import ExportOptions, ExportResult, export_to_folder
 from aiportal.io.dicom_series import SourceSeries, source_from_files
 from aiportal.models.catalog import get_catalog
+from aiportal.prompts import box_from_roi_node
 from aiportal.segment import DEVICES, SegmentationJob, show_segmentation_3d
+from aiportal.segmentation import describe_segments
 
 if TYPE_CHECKING:
     from aiportal.segment import SegmentationResult
@@ -117,6 +119,7 @@ class AISegmentPortalParameterNode:
     inputVolume - The volume to segment.
     modelId - Catalog id of the model to run.
     device - Where to run the model: "auto" (the model's preferred device), "cpu", "cuda" or "mps".
+    promptROI - Box prompt for promptable models (LiteMedSAM): a Markups ROI around the structure.
     outputSegmentation - Segmentation that receives the result; None creates a new one.
     showIn3D - Show the result as surfaces in the 3D views.
     """
@@ -124,6 +127,7 @@ class AISegmentPortalParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     modelId: str = DEFAULT_MODEL_ID
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    promptROI: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
     showIn3D: bool = True
 
@@ -224,9 +228,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         # The model picker shows titles but the parameter node stores catalog ids, so it is filled
         # here rather than bound through SlicerParameterName (whose combo box shows the raw values).
-        for entry in get_catalog().models:
-            self.ui.modelComboBox.addItem(entry.title, entry.id)
-            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, modelToolTip(entry), qt.Qt.ToolTipRole)
+        self._fillModelComboBox("")
 
         # Connections
 
@@ -235,6 +237,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.modelSearchBox.connect("textChanged(QString)", self._fillModelComboBox)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
 
@@ -331,11 +334,26 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.toolTip = _("Select an input volume and a model")
             self.ui.applyButton.enabled = False
 
+    def _fillModelComboBox(self, searchText: str) -> None:
+        """List the catalog models whose title, id, modality or task contain the search text."""
+        currentId = self._parameterNode.modelId if self._parameterNode else DEFAULT_MODEL_ID
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        for entry in matchingModels(get_catalog().models, searchText):
+            combo.addItem(entry.title, entry.id)
+            combo.setItemData(combo.count - 1, modelToolTip(entry), qt.Qt.ToolTipRole)
+        combo.setCurrentIndex(max(combo.findData(currentId), 0))
+        combo.blockSignals(wasBlocked)
+        self.onModelChanged(combo.currentIndex)
+
     def onModelChanged(self, index: int) -> None:
-        """Store the picked model's id (the parameter node observer updates the rest)."""
+        """Store the picked model's id; the box prompt is offered only to models that take one."""
         modelId = self.ui.modelComboBox.itemData(index) if index >= 0 else None
         if self._parameterNode and modelId and self._parameterNode.modelId != modelId:
             self._parameterNode.modelId = modelId
+        takesBox = bool(modelId) and "box" in get_catalog().get(modelId).prompts
+        self.ui.promptROILabel.visible = self.ui.promptROISelector.visible = takesBox
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button, or cancel the running one."""
@@ -350,6 +368,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.modelId,
                 self._parameterNode.device,
                 self._parameterNode.outputSegmentation,
+                self._parameterNode.promptROI,
             )
             self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
         self._updateRunState()
@@ -403,8 +422,12 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showResult(result)
 
     def _showResult(self, result: "SegmentationResult") -> None:
-        """Fill the results table from the result's provenance (model, version, weights, device, time)."""
-        rows = [(key, str(value)) for key, value in dataclasses.asdict(result.provenance).items()]
+        """Fill the results table: each segment's model confidence, then the provenance of the run."""
+        rows = [(_("segment: {name}").format(name=segment["name"]),
+                 _("confidence {value:.2f}").format(value=segment["confidence"])
+                 if segment["confidence"] is not None else _("no confidence given by the model"))
+                for segment in describe_segments(result.segmentation_node)]
+        rows += [(key, str(value)) for key, value in dataclasses.asdict(result.provenance).items()]
         rows.append(("elapsed_s", f"{result.elapsed_s:.1f}"))
         if result.absent_labels:
             rows.append(("absent_labels", ", ".join(result.absent_labels)))
@@ -422,6 +445,13 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.outputsCollapsibleButton.enabled = not running
         self._checkCanApply()
+
+
+def matchingModels(models: list, searchText: str) -> list:
+    """Models whose id, title, modality or task contain every word of the search text."""
+    words = searchText.lower().split()
+    return [entry for entry in models
+            if all(word in f"{entry.id} {entry.title} {entry.modality} {entry.task}".lower() for word in words)]
 
 
 def modelToolTip(entry) -> str:
@@ -579,12 +609,20 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         modelId: str,
         device: str,
         outputSegmentation: vtkMRMLSegmentationNode | None,
+        promptROI: vtkMRMLMarkupsROINode | None = None,
     ) -> SegmentationJob:
         """A job for inputVolume, once the Python packages it needs are installed."""
         if not inputVolume:
             raise ValueError(_("Select an input volume."))
         self.ensureDependencies()
-        return SegmentationJob(inputVolume, modelId, device=device, segmentation_node=outputSegmentation)
+        params = {}
+        if "box" in get_catalog().get(modelId).prompts:
+            if not promptROI:
+                raise ValueError(_("This model needs a box: place a Markups ROI around the structure."))
+            params["boxes"] = [box_from_roi_node(inputVolume, promptROI)]
+        # the model runs in a child process with its own Python environment (aiportal.models.envs)
+        return SegmentationJob(inputVolume, modelId, params=params, device=device,
+                               segmentation_node=outputSegmentation)
 
     def startJob(
         self,
@@ -592,17 +630,19 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         modelId: str = DEFAULT_MODEL_ID,
         device: str = "auto",
         outputSegmentation: vtkMRMLSegmentationNode | None = None,
+        promptROI: vtkMRMLMarkupsROINode | None = None,
     ) -> SegmentationJob:
         """
-        Start segmenting in a worker thread and return the job.
+        Start segmenting in a child process (watched by a worker thread) and return the job.
         Can be used without GUI widget: poll the job with ``job.poll()`` and call ``job.finish()``
         from the main thread once its state is "done" (see :class:`SegmentationJobPoller`).
         :param inputVolume: volume to segment
         :param modelId: catalog id of the model
         :param device: "auto", "cpu", "cuda" or "mps"
         :param outputSegmentation: segmentation to fill; None creates a new one
+        :param promptROI: box prompt for models that take one (LiteMedSAM)
         """
-        job = self.createJob(inputVolume, modelId, device, outputSegmentation)
+        job = self.createJob(inputVolume, modelId, device, outputSegmentation, promptROI)
         job.start()
         return job
 

@@ -247,6 +247,7 @@ def describe_segments(segmentation_node) -> list[dict]:
             "codes": asdict(codes) if codes else None,
             "color": [round(channel * 255) for channel in segment.GetColor()],
             "model_id": provenance.model_id if provenance else None,
+            "confidence": float(read_tag(segment, CONFIDENCE_TAG)) if read_tag(segment, CONFIDENCE_TAG) else None,
             "review": read_tag(segment, REVIEW_TAG),
         })
     return table
