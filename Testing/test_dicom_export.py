@@ -386,3 +386,30 @@ def test_multiframe_source_is_refused(shared_data, runtime):
     ct = load_volume(shared_data / SEGMENTATIONS / "24x38x3/multiframe", runtime)
     with pytest.raises(InputError, match="multi-frame"):
         export_source(ct.source, ct.node)
+
+
+def test_seg_made_in_a_forked_process_equals_the_one_made_in_process(shared_data, runtime, ct_3slice, tmp_path,
+                                                                      monkeypatch):
+    from aiportal.export.exporter import ExportOptions, export_results
+
+    case = sorted(GOLDEN)[0]
+    _, label_maps, metadata = GOLDEN[case]
+    node = segmentation_from_label_maps(runtime, ct_3slice, [shared_data / SEGMENTATIONS / n for n in label_maps],
+                                        dcmqi_labels(shared_data / EXAMPLES / metadata))
+    options = ExportOptions(formats=("nrrd", "seg", "sr", "stl"))
+    results = {}
+    for fork in ("1", "0"):
+        monkeypatch.setenv("AIPORTAL_EXPORT_FORK", fork)
+        folder = tmp_path / f"fork{fork}"
+        folder.mkdir()
+        results[fork] = (folder, export_results(node, ct_3slice.node, ct_3slice.source, folder, options))
+    (forked, by_fork), (inline, by_thread) = results["1"], results["0"]
+    assert [(f.kind, f.name) for f in by_fork.files] == [(f.kind, f.name) for f in by_thread.files]
+    uids = export_source(ct_3slice.source, ct_3slice.node).sop_instance_uids
+    a, b = seg_masks(forked / "segmentation.dcm", uids), seg_masks(inline / "segmentation.dcm", uids)
+    assert sorted(a) == sorted(b) and all(np.array_equal(a[name], b[name]) for name in a)
+    assert dciodvfy_errors(forked / "segmentation.dcm") == [] and dciodvfy_errors(forked / "measurements.dcm") == []
+    # the tracking UIDs the SEG carries were stored on the segments in this process (seg.nrrd keeps them)
+    seg = hd.seg.segread(forked / "segmentation.dcm")
+    tagged = {read_tag(node.GetSegmentation().GetSegment(i), TRACKING_UID_TAG) for i in segment_ids(node)}
+    assert {str(item.TrackingUID) for item in seg.SegmentSequence} <= tagged

@@ -131,11 +131,25 @@ def _series_description(models: list[str]) -> str:
     return f"AI segmentation ({', '.join(models)})"[:64] if models else "Segmentation"
 
 
-def write_seg(
+@dataclass
+class SegPlan:
+    """Everything a SEG needs, read from the scene: encoding it (:func:`encode_seg`) touches no VTK object."""
+
+    arguments: dict  # keyword arguments of highdicom's Segmentation
+    kept: list[str]  # segment ids, in SEG segment number order
+    empty_segments: list[str]
+    started: float
+
+
+def write_seg(segmentation_node, volume_node, source: ExportSource, path, **options) -> SegExport:
+    """Write the segments (default: all) as a DICOM SEG that references ``source``'s images (see :func:`plan_seg`)."""
+    return encode_seg(plan_seg(segmentation_node, volume_node, source, **options), path)
+
+
+def plan_seg(
     segmentation_node,
     volume_node,
     source: ExportSource,
-    path,
     *,
     segmentation_type: str = "BINARY",
     segment_ids: list[str] | None = None,
@@ -144,8 +158,8 @@ def write_seg(
     content_creator_name: str | None = None,
     manufacturer: str = MANUFACTURER,
     transfer_syntax_uid: str = ExplicitVRLittleEndian,
-) -> SegExport:
-    """Write the segments (default: all) as a DICOM SEG that references ``source``'s images.
+) -> SegPlan:
+    """Read what the DICOM SEG of the segments (default: all) needs from the scene.
 
     BINARY (default) is what PACS and viewers support best; LABELMAP (Supplement 243, 2024) is
     smaller for many segments but still unknown to many tools. Empty frames are left out and
@@ -213,7 +227,7 @@ def write_seg(
             "segment something first, or choose non-empty segments",
         )
 
-    seg = hd.seg.Segmentation(
+    arguments = dict(
         source_images=source.datasets,
         pixel_array=_pixel_array(segmentation_node, volume_node, kept, shape, [d.SegmentLabel for d in descriptions],
                                  segmentation_type),
@@ -235,6 +249,13 @@ def write_seg(
         transfer_syntax_uid=transfer_syntax_uid,
         specific_character_set=UTF8,  # not the source's (may be empty); names and labels may be non-ASCII
     )
+    return SegPlan(arguments, kept, empty, started)
+
+
+def encode_seg(plan: SegPlan, path) -> SegExport:
+    """Encode and save a planned SEG (pure highdicom / pydicom: may run in a forked process)."""
+    seg = hd.seg.Segmentation(**plan.arguments)
+    descriptions, kept = plan.arguments["segment_descriptions"], plan.kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(path)
@@ -244,12 +265,12 @@ def write_seg(
         path=path,
         sop_instance_uid=str(seg.SOPInstanceUID),
         series_instance_uid=str(seg.SeriesInstanceUID),
-        segmentation_type=segmentation_type,
+        segmentation_type=plan.arguments["segmentation_type"],
         segment_numbers={segment_id: number for number, segment_id in enumerate(kept, start=1)},
         tracking_uids=tracking_uids,
         tracking_ids=tracking_ids,
-        empty_segments=empty,
+        empty_segments=plan.empty_segments,
         number_of_frames=int(seg.NumberOfFrames),
         size_bytes=path.stat().st_size,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - plan.started,
     )

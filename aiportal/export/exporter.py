@@ -8,7 +8,11 @@ DICOM prerequisites are checked before any heavy work, so a refusal costs nothin
 
 from __future__ import annotations
 
+import functools
 import json
+import multiprocessing
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -125,20 +129,21 @@ def export_results(
                 {"segments": describe_segments(segmentation_node), "statistics": as_json(statistics)}, indent=2))
             result.files.append(ExportedFile("json", "segments.json"))
 
+    dicom_files = None
     if "seg" in formats:
-        from aiportal.export.dicom_seg import write_seg
+        from aiportal.export.dicom_seg import plan_seg
 
         progress(0.55, "writing DICOM SEG")
-        seg = write_seg(segmentation_node, volume_node, dicom_source, folder / "segmentation.dcm",
-                        segmentation_type=options.seg_type)
-        result.files.append(ExportedFile("seg", "segmentation.dcm", seg.sop_instance_uid, seg.series_instance_uid))
-        if "sr" in formats:
-            from aiportal.export.dicom_sr import write_sr
-
-            progress(0.7, "writing DICOM SR")
-            sr = write_sr(statistics, None, seg, folder / "segmentation.dcm", dicom_source,
-                          folder / "measurements.dcm", observer_person=options.observer_person)
-            result.files.append(ExportedFile("sr", "measurements.dcm", sr.sop_instance_uid, sr.series_instance_uid))
+        # planning reads the scene and tags each segment with its tracking UID (which seg.nrrd keeps)
+        plan = plan_seg(segmentation_node, volume_node, dicom_source, segmentation_type=options.seg_type)
+        write_dicom = functools.partial(_encode_seg_and_sr, plan, folder, statistics if "sr" in formats else None,
+                                        dicom_source, options.observer_person)
+        slot = len(result.files)  # SEG and SR are listed here, however they are made
+        if formats & {"stl", "obj"} and _can_fork():
+            # pydicom's encoding and VTK's surfaces each hold the GIL: overlap them in two processes
+            dicom_files = _ForkedCall(write_dicom)
+        else:
+            result.files[slot:slot] = write_dicom()
 
     if "nrrd" in formats:  # after the SEG: it tags each segment with its tracking UID, which seg.nrrd keeps
         progress(0.75, "writing seg.nrrd")
@@ -154,8 +159,64 @@ def export_results(
                                     merged=options.surfaces_merged, coordinates=options.coordinates,
                                     smoothing=options.smoothing, decimation=options.decimation)
             result.files += [ExportedFile(surface_format, str(Path(path).relative_to(folder))) for path in paths]
+    if dicom_files is not None:
+        result.files[slot:slot] = dicom_files.result()
     progress(1.0, "exported")
     return result
+
+
+def _encode_seg_and_sr(plan, folder: Path, statistics, dicom_source, observer_person) -> list[ExportedFile]:
+    """Encode the planned SEG and, given statistics, its TID 1500 SR; touches no scene object."""
+    from aiportal.export.dicom_seg import encode_seg
+
+    seg = encode_seg(plan, folder / "segmentation.dcm")
+    files = [ExportedFile("seg", "segmentation.dcm", seg.sop_instance_uid, seg.series_instance_uid)]
+    if statistics is not None:
+        from aiportal.export.dicom_sr import write_sr
+
+        sr = write_sr(statistics, None, seg, folder / "segmentation.dcm", dicom_source,
+                      folder / "measurements.dcm", observer_person=observer_person)
+        files.append(ExportedFile("sr", "measurements.dcm", sr.sop_instance_uid, sr.series_instance_uid))
+    return files
+
+
+def _can_fork() -> bool:
+    # never inside the Slicer application (a forked Qt app is unsafe); AIPORTAL_EXPORT_FORK=0 turns it off
+    inside_slicer = "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app")
+    return os.name == "posix" and not inside_slicer and os.environ.get("AIPORTAL_EXPORT_FORK", "1") != "0"
+
+
+class _ForkedCall:
+    """Run a function that touches no VTK object in a forked child; :meth:`result` waits for its value.
+
+    A child that dies without answering (killed, out of memory) is not an error of the export: the
+    function then runs again here, so the result is the same either way.
+    """
+
+    def __init__(self, function) -> None:
+        context = multiprocessing.get_context("fork")
+        self._function = function
+        self._receiver, sender = context.Pipe(duplex=False)
+
+        def child() -> None:
+            try:
+                sender.send(("ok", function()))
+            except BaseException as error:  # the parent re-raises it
+                sender.send(("error", error))
+
+        self._process = context.Process(target=child, daemon=True)
+        self._process.start()
+        sender.close()
+
+    def result(self):
+        try:
+            status, value = self._receiver.recv()
+        except EOFError:
+            status, value = "died", None
+        self._process.join()
+        if status == "error":
+            raise value
+        return value if status == "ok" else self._function()
 
 
 def _write_nrrd(segmentation_node, volume_node, folder: Path, result: ExportResult) -> None:
