@@ -5,8 +5,8 @@ The case is TotalSegmentator-sized and built from real data: the 20-slice abdomi
 fresh UIDs, and TotalSegmentator's own 31-label result for it repeated the same way.
 
 - **ours** (one process, plus a forked child that encodes SEG + SR meanwhile): load the series,
-  import the label map into a segmentation node with terminology and provenance, build closed
-  surfaces, then ``export_results`` with seg, sr, stl (statistics for the SR included).
+  import the label map into a segmentation node with terminology and provenance, then
+  ``export_results`` with seg, sr, stl (closed surfaces and the statistics for the SR included).
 - **peer** (the tools a Slicer user has today, each its own process):
   dcmqi ``itkimage2segimage`` (SEG) + ``tid1500writer`` (SR, given volume and mean per segment,
   computed outside the timing) + Slicer's own import and surface path on slicer-core
@@ -142,9 +142,7 @@ def run_ours(folder: Path, out: Path) -> None:
     provenance = Provenance("totalsegmentator-total", "2.18.0", "none", {}, "cpu", now_iso(), now_iso())
     node = import_label_map(LabelMapResult(layers=[labels]), totalsegmentator_labels("total"), loaded.node, provenance)
     stages["imported"] = time.perf_counter() - start
-    node.CreateClosedSurfaceRepresentation()
-    stages["surfaces made"] = time.perf_counter() - start
-    out.mkdir()
+    out.mkdir()  # the export builds the closed surfaces itself, while its forked child encodes SEG + SR
     export_results(node, loaded.node, loaded.source, out, ExportOptions(formats=("seg", "sr", "stl")),
                    progress=lambda f, s: None if s.startswith("Statistics: ") else stages.setdefault(
                        s, time.perf_counter() - start))
