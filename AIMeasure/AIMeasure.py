@@ -1,10 +1,11 @@
-import logging
 import os
 import sys
+from pathlib import Path
 
+import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsLineNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import parameterNodeWrapper
@@ -42,8 +43,9 @@ class AIMeasure(ScriptedLoadableModule):
         self.parent.contributors = ["AI Segment Portal contributors"]
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
-Measure AI segments: volumes, intensity statistics and RECIST long/short axes, for reports and
-follow-up comparison. Work in progress.
+Measure segmented lesions: exact RECIST 1.1 long/short axes, maximum 3D diameter and volume; a
+copilot that checks manual caliper lines; follow-up comparison with a prior study (matched lesions,
+change and RECIST response); and report output (table, text, PNG key images).
 See the <a href="https://github.com/ai-segment-portal/SlicerAIPortal#aimeasure">module documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -61,12 +63,22 @@ class AIMeasureParameterNode:
     """
     The parameters needed by module.
 
-    inputSegmentation - The segments to measure.
-    inputVolume - The image the intensity measurements are taken on.
+    inputSegmentation - The segments to measure (the current study).
+    inputVolume - The image they were drawn on.
+    lymphNode - Measure the selected segment as a lymph node (short axis).
+    manualLine - A caliper line the reader placed, checked by the copilot.
+    priorSegmentation, priorVolume - The prior study, for follow-up (same frame of reference, or
+        aligned in AIRegister with the transform hardened).
+    outputFolder - Where "Save report" writes tables and key images.
     """
 
     inputSegmentation: vtkMRMLSegmentationNode
     inputVolume: vtkMRMLScalarVolumeNode
+    lymphNode: bool = False
+    manualLine: vtkMRMLMarkupsLineNode
+    priorSegmentation: vtkMRMLSegmentationNode
+    priorVolume: vtkMRMLScalarVolumeNode
+    outputFolder: Path
 
 
 #
@@ -86,6 +98,8 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._observedLine = None
+        self._lastCheck = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -109,7 +123,15 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
+        # the segment picker lists the segments of the selected segmentation
+        self.ui.inputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
+                                                  self.ui.segmentSelector.setCurrentNode)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.manualLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onManualLineChanged)
+        self.ui.applySuggestionButton.connect("clicked(bool)", self.onApplySuggestion)
+        self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
+        self.ui.copyToReportButton.connect("clicked(bool)", self.onCopyToReport)
+        self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -134,6 +156,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
         # Parameter node will be reset, do not use it anymore
+        self._observeLine(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -177,17 +200,79 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        if self._parameterNode and self._parameterNode.inputSegmentation and self._parameterNode.inputVolume:
-            self.ui.applyButton.toolTip = _("Measure the segments")
-            self.ui.applyButton.enabled = True
-        else:
-            self.ui.applyButton.toolTip = _("Select a segmentation and a volume")
-            self.ui.applyButton.enabled = False
+        inputs = bool(self._parameterNode and self._parameterNode.inputSegmentation and self._parameterNode.inputVolume)
+        self.ui.applyButton.enabled = inputs
+        self.ui.applyButton.toolTip = _("Measure the segments") if inputs else _("Select a segmentation and a volume")
+        self.ui.compareButton.enabled = inputs and bool(self._parameterNode.priorSegmentation
+                                                        and self._parameterNode.priorVolume)
+        self.ui.applySuggestionButton.enabled = self._lastCheck is not None and not self._lastCheck.ok
+
+    def _selectedSegmentID(self) -> str | None:
+        """The segment picked in the panel; None means every segment."""
+        return self.ui.segmentSelector.currentSegmentID() or None
 
     def onApplyButton(self) -> None:
-        """Run processing when user clicks "Apply" button."""
+        """Measure the picked segment (or all) and show the table and the axis lines."""
         with slicer.util.tryWithErrorDisplay(_("Failed to compute measurements."), waitCursor=True):
-            self.logic.process(self._parameterNode.inputSegmentation, self._parameterNode.inputVolume)
+            p = self._parameterNode
+            table = self.logic.process(p.inputSegmentation, p.inputVolume, self._selectedSegmentID(), p.lymphNode)
+            self.ui.resultsTableView.setMRMLTableNode(table)
+            skipped = self.logic.skipped
+            self.ui.statusLabel.text = "\n".join(f"{name}: {why}" for name, why in skipped.items()) or _("Measured.")
+
+    # -- copilot ---------------------------------------------------------------------------------
+    def _observeLine(self, lineNode) -> None:
+        if self._observedLine is not None:
+            self.removeObserver(self._observedLine, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onLineModified)
+        self._observedLine = lineNode
+        if lineNode is not None:
+            self.addObserver(lineNode, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onLineModified)
+
+    def onManualLineChanged(self, lineNode) -> None:
+        self._observeLine(lineNode)
+        self.onLineModified()
+
+    def onLineModified(self, caller=None, event=None) -> None:
+        """Re-check the line on every move of an endpoint (the lesion's exact axes are cached)."""
+        p = self._parameterNode
+        self._lastCheck = None
+        if not (p and p.manualLine and p.inputSegmentation and p.inputVolume):
+            self.ui.copilotLabel.text = _("Pick a segmentation, a volume and a line.")
+        elif p.manualLine.GetNumberOfControlPoints() < 2:
+            self.ui.copilotLabel.text = _("Place both endpoints of the line.")
+        else:
+            try:
+                self._lastCheck = self.logic.checkLine(p.manualLine, p.inputSegmentation, p.inputVolume,
+                                                       self._selectedSegmentID())
+                self.ui.copilotLabel.text = self._lastCheck.summary()
+            except Exception as error:  # shown in the panel: the reader keeps drawing
+                self.ui.copilotLabel.text = str(error)
+        self._checkCanApply()
+
+    def onApplySuggestion(self) -> None:
+        if self._lastCheck is not None and self._parameterNode.manualLine:
+            self.logic.applySuggestion(self._parameterNode.manualLine, self._lastCheck)
+
+    # -- follow-up and report ----------------------------------------------------------------------
+    def onCompareButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to compare the studies."), waitCursor=True):
+            p = self._parameterNode
+            table = self.logic.compare(p.priorSegmentation, p.priorVolume, p.inputSegmentation, p.inputVolume)
+            self.ui.followUpTableView.setMRMLTableNode(table)
+            self.ui.responseLabel.text = table.GetDescription()
+
+    def onCopyToReport(self) -> None:
+        qt.QApplication.clipboard().setText(self.logic.reportText())
+        self.ui.statusLabel.text = _("Report text copied to the clipboard.")
+
+    def onSaveReport(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the report."), waitCursor=True):
+            p = self._parameterNode
+            if not p.outputFolder or str(p.outputFolder) in ("", "."):
+                raise ValueError(_("Choose an output folder."))
+            written = self.logic.saveReport(Path(p.outputFolder), p.inputSegmentation, p.inputVolume)
+            self.ui.statusLabel.text = _("Wrote {count} files in {folder}").format(count=len(written),
+                                                                                   folder=p.outputFolder)
 
 
 #
@@ -196,7 +281,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class AIMeasureLogic(ScriptedLoadableModuleLogic):
-    """Thin facade over the GUI-free measurement code in :mod:`aiportal`.
+    """Thin facade over the GUI-free measurement code in :mod:`aiportal.measure`.
 
     Can be used without GUI widget. Uses ScriptedLoadableModuleLogic base class, available at:
     https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py
@@ -205,21 +290,87 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         """Called when the logic class is instantiated. Can be used for initializing member variables."""
         ScriptedLoadableModuleLogic.__init__(self)
+        self.measurements = []
+        self.skipped = {}
+        self.followUp = None
+        self._recistCache = {}
 
     def getParameterNode(self):
         return AIMeasureParameterNode(super().getParameterNode())
 
-    def process(self, inputSegmentation: vtkMRMLSegmentationNode, inputVolume: vtkMRMLScalarVolumeNode) -> None:
+    def process(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
         """
-        Measure every segment of inputSegmentation on inputVolume.
-        Can be used without GUI widget. Placeholder: the measurement service is not written yet.
-        :param inputSegmentation: segments to measure
-        :param inputVolume: image for the intensity statistics
+        Measure one segment (or all) of inputSegmentation on inputVolume, place the axis lines and
+        return the results table node.
         """
+        from aiportal.measure.recist import add_axis_lines, measure_segment
+        from aiportal.measure.report import add_measurement_table, measure_segmentation
+
         if not inputSegmentation or not inputVolume:
             raise ValueError(_("Select a segmentation and a volume."))
-        logging.info("AIMeasure: measuring %s on %s", inputSegmentation.GetName(), inputVolume.GetName())
-        raise NotImplementedError(_("Measurements are not available yet in this version."))
+        if segmentID:
+            self.measurements = [measure_segment(inputSegmentation, segmentID, inputVolume, lymph_node=lymphNode)]
+            self.skipped = {}
+        else:
+            self.measurements, self.skipped = measure_segmentation(inputSegmentation, inputVolume)
+        scene = inputSegmentation.GetScene()
+        for measurement in self.measurements:
+            add_axis_lines(scene, measurement, inputSegmentation)
+        table = scene.GetFirstNodeByName("RECIST measurements")
+        return add_measurement_table(scene, self.measurements, table_node=table if table else None)
+
+    def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
+        """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""
+        from aiportal.measure.copilot import check_line_node, line_kind
+        from aiportal.measure.recist import SEGMENT_ID_ATTRIBUTE, SEGMENTATION_ID_ATTRIBUTE, measure_segment
+
+        if lineNode.GetAttribute(SEGMENTATION_ID_ATTRIBUTE) == segmentation.GetID():
+            segmentID = lineNode.GetAttribute(SEGMENT_ID_ATTRIBUTE) or segmentID
+        if not segmentID:
+            raise ValueError(_("Pick the segment the line measures."))
+        key = (segmentation.GetID(), segmentID, volume.GetID())
+        modified = segmentation.GetSegmentation().GetSegment(segmentID).GetRepresentation(
+            slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()).GetMTime()
+        if self._recistCache.get(key, (None, None))[0] != modified:
+            self._recistCache[key] = (modified, measure_segment(segmentation, segmentID, volume))
+        longAxis = None
+        if line_kind(lineNode) == "short":  # its partner long axis, when the reader drew one
+            longAxis = next((node for node in slicer.util.getNodesByClass("vtkMRMLMarkupsLineNode")
+                             if node is not lineNode and node.GetAttribute(SEGMENT_ID_ATTRIBUTE) == segmentID
+                             and line_kind(node) == "long"), None)
+        return check_line_node(lineNode, segmentation, segmentID, volume, long_axis_node=longAxis,
+                               recist=self._recistCache[key][1])
+
+    def applySuggestion(self, lineNode, check) -> None:
+        from aiportal.measure.copilot import apply_suggestion
+
+        apply_suggestion(lineNode, check)
+
+    def compare(self, priorSegmentation, priorVolume, currentSegmentation, currentVolume):
+        """Follow-up: lesions matched by position (same frame of reference), change and RECIST response."""
+        from aiportal.measure.followup import add_follow_up_table, compare_studies
+
+        self.followUp = compare_studies(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
+        return add_follow_up_table(currentSegmentation.GetScene(), self.followUp)
+
+    def reportText(self) -> str:
+        from aiportal.measure.report import report_text
+
+        return report_text(self.measurements, self.followUp)
+
+    def saveReport(self, folder: Path, segmentation, volume) -> list:
+        """measurements.csv/json, follow-up tables (when compared) and one PNG key image per lesion."""
+        from aiportal.measure.followup import write_follow_up
+        from aiportal.measure.key_images import write_key_images
+        from aiportal.measure.report import write_measurements
+
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write_measurements(self.measurements, self.skipped, folder)
+        if self.followUp is not None:
+            written += write_follow_up(self.followUp, folder)
+        keyImages = write_key_images(volume, segmentation, self.measurements, folder / "key_images")
+        written += [key.path for key in keyImages]
+        return written
 
 
 #
@@ -244,14 +395,34 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         self.test_AIMeasure1()
 
     def test_AIMeasure1(self):
-        """The logic and its parameter node construct; the placeholder refuses bad input clearly."""
-        self.delayDisplay("Starting the test")
+        """A painted disc is measured (axes, table), and a shortened manual line is flagged and corrected."""
+        import numpy as np
 
+        self.delayDisplay("Starting the test")
         logic = AIMeasureLogic()
         parameterNode = logic.getParameterNode()
         self.assertIsNone(parameterNode.inputSegmentation)
-        self.assertIsNone(parameterNode.inputVolume)
         with self.assertRaises(ValueError):
             logic.process(None, None)
 
+        volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "image")
+        voxels = np.zeros((5, 64, 64), dtype=np.int16)
+        k, j, i = np.ogrid[:5, :64, :64]
+        voxels[(j - 32) ** 2 + (i - 32) ** 2 <= 100] = 100  # radius 10 voxels on every slice
+        slicer.util.updateVolumeFromArray(volume, voxels)
+        labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
+        slicer.util.updateVolumeFromArray(labels, (voxels > 0).astype(np.uint8))
+        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "lesions")
+        slicer.modules.segmentations.logic().ImportLabelmapToSegmentationNode(labels, segmentation)
+        table = logic.process(segmentation, volume)
+        self.assertEqual(table.GetNumberOfRows(), 1)
+        self.assertAlmostEqual(logic.measurements[0].long_axis_mm, 20.0, places=6)
+
+        line = slicer.util.getNodesByClass("vtkMRMLMarkupsLineNode")[0]
+        line.SetNthControlPointPositionWorld(1, *((np.array(line.GetNthControlPointPositionWorld(0))
+                                                   + np.array(line.GetNthControlPointPositionWorld(1))) / 2))
+        check = logic.checkLine(line, segmentation, volume)
+        self.assertFalse(check.ok)
+        logic.applySuggestion(line, check)
+        self.assertTrue(logic.checkLine(line, segmentation, volume).ok)
         self.delayDisplay("Test passed")

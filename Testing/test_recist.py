@@ -368,3 +368,31 @@ def test_measure_command_writes_tables_and_loadable_axis_lines(runtime, shared_d
                               str(shared_data / "totalseg" / "example_ct_sm.nii.gz"), "--segments", "no-such",
                               "--out", str(tmp_path / "x")], capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 1 and "no-such" in unknown.stderr and not (tmp_path / "x").exists()
+
+
+def test_measure_command_follow_up_and_key_images(runtime, shared_data, totalseg, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from aiportal.segmentation import save_segmentation
+
+    _, ct, _, node, by_value = totalseg
+    # current = the spleen alone; prior = the same spleen: stable disease, no change, no new lesion
+    spleen_only = runtime.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "spleen")
+    spleen_only.GetSegmentation().CopySegmentFromSegmentation(node.GetSegmentation(), by_value[1])
+    seg_path = save_segmentation(spleen_only, tmp_path / "spleen.seg.nrrd")
+    volume = str(shared_data / "totalseg" / "example_ct_sm.nii.gz")
+    out = tmp_path / "followup"
+    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "measure", str(seg_path), "--volume", volume,
+                           "--prior", str(seg_path), "--prior-volume", volume, "--key-images", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    follow_up = json.loads((out / "followup.json").read_text())
+    assert follow_up["response"]["response"] == "SD", follow_up["response"]
+    assert follow_up["response"]["change_from_baseline_pct"] == pytest.approx(0.0, abs=1e-9)
+    assert "RECIST 1.1 response" in done.stdout
+    assert [p.suffix for p in (out / "key_images").iterdir()] == [".png"]
+    missing = subprocess.run([sys.executable, "-m", "aiportal.cli", "measure", str(seg_path), "--volume", volume,
+                              "--prior", str(seg_path), "--out", str(tmp_path / "y")], capture_output=True, text=True)
+    assert missing.returncode == 1 and "--prior-volume" in missing.stderr

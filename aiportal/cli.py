@@ -224,21 +224,51 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from aiportal.outputs import check_output_folder, staged_output
     from aiportal.segmentation import load_segmentation
 
-    check_output_folder(args.out, ["measurements.json", "measurements.csv", "axes"], args.overwrite)
+    outputs = ["measurements.json", "measurements.csv", "axes"]
+    outputs += ["key_images"] if args.key_images else []
+    outputs += ["followup.json", "followup.csv"] if args.prior else []
+    if args.prior and not args.prior_volume:
+        raise AIPortalError("--prior needs --prior-volume (the volume the prior segmentation was made on)",
+                            "add --prior-volume PRIOR_CT")
+    check_output_folder(args.out, outputs, args.overwrite)
     volume = load_volume(args.volume, series_uid=args.series).node
     node = load_segmentation(args.segmentation)
     measurements, skipped = measure_segmentation(node, volume, segment_names=args.segments or None,
                                                  lymph_nodes=tuple(args.lymph_nodes or ()))
+    follow_up = None
+    if args.prior:
+        from aiportal.measure.followup import compare_studies
+
+        prior_volume = load_volume(args.prior_volume).node
+        registration = None
+        if args.register:
+            from aiportal.register import register_volumes
+
+            registration = register_volumes(volume, prior_volume)  # the current study is the fixed one
+        follow_up = compare_studies(load_segmentation(args.prior), prior_volume, node, volume,
+                                    registration=registration, lymph_nodes=tuple(args.lymph_nodes or ()),
+                                    nadir_sum_mm=args.nadir)
     with staged_output(args.out, overwrite=args.overwrite) as staging:
         write_measurements(measurements, skipped, staging)
         write_axis_lines(node.GetScene(), measurements, node, staging / "axes")
+        if args.key_images:
+            from aiportal.measure.key_images import write_key_images
+
+            write_key_images(volume, node, measurements, staging / "key_images")
+        if follow_up is not None:
+            from aiportal.measure.followup import write_follow_up
+
+            write_follow_up(follow_up, staging)
     for m in measurements:
         kind = "node, short axis" if m.lymph_node else "long axis"
         print(f"  {m.segment_name:<20} {m.reported_mm:8.1f} mm ({kind}); long {m.long_axis_mm:.1f} x short "
               f"{m.short_axis_mm:.1f} mm on slice {m.slice_axis}={m.slice_index}; 3D {m.max_3d_diameter_mm:.1f} mm")
     for name, reason in skipped.items():
         print(f"  {name:<20} not measured: {reason}")
-    print(f"wrote {args.out / 'measurements.json'}, measurements.csv and axis lines in {args.out / 'axes'}")
+    if follow_up is not None:
+        print(f"RECIST 1.1 response: {follow_up.assessment.response.value} ({follow_up.assessment.explanation})")
+    print(f"wrote {args.out / 'measurements.json'}, measurements.csv and axis lines in {args.out / 'axes'}"
+          + (", key images" if args.key_images else "") + (", followup.json/csv" if follow_up else ""))
     return 0
 
 
@@ -409,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
     measure.add_argument("--segments", nargs="*", help="segment names to measure (default: all)")
     measure.add_argument("--lymph-nodes", nargs="*", help="segment names that are lymph nodes (short axis)")
+    measure.add_argument("--key-images", action="store_true", help="a PNG per lesion with its axes drawn")
+    measure.add_argument("--prior", type=Path, help="prior study's segmentation (.seg.nrrd): follow-up response")
+    measure.add_argument("--prior-volume", type=Path, help="the volume the prior segmentation was made on")
+    measure.add_argument("--register", action="store_true",
+                         help="align the prior volume to the current one first (else: same frame of reference)")
+    measure.add_argument("--nadir", type=float, help="smallest sum of diameters so far (mm), if below baseline")
     measure.add_argument("--out", type=Path, required=True, help="output folder")
     measure.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     measure.set_defaults(handler=cmd_measure)

@@ -1,8 +1,13 @@
 """TID 1500 measurement report (Comprehensive 3D SR) for the segments of a DICOM SEG.
 
-One measurement group per segment: its tracking identifier and UID, a reference to the SEG
-segment, the finding (the segment's codes), the algorithm, and one coded NUM item per scalar
-statistic. Codes, tracking and algorithm are read from the written SEG itself, so SR and SEG
+One measurement group per segment (TID 1411): its tracking identifier and UID, a reference to
+the SEG segment, the finding (the segment's codes), the algorithm, and one coded NUM item per
+scalar statistic. RECIST axes, when given, are linear measurements in a second group per lesion
+(TID 1501, method RECIST 1.1) with the SAME tracking identifier and UID, so readers tie them to the
+segment: NUM "Long axis" / "Short axis" in mm, each with its line as an SCOORD POLYLINE on the
+source image of its slice (or SCOORD3D in the frame of reference when the slices are not the
+acquired images). TID 1411 does not allow coordinates on its measurements, hence the second group.
+Codes, tracking and algorithm are read from the written SEG itself, so SR and SEG
 always agree. Values are rounded first (:func:`sr_number`) so the decimal string every
 DICOM reader sees (DS) and the binary float (FD) are the same number.
 """
@@ -11,19 +16,26 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
 
+from aiportal.errors import InputError
 from aiportal.export.dicom_seg import MANUFACTURER, UTF8, SegExport, coded
 from aiportal.export.dicom_source import ExportSource
 from aiportal.export.statistics import Quantity, SegmentStatistics
 from aiportal.models.catalog import Code
+
+if TYPE_CHECKING:
+    from aiportal.measure.recist import RecistMeasurement
 
 # Procedure reported (CID 100) by source modality.
 _PROCEDURES = {
@@ -77,6 +89,70 @@ def _measurements(
     return measurements
 
 
+# an endpoint farther than this from the plane of its slice's image is not on that image
+_ON_IMAGE_TOLERANCE_MM = 0.01
+
+
+def pixel_coordinates(dataset: pydicom.Dataset, points_ras) -> np.ndarray:
+    """(column, row) image coordinates of RAS points on a single-frame image, DICOM style: the top-left
+    corner of the top-left pixel is (0, 0), so pixel (c, r) has its centre at (c + 0.5, r + 0.5)."""
+    lps = np.asarray(points_ras, dtype=float) * np.array([-1.0, -1.0, 1.0])
+    origin = np.array([float(v) for v in dataset.ImagePositionPatient])
+    orientation = np.array([float(v) for v in dataset.ImageOrientationPatient])
+    row_cosine, column_cosine = orientation[:3], orientation[3:]
+    row_spacing, column_spacing = (float(v) for v in dataset.PixelSpacing)  # between rows, between columns
+    offsets = lps - origin
+    off_plane = np.abs(offsets @ np.cross(row_cosine, column_cosine)).max()
+    if off_plane > _ON_IMAGE_TOLERANCE_MM:
+        raise InputError(f"A measured line lies {off_plane:.3f} mm off image {dataset.SOPInstanceUID}",
+                         "measure on the volume loaded from the exported series")
+    return np.column_stack([offsets @ row_cosine / column_spacing + 0.5, offsets @ column_cosine / row_spacing + 0.5])
+
+
+def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd.sr.Measurement]:
+    """The long and short axis as NUM items, each with its line: SCOORD on the slice's source image
+    when the slice is an acquired image (slices along k), else SCOORD3D in the frame of reference."""
+    on_image = axes.slice_axis == "k" and 0 <= axes.slice_index < len(source.datasets)
+    measurements = []
+    for concept, length, endpoints in ((codes.SCT.LongAxis, axes.long_axis_mm, axes.long_axis_endpoints_ras),
+                                       (codes.SCT.ShortAxis, axes.short_axis_mm, axes.short_axis_endpoints_ras)):
+        if on_image:
+            image = source.datasets[axes.slice_index]
+            coordinates = hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=pixel_coordinates(image, endpoints),
+                source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID)),
+            )
+        else:
+            coordinates = hd.sr.CoordinatesForMeasurement3D(
+                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+                graphic_data=np.asarray(endpoints, dtype=float) * np.array([-1.0, -1.0, 1.0]),
+                frame_of_reference_uid=source.frame_of_reference_uid,
+            )
+        measurements.append(hd.sr.Measurement(name=concept, value=sr_number(length), unit=codes.UCUM.Millimeter,
+                                              referenced_coordinates=[coordinates]))
+    return measurements
+
+
+def _axes_group(axes: RecistMeasurement, description: hd.seg.SegmentDescription,
+                source: ExportSource) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of a lesion's RECIST axes, tracked as its segment."""
+    on_image = axes.slice_axis == "k" and 0 <= axes.slice_index < len(source.datasets)
+    regions = description.anatomic_regions
+    image = source.datasets[axes.slice_index] if on_image else None
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
+                                                     identifier=str(description.TrackingID)),
+        finding_type=description.segmented_property_type,
+        finding_category=description.segmented_property_category,
+        finding_sites=[hd.sr.FindingSite(regions[0])] if regions else None,
+        method=codes.cid6147.RECIST1Point1,
+        measurements=_axis_measurements(axes, source),
+        source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))]
+        if image is not None else None,
+    )
+
+
 def _group_for_segment(
     measurements: list[hd.sr.Measurement],
     description: hd.seg.SegmentDescription,
@@ -123,6 +199,7 @@ def write_sr(
     procedure_reported: Code | None = None,
     series_number: int = 301,
     series_description: str | None = None,
+    axes: Sequence[RecistMeasurement] = (),
 ) -> SrExport:
     """Write a TID 1500 Comprehensive 3D SR with the statistics of the segments of ``seg``.
 
@@ -133,7 +210,8 @@ def write_sr(
     default the algorithm named in the SEG; a UID derived from both, the same for every report of
     that model) and, optionally, a person (``observer_person``, DICOM name form "Family^Given").
     The evidence is the source images and the SEG. The procedure reported defaults to "<modality>
-    unspecified body region".
+    unspecified body region". ``axes`` (RECIST measurements made on the source volume) add one group per
+    lesion with the long and short axis and their lines.
     """
     started = time.monotonic()
     # the header is all the SR needs (descriptions, evidence UIDs); decoding thousands of frames' items is not
@@ -151,6 +229,12 @@ def write_sr(
         count += len(measurements)
         description = descriptions[seg.segment_numbers[stats.segment_id]]
         groups.append(_group_for_segment(measurements, description, seg, str(seg_dataset.SOPClassUID), source))
+    for measured in axes:
+        if measured.segment_id not in seg.segment_numbers:
+            skipped.append(f"{measured.segment_name}: RECIST axes (segment not in the SEG)")
+            continue
+        groups.append(_axes_group(measured, descriptions[seg.segment_numbers[measured.segment_id]], source))
+        count += 2
     if model_id is None:  # the model named in the SEG (the first segment an algorithm made)
         algorithm = next((d.algorithm_identification[0] for d in map(descriptions.get, seg.segment_numbers.values())
                           if d.algorithm_identification), None)

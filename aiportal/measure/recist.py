@@ -63,8 +63,35 @@ class RecistMeasurement:
         return self.short_axis_mm if self.lymph_node else self.long_axis_mm
 
 
-def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_node: bool = False) -> RecistMeasurement:
-    """RECIST 1.1 long and short axes, maximum 3D diameter and volume of a segment on ``volume_node``'s grid."""
+@dataclass
+class SliceAxes:
+    """The exact RECIST long and short axes of a segment on one axial slice (``measure_segment``'s rules)."""
+
+    slice_axis: str
+    slice_index: int
+    long_axis_mm: float
+    short_axis_mm: float
+    long_axis_endpoints_ras: tuple[tuple[float, float, float], tuple[float, float, float]]
+    short_axis_endpoints_ras: tuple[tuple[float, float, float], tuple[float, float, float]]
+
+
+@dataclass
+class _LesionSlices:
+    """A segment's in-plane boundary voxel centres (RAS) per axial slice, and the slice geometry."""
+
+    label: str  # names the segment in messages
+    segment_name: str
+    linear: np.ndarray
+    axis: int
+    normal: np.ndarray
+    tilt_deg: float
+    in_plane_voxel_mm: float
+    ras: dict[int, np.ndarray]
+    count: int  # voxels inside the volume
+    total: int  # voxels wherever they lie
+
+
+def _lesion_slices(segmentation_node, segment_id: str, volume_node) -> _LesionSlices:
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise InputError(
@@ -86,12 +113,46 @@ def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_no
     count = int(np.count_nonzero(crop[0]))
     if count == 1:
         raise InputError(f"{label} is a single voxel: it has no diameter", "segment the whole lesion")
-
-    axis, normal, tilt_deg = _axial_axis(linear)  # ijk order
+    axis, normal, tilt_deg = axial_slices(volume_node)
     spacing = np.linalg.norm(linear, axis=0)
-    in_plane_voxel_mm = float(max(spacing[a] for a in range(3) if a != axis))
     slices = _slice_boundaries(*crop, 2 - axis)  # slice index -> boundary voxel indices (k, j, i)
-    ras = {index: kji[:, ::-1] @ linear.T + translation for index, kji in slices.items()}
+    return _LesionSlices(
+        label=label, segment_name=segment.GetName(), linear=linear, axis=axis, normal=normal, tilt_deg=tilt_deg,
+        in_plane_voxel_mm=float(max(spacing[a] for a in range(3) if a != axis)),
+        ras={index: kji[:, ::-1] @ linear.T + translation for index, kji in slices.items()},
+        count=count, total=total,
+    )
+
+
+def axial_slices(volume_node) -> tuple[int, np.ndarray, float]:
+    """The voxel axis (0=i, 1=j, 2=k) along which ``volume_node``'s axial slices are stacked, their unit
+    normal (RAS) and their tilt from true axial in degrees."""
+    return _axial_axis(ijk_to_ras_matrix(volume_node)[:3, :3])
+
+
+def lesion_slice_indices(segmentation_node, segment_id: str, volume_node) -> list[int]:
+    """The axial slices (indices along the slice axis) that hold the segment."""
+    return sorted(_lesion_slices(segmentation_node, segment_id, volume_node).ras)
+
+
+def axes_on_slice(segmentation_node, segment_id: str, volume_node, slice_index: int) -> SliceAxes:
+    """Exact RECIST long and short axes of the segment on one axial slice (lengths 0 where it is one voxel)."""
+    lesion = _lesion_slices(segmentation_node, segment_id, volume_node)
+    if slice_index not in lesion.ras:
+        raise InputError(f"{lesion.label} is not on slice {_AXIS_NAMES[lesion.axis]}={slice_index}",
+                         f"it is on slices {min(lesion.ras)} to {max(lesion.ras)}")
+    points = lesion.ras[slice_index]
+    p, q, length = _farthest_pair(extreme_points(points))
+    a, b, short_mm = (p, q, 0.0) if length == 0.0 else _short_axis(points, p, q, lesion.normal,
+                                                                    lesion.in_plane_voxel_mm)
+    return SliceAxes(_AXIS_NAMES[lesion.axis], int(slice_index), float(length), float(short_mm),
+                     (_point(p), _point(q)), (_point(a), _point(b)))
+
+
+def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_node: bool = False) -> RecistMeasurement:
+    """RECIST 1.1 long and short axes, maximum 3D diameter and volume of a segment on ``volume_node``'s grid."""
+    lesion = _lesion_slices(segmentation_node, segment_id, volume_node)
+    label, ras = lesion.label, lesion.ras
     hulls = {index: extreme_points(points) for index, points in ras.items()}
     longest = {index: _farthest_pair(hull) for index, hull in hulls.items()}
     long_mm = max(pair[2] for pair in longest.values())
@@ -102,31 +163,32 @@ def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_no
     best = None
     for index in sorted(index for index, pair in longest.items() if pair[2] >= long_mm - _TIE_MM):
         p, q, length = longest[index]
-        short = _short_axis(ras[index], p, q, normal, in_plane_voxel_mm)
+        short = _short_axis(ras[index], p, q, lesion.normal, lesion.in_plane_voxel_mm)
         if best is None or short[2] > best[2][2] + _TIE_MM:
             best = (index, (p, q, length), short)
     index, (p, q, length), (a, b, short_mm) = best
 
     notes = []
-    if tilt_deg > OBLIQUE_TOLERANCE_DEG:
-        notes.append(f"slices are oblique: {tilt_deg:.1f}° from axial; axes are measured in the acquired slices")
-    if count < total:
-        notes.append(f"{total - count} of {total} voxels lie outside {volume_node.GetName()}: "
+    if lesion.tilt_deg > OBLIQUE_TOLERANCE_DEG:
+        notes.append(f"slices are oblique: {lesion.tilt_deg:.1f}° from axial; axes are measured in the acquired "
+                     "slices")
+    if lesion.count < lesion.total:
+        notes.append(f"{lesion.total - lesion.count} of {lesion.total} voxels lie outside {volume_node.GetName()}: "
                      "only the part inside is measured")
     notes.append(_measurability(length, short_mm, lymph_node))
     every_hull = np.concatenate(list(hulls.values()))
     return RecistMeasurement(
         segment_id=segment_id,
-        segment_name=segment.GetName(),
+        segment_name=lesion.segment_name,
         long_axis_mm=float(length),
         short_axis_mm=float(short_mm),
         long_axis_endpoints_ras=(_point(p), _point(q)),
         short_axis_endpoints_ras=(_point(a), _point(b)),
-        slice_axis=_AXIS_NAMES[axis],
+        slice_axis=_AXIS_NAMES[lesion.axis],
         slice_index=int(index),
         # the hull of all slices' hull vertices is the hull of the whole segment: its Feret diameter
         max_3d_diameter_mm=max_pairwise_distance(extreme_points(every_hull)),
-        volume_ml=float(count * abs(np.linalg.det(linear)) / 1000.0),
+        volume_ml=float(lesion.count * abs(np.linalg.det(lesion.linear)) / 1000.0),
         lymph_node=lymph_node,
         notes=notes,
     )

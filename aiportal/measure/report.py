@@ -23,20 +23,29 @@ _COLUMNS = ("segment_name", "long_axis_mm", "short_axis_mm", "reported_mm", "max
 
 def measure_segmentation(segmentation_node, volume_node, *, segment_names: list[str] | None = None,
                          lymph_nodes: tuple[str, ...] = ()) -> tuple[list[RecistMeasurement], dict[str, str]]:
-    """Measure the named segments (default: all); returns the measurements and {segment name: why not}."""
+    """Measure the named segments (default: all); returns the measurements and {segment name: why not}
+    (a name shared by several segments is followed by the segment id there)."""
     segmentation = segmentation_node.GetSegmentation()
-    by_name = {segmentation.GetSegment(s).GetName(): s for s in all_segment_ids(segmentation_node)}
-    unknown = [name for name in (segment_names or []) + list(lymph_nodes) if name not in by_name]
+    ids = all_segment_ids(segmentation_node)
+    if not ids:
+        raise InputError(f"{segmentation_node.GetName()} has no segments",
+                         "segment the lesions (or load the segmentation) before measuring")
+    names = {segment_id: segmentation.GetSegment(segment_id).GetName() for segment_id in ids}
+    known = set(names.values())
+    unknown = [name for name in (segment_names or []) + list(lymph_nodes) if name not in known]
     if unknown:
         raise InputError(f"No segment named {', '.join(unknown)} in {segmentation_node.GetName()}",
-                         f"use one of: {', '.join(by_name)}")
+                         f"use one of: {', '.join(names.values())}")
+    shared = {name for name in known if list(names.values()).count(name) > 1}
     measured, skipped = [], {}
-    for name in segment_names or list(by_name):
+    for segment_id, name in names.items():
+        if segment_names and name not in segment_names:
+            continue
         try:
-            measured.append(measure_segment(segmentation_node, by_name[name], volume_node,
+            measured.append(measure_segment(segmentation_node, segment_id, volume_node,
                                             lymph_node=name in lymph_nodes))
         except InputError as error:
-            skipped[name] = str(error)
+            skipped[f"{name} ({segment_id})" if name in shared else name] = str(error)
     return measured, skipped
 
 
@@ -69,3 +78,47 @@ def write_axis_lines(scene, measurements: list[RecistMeasurement], segmentation_
                 raise OSError(f"could not write {path}")
             written.append(path)
     return written
+
+
+MEASUREMENT_TABLE_COLUMNS = (("segment_name", ""), ("long_axis_mm", "mm"), ("short_axis_mm", "mm"),
+                             ("reported_mm", "mm"), ("max_3d_diameter_mm", "mm"), ("volume_ml", "ml"),
+                             ("slice_index", ""), ("lymph_node", ""), ("notes", ""))
+
+
+def add_measurement_table(scene, measurements: list[RecistMeasurement], name: str = "RECIST measurements",
+                          table_node=None):
+    """A vtkMRMLTableNode (new, or ``table_node`` refilled) with one row per measured lesion."""
+    import vtk
+
+    table = vtk.vtkTable()
+    for column, _ in MEASUREMENT_TABLE_COLUMNS:
+        numeric = column.endswith(("_mm", "_ml"))
+        array = vtk.vtkDoubleArray() if numeric else vtk.vtkStringArray()
+        array.SetName(column)
+        for m in measurements:
+            value = m.reported_mm if column == "reported_mm" else getattr(m, column)
+            array.InsertNextValue(float(value) if numeric else "; ".join(value) if isinstance(value, list)
+                                  else str(value))
+        table.AddColumn(array)
+    node = table_node or scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    node.SetAndObserveTable(table)
+    for column, unit in MEASUREMENT_TABLE_COLUMNS:
+        if unit:
+            node.SetColumnUnitLabel(column, unit)
+    return node
+
+
+def report_text(measurements: list[RecistMeasurement], follow_up=None) -> str:
+    """Plain text for a radiology report: one line per lesion, and the response when there is a follow-up."""
+    lines = []
+    for m in measurements:
+        kind = "short axis (lymph node)" if m.lymph_node else "long axis"
+        lines.append(f"{m.segment_name}: {m.reported_mm:.1f} mm {kind}; {m.long_axis_mm:.1f} x "
+                     f"{m.short_axis_mm:.1f} mm (slice {m.slice_index}), volume {m.volume_ml:.2f} ml")
+    if measurements:
+        lines.append(f"Sum of diameters: {sum(m.reported_mm for m in measurements):.1f} mm")
+    if follow_up is not None:
+        summary = follow_up.summary()
+        lines.append(f"RECIST 1.1 response: {summary['response_text']} ({summary['explanation']}); sum "
+                     f"{summary['baseline_sum_mm']:.1f} mm at baseline, {summary['current_sum_mm']:.1f} mm now")
+    return "\n".join(lines)
