@@ -136,18 +136,32 @@ def cmd_models(args: argparse.Namespace) -> int:
         python = setup_environment(args.environment, progress=TerminalProgress())
         print(f"environment {args.environment} ready: {python}")
         return 0
+    if args.models_command in ("import-weights", "totalseg-license"):
+        from aiportal.models.backends import totalsegmentator
+
+        if args.models_command == "totalseg-license":
+            print(f"licence key stored in {totalsegmentator.set_license(args.key, args.home)}")
+        else:
+            for folder in totalsegmentator.import_weights(args.source, args.home):
+                print(f"imported {folder}")
+        return 0
     catalog = get_catalog()
     environments = {name: environment_status(name) for name in ENVIRONMENTS}
     if args.json:
         print(json.dumps({"models": [asdict(model) for model in catalog.models], "environments": environments,
                           "folder_models": catalog.sources}, indent=2))
         return 0
+    width = max(len(model.id) for model in catalog.models) + 1
     for model in catalog.models:
         prompts = f"; prompts: {', '.join(model.prompts)}" if model.prompts else ""
-        print(f"{model.id:<22} {model.modality:<3} {model.family:<9} {model.title}{prompts}")
-        print(f"{'':<22} environment {model.environment}: {environments[model.environment]}")
+        print(f"{model.id:<{width}} {model.modality:<4} {model.family:<9} {model.title}{prompts}")
+    print("\nenvironments (models run in a child process with this Python):")
+    for name, status in environments.items():
+        users = ", ".join(sorted({m.id.split("-")[0] for m in catalog.models if m.environment == name}))
+        print(f"  {name:<11} {status}   [{users or '-'}]")
+    print("\nmodels from a folder (--model PREFIX:FOLDER):")
     for prefix, description in catalog.sources.items():
-        print(f"{prefix + ':FOLDER':<22} {description}")
+        print(f"  {prefix + ':FOLDER':<14} {description}")
     return 0
 
 
@@ -405,6 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
     models_commands.add_parser("list", help="list models (the default)").add_argument("--json", action="store_true")
     setup = models_commands.add_parser("setup", help="create a model environment (its own venv)")
     setup.add_argument("environment", help="environment name (see `aiportal models`)")
+    weights = models_commands.add_parser("import-weights",
+                                         help="import TotalSegmentator weights downloaded on another machine")
+    weights.add_argument("source", type=Path, help="a weights zip or an extracted dataset folder")
+    weights.add_argument("--home", type=Path, help="TotalSegmentator home (default: AIPORTAL_TOTALSEG_HOME, "
+                                                   "TOTALSEG_HOME_DIR or ~/.totalsegmentator)")
+    license_ = models_commands.add_parser("totalseg-license", help="store a TotalSegmentator licence key")
+    license_.add_argument("key")
+    license_.add_argument("--home", type=Path)
     models.set_defaults(handler=cmd_models)
 
     segment = commands.add_parser("segment", help="segment a CT/MR volume")

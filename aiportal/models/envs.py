@@ -10,6 +10,7 @@ so a model's dependencies (torch, torchvision, ...) never break Slicer's or anot
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -59,7 +60,12 @@ def _main_python() -> str:
     return sys.executable
 
 
+@functools.cache  # importing torch to find out takes seconds: once per process
 def _imports(python: str, module: str) -> bool:
+    if python == sys.executable:  # this very interpreter: finding the module is enough, and instant
+        import importlib.util
+
+        return importlib.util.find_spec(module) is not None
     probe = subprocess.run([python, "-c", f"import {module}"], capture_output=True, timeout=120)
     return probe.returncode == 0
 
