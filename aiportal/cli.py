@@ -17,6 +17,7 @@ from typing import TextIO
 
 from aiportal import __version__
 from aiportal.errors import AIPortalError, CancelledError
+from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -166,6 +167,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    if getattr(args, "pacs", None):  # pull from the PACS, run this same command on it, push the SEG + SR
+        from aiportal.pacs.cli import segment_from_pacs
+
+        return segment_from_pacs(args, cmd_segment)
+    if args.input is None:
+        raise AIPortalError("segment needs an INPUT (DICOM folder or image file) or --pacs NAME --study UID",
+                            "give one of them")
     from aiportal.export.exporter import check_export_possible, expected_outputs, export_to_folder
     from aiportal.io.volumes import load_volume
     from aiportal.outputs import check_output_folder
@@ -430,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     models.set_defaults(handler=cmd_models)
 
     segment = commands.add_parser("segment", help="segment a CT/MR volume")
-    segment.add_argument("input", type=Path, help="DICOM series folder or file, NIfTI (.nii/.nii.gz) or NRRD")
+    segment.add_argument("input", type=Path, nargs="?",
+                         help="DICOM series folder or file, NIfTI (.nii/.nii.gz) or NRRD (or --pacs)")
     segment.add_argument("--model", default="classic-ct", help="model id (see `aiportal info`)")
     segment.add_argument("--out", type=Path, required=True, help="output folder")
     segment.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
@@ -444,6 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--timeout", type=float, help="stop the model after this many seconds")
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(segment)
+    add_segment_pacs_arguments(segment)
     segment.set_defaults(handler=cmd_segment)
 
     export = commands.add_parser("export", help="export an existing segmentation (seg.nrrd) of a source image")
@@ -508,6 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--overwrite", action="store_true")
     sample.set_defaults(handler=cmd_sample)
+
+    from aiportal.server.cli import add_serve_command
+
+    add_pacs_commands(commands)  # `aiportal pacs query|pull|push|list|add|remove|check`
+    add_serve_command(commands)  # `aiportal serve` and `aiportal server-key ...`
     return parser
 
 
