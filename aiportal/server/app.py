@@ -1,0 +1,645 @@
+# ruff: noqa: B008  (FastAPI declares parameters with Depends/File/Query defaults)
+"""The inference server's HTTP API (FastAPI): ``create_app(settings)``; OpenAPI at ``/openapi.json``.
+
+Routes (all under authentication; scopes in brackets):
+
+- ``GET /v1/health`` [read] · ``GET /v1/models`` [read]
+- ``POST /v1/jobs`` [submit]: multipart upload (NIfTI, NRRD, MetaImage, or a DICOM series as .zip),
+  ``consent=true`` required; ``client_request_id`` makes the submission idempotent
+- ``POST /v1/jobs/pacs`` [submit]: a job from study/series UIDs on the configured PACS (pulled by DICOMweb)
+- ``GET /v1/jobs`` · ``GET /v1/jobs/{id}`` · ``GET /v1/jobs/{id}/events`` (server-sent events) [read]
+- ``POST /v1/jobs/{id}/cancel`` · ``POST /v1/jobs/{id}/push`` [submit]
+- ``GET /v1/jobs/{id}/results`` · ``GET /v1/jobs/{id}/results/{name}`` [read]
+- ``GET /v1/audit`` [audit]
+- MONAI Label subset: ``GET /info/`` [read], ``POST /infer/{model}`` [submit] (see :mod:`.monailabel`)
+
+Errors are JSON ``{"error": message, "fix": fix}`` with a 4xx status. Authentication happens in
+an ASGI middleware before routing or body parsing, so every path (unknown ones too) answers 401
+without a valid credential; the scope check is a dependency of each route (403). Uploads are
+capped by ``max_upload_mb`` while they stream in (413). Logs carry job ids, never file names,
+patient data or credentials.
+
+TLS: ``aiportal serve --tls-cert --tls-key`` serves HTTPS directly; or run it on 127.0.0.1 behind
+a reverse proxy (nginx, Caddy, Traefik) that terminates TLS and forwards to it, with
+``proxy_request_buffering off`` and a client body limit at least ``max_upload_mb``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import time
+import uuid
+import zipfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from aiportal import __version__
+from aiportal.errors import AIPortalError
+from aiportal.server.auth import ApiKeyStore, Authenticator, AuthError, Principal, RateLimiter
+from aiportal.server.engine import Engine, job_folder, make_engine, push_results, results_folder
+from aiportal.server.jobs import JobRecord, JobStore
+from aiportal.server.jobs import make_engine as make_db_engine
+from aiportal.server.settings import ServerSettings
+
+log = logging.getLogger("aiportal.server")
+
+PUBLIC_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
+UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
+STATE_PATTERN = "^(queued|running|done|failed|cancelled)$"
+SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # .nhdr/.mhd need a data file beside them
+
+
+class ApiError(AIPortalError):
+    """An AIPortalError with an HTTP status."""
+
+    def __init__(self, status: int, message: str, fix: str | None = None) -> None:
+        super().__init__(message, fix)
+        self.status = status
+
+
+# -- response and request bodies -------------------------------------------------------------------
+class ErrorBody(BaseModel):
+    error: str
+    fix: str | None = None
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    engine: str
+    queued: int
+    running: int
+    pacs: str | None = None
+
+
+class LabelInfo(BaseModel):
+    value: int
+    name: str
+
+
+class ModelInfo(BaseModel):
+    id: str
+    title: str
+    modality: str
+    task: str
+    description: str
+    limitations: str
+    version: str
+    license: str
+    family: str
+    devices: list[str]
+    prompts: list[str]
+    labels: list[LabelInfo]
+
+
+class JobView(BaseModel):
+    id: str
+    state: str = Field(description="queued, running, done, failed or cancelled")
+    fraction: float
+    stage: str
+    model: str
+    source_kind: str
+    formats: list[str]
+    client_request_id: str | None = None
+    study_uid: str = ""
+    series_uid: str = ""
+    push: bool = False
+    attempts: int = 0
+    created: str
+    started: str | None = None
+    finished: str | None = None
+    error: str | None = None
+    fix: str | None = None
+    results_available: bool = False
+    result: dict[str, Any] | None = None
+
+
+class PacsJobRequest(BaseModel):
+    study_uid: str = Field(min_length=1, max_length=64, pattern=r"^[0-9.]+$")
+    series_uid: str = Field(default="", max_length=64, pattern=r"^[0-9.]*$",
+                            description="empty: the study's only image series")
+    model: str = Field(min_length=1, max_length=200)
+    client_request_id: str | None = Field(default=None, max_length=200)
+    params: dict[str, Any] = Field(default_factory=dict)
+    formats: str = Field(default="nrrd,json,seg,sr", max_length=100)
+    push: bool = Field(default=False, description="store the SEG and SR on the PACS when done")
+    deidentify: bool = False
+
+
+class PushReportView(BaseModel):
+    endpoint: str
+    protocol: str
+    verified: bool
+    objects: list[str]
+    seconds: float
+
+
+def _iso(epoch: float | None) -> str | None:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds") if epoch else None
+
+
+def job_view(record: JobRecord) -> JobView:
+    return JobView(
+        id=record.id, state=record.state, fraction=round(record.fraction, 4), stage=record.stage, model=record.model,
+        source_kind=record.source_kind, formats=list(record.formats), client_request_id=record.client_request_id,
+        study_uid=record.study_uid, series_uid=record.series_uid, push=record.push, attempts=record.attempts,
+        created=_iso(record.created) or "", started=_iso(record.started), finished=_iso(record.finished),
+        error=record.error, fix=record.fix, results_available=bool(record.result.get("files")) and not record.expired,
+        result=record.result or None)
+
+
+def _error(status: int, message: str, fix: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=message, fix=fix).model_dump(), status_code=status, headers=headers)
+
+
+# -- ASGI middleware: authentication, rate limit, upload size ----------------------------------------
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _send_json(send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    payload = json.dumps(body).encode()
+    raw_headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    raw_headers += [(key.lower().encode(), value.encode()) for key, value in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class SecurityMiddleware:
+    """401 before anything else, 429 per client, 413 for bodies over the limit (checked as they stream)."""
+
+    def __init__(self, app, authenticator: Authenticator, limiter: RateLimiter, max_body: int) -> None:
+        self.app, self.authenticator, self.limiter, self.max_body = app, authenticator, limiter, max_body
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
+        try:
+            principal = await asyncio.to_thread(self.authenticator.authenticate, headers.get("authorization"),
+                                                headers.get("x-api-key"))
+        except AuthError as error:
+            await _send_json(send, error.status, {"error": error.message, "fix": error.fix},
+                             {"WWW-Authenticate": 'Bearer realm="aiportal"'})
+            return
+        wait_s = self.limiter.allow(principal.subject)
+        if wait_s > 0:
+            await _send_json(send, 429, {"error": "too many requests from this client",
+                                         "fix": f"retry after {wait_s:.1f} s"}, {"Retry-After": str(int(wait_s) + 1)})
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            await _too_large(send, self.max_body)
+            return
+        received = 0
+        started = False
+
+        async def counted_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await _too_large(send, self.max_body)
+
+
+async def _too_large(send, limit: int) -> None:
+    await _send_json(send, 413, {"error": f"request body larger than this server's limit of "
+                                          f"{limit / 2**20:.0f} MiB",
+                                 "fix": "crop or downsample the image, or ask the administrator to raise "
+                                        "--max-upload-mb"})
+
+
+def principal_of(request: Request) -> Principal:
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is None:  # the middleware guarantees one; this guards a misconfigured mount
+        raise AuthError(401, "authentication required", "send a bearer credential")
+    return principal
+
+
+def require(scope: str):
+    def dependency(request: Request) -> Principal:
+        principal = principal_of(request)
+        principal.require(scope)
+        return principal
+
+    dependency.__name__ = f"require_{scope}"
+    return dependency
+
+
+# -- the app ---------------------------------------------------------------------------------------
+class ServerState:
+    """What the routes share: settings, stores, engine."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        self.settings = settings
+        engine = make_db_engine(settings.db_url)
+        self.store = JobStore(engine)
+        self.keys = ApiKeyStore(engine)
+        self.engine: Engine = make_engine(settings, self.store)
+
+    def model_entry(self, model_id: str):
+        from aiportal.models.catalog import get_catalog
+
+        catalog = get_catalog()
+        registered = {entry.id: entry for entry in catalog.models}
+        if model_id not in registered:
+            raise ApiError(404, f"unknown model {model_id!r}",
+                           f"choose one of: {', '.join(registered)} (GET /v1/models)")
+        return registered[model_id]
+
+    def dispatcher(self):
+        """The PACS watcher of ``--dispatch-rules``, or None."""
+        if not self.settings.dispatch_rules:
+            return None
+        from aiportal.pacs.config import get_endpoint
+        from aiportal.server.dispatch import DispatchConfig, OrthancDispatcher
+
+        if not self.settings.pacs_endpoint:
+            raise AIPortalError("--dispatch-rules needs --pacs", "name the PACS endpoint the jobs pull from")
+        endpoint = get_endpoint(self.settings.pacs_endpoint)
+        auth = (endpoint.username, endpoint.secret_password()) if endpoint.username else None
+        return OrthancDispatcher(DispatchConfig.load(Path(self.settings.dispatch_rules)), auth,
+                                 Path(self.settings.data_dir) / "dispatch.json", self.dispatch_submit)
+
+    def dispatch_submit(self, study_uid: str, series_uid: str, rule, push: bool) -> None:
+        from aiportal.export.exporter import parse_formats
+
+        record, created = self.store.create(
+            owner="dispatch", model=rule.model, source_kind="pacs", formats=parse_formats(rule.formats),
+            client_request_id=f"dispatch:{series_uid}:{rule.model}", params=rule.params, study_uid=study_uid,
+            series_uid=series_uid, push=push, deidentify=self.settings.deidentify)
+        if created:
+            self.engine.submit(record)
+
+    def own_job(self, job_id: str, principal: Principal) -> JobRecord:
+        record = self.store.get(job_id)
+        if record is None or (record.owner != principal.subject and "admin" not in principal.scopes):
+            raise ApiError(404, f"no job {job_id!r} for this client", "check the job id (GET /v1/jobs)")
+        return record
+
+
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
+    settings = settings or ServerSettings.from_environment()
+    state = ServerState(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        state.engine.start()
+        dispatcher = state.dispatcher()
+        if dispatcher is not None:
+            dispatcher.start()
+        log.info("aiportal server %s started: engine %s", __version__, settings.engine)
+        yield
+        if dispatcher is not None:
+            dispatcher.stop()
+        state.engine.stop()
+
+    app = FastAPI(title="AI Portal inference server", version=__version__, lifespan=lifespan,
+                  description=__doc__.split("\n\n")[0],
+                  responses={401: {"model": ErrorBody, "description": "missing or invalid credential"},
+                             403: {"model": ErrorBody, "description": "credential lacks the scope"},
+                             429: {"model": ErrorBody, "description": "rate limit"}})
+    app.state.aiportal = state
+    app.add_middleware(SecurityMiddleware, authenticator=Authenticator(state.keys, settings),
+                       limiter=RateLimiter(settings.rate_limit_per_minute), max_body=settings.max_upload_bytes)
+    _install_error_handlers(app)
+    _add_routes(app, state)
+    from aiportal.server.monailabel import add_monailabel_routes
+
+    add_monailabel_routes(app, state)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, error: ApiError):
+        return _error(error.status, error.message, error.fix)
+
+    @app.exception_handler(AuthError)
+    async def auth_error(_request: Request, error: AuthError):
+        return _error(error.status, error.message, error.fix, {"WWW-Authenticate": 'Bearer realm="aiportal"'}
+                      if error.status == 401 else None)
+
+    @app.exception_handler(AIPortalError)
+    async def user_error(_request: Request, error: AIPortalError):
+        return _error(400, error.message, error.fix)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(part) for part in item.get('loc', ()))}: {item.get('msg', '')}"
+                             for item in error.errors()[:5])
+        return _error(422, f"invalid request: {problems}", "see the API description at /openapi.json")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException):
+        return _error(error.status_code, str(error.detail), None)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_request: Request, error: Exception):
+        log.exception("internal error")
+        return _error(500, f"internal error: {type(error).__name__}", "report this to the server administrator")
+
+
+def _parse_params(text: str) -> dict[str, Any]:
+    try:
+        params = json.loads(text or "{}")
+    except ValueError as error:
+        raise ApiError(400, f"params is not valid JSON: {error}",
+                       'send a JSON object, e.g. {"threshold": 0.5}') from error
+    if not isinstance(params, dict):
+        raise ApiError(400, "params must be a JSON object", 'send e.g. {} or {"threshold": 0.5}')
+    return params
+
+
+def _parse_formats(text: str, dicom_source: bool) -> tuple[str, ...]:
+    from aiportal.export.exporter import parse_formats
+
+    formats = parse_formats(text)
+    if {"stl", "obj"} & set(formats):
+        raise ApiError(400, "surface formats are not served", "ask for nrrd, json, csv, seg or sr")
+    if not dicom_source and {"seg", "sr"} & set(formats):
+        raise ApiError(400, "a DICOM SEG/SR must reference the DICOM images it was made from; this upload is not "
+                            "a DICOM series", "upload the DICOM series as a .zip, or ask for formats nrrd,json")
+    return formats
+
+
+def upload_suffix(filename: str | None) -> str:
+    name = (filename or "").lower()
+    suffix = next((suffix for suffix in UPLOAD_SUFFIXES if name.endswith(suffix)), None)
+    if suffix is None or suffix in (".nhdr", ".mhd"):
+        raise ApiError(415, "unsupported upload type",
+                       f"upload one file of type {', '.join(SINGLE_FILE_SUFFIXES)}, or a DICOM series as .zip")
+    return suffix
+
+
+def check_upload(path: Path, suffix: str) -> Path:
+    """Reject a malformed volume or archive now (400), not as a failed job later; returns the model input."""
+    if suffix == ".zip":
+        folder = path.parent / "dicom"
+        _safe_extract(path, folder)
+        path.unlink()
+        import pydicom
+
+        files = [item for item in sorted(folder.rglob("*")) if item.is_file()]
+        for item in files:
+            try:
+                pydicom.dcmread(item, stop_before_pixels=True)
+                return folder
+            except Exception:
+                continue
+        raise ApiError(400, "the .zip holds no readable DICOM file", "zip the folder of one DICOM series")
+    import SimpleITK as sitk
+
+    try:  # a full read: a truncated or corrupt file must fail here, not as a job later
+        if suffix == ".nii.gz":
+            _check_gzip(path)  # ITK's NIfTI reader fills a truncated stream with zeros instead of failing
+        image = sitk.ReadImage(str(path))
+        voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
+        if suffix == ".nii" and path.stat().st_size < voxel_bytes:
+            raise RuntimeError("file shorter than its voxels")
+    except (RuntimeError, OSError, EOFError) as error:
+        raise ApiError(400, f"the uploaded {suffix} file is not a readable volume (damaged or incomplete)",
+                       "check that the file is complete and really is " + suffix) from error
+    if image.GetDimension() != 3 or min(image.GetSize()) < 1:
+        raise ApiError(400, f"the uploaded {suffix} file is not a 3D volume (dimension {image.GetDimension()})",
+                       "upload a 3D CT or MR volume")
+    return path
+
+
+def _check_gzip(path: Path) -> None:
+    import gzip
+
+    with gzip.open(path, "rb") as stream:
+        while stream.read(1 << 22):
+            pass
+
+
+def _safe_extract(archive: Path, folder: Path, max_files: int = 5000) -> None:
+    try:
+        with zipfile.ZipFile(archive) as bundle:
+            members = [info for info in bundle.infolist() if not info.is_dir()]
+            if len(members) > max_files:
+                raise ApiError(400, f"the .zip holds more than {max_files} files", "upload one series per job")
+            folder.mkdir(parents=True)
+            for index, info in enumerate(members):  # our own names: never a path from the archive
+                with bundle.open(info) as source, open(folder / f"{index:05d}.dcm", "wb") as target:
+                    shutil.copyfileobj(source, target)
+    except zipfile.BadZipFile as error:
+        raise ApiError(400, "the upload is not a valid .zip archive", "zip the DICOM series folder again") from error
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the route table reads best in one place
+    settings, store = state.settings, state.store
+
+    def submit(record: JobRecord) -> None:
+        try:
+            state.engine.submit(record)
+        except Exception as error:
+            store.finish(record.id, "failed", error="the job queue (broker) is unreachable",
+                         fix="check the broker, then submit again")
+            raise ApiError(503, "the job queue (broker) is unreachable", "retry later") from error
+
+    @app.get("/v1/health", response_model=Health, tags=["server"])
+    def health(_: Principal = Depends(require("read"))) -> Health:
+        return Health(status="ok", version=__version__, engine=settings.engine,
+                      queued=len(store.list(state="queued", limit=10000)),
+                      running=len(store.list(state="running", limit=10000)), pacs=settings.pacs_endpoint or None)
+
+    @app.get("/v1/models", response_model=list[ModelInfo], tags=["models"])
+    def models(_: Principal = Depends(require("read"))) -> list[ModelInfo]:
+        from aiportal.models.catalog import get_catalog
+
+        return [ModelInfo(id=m.id, title=m.title, modality=m.modality, task=m.task, description=m.description,
+                          limitations=m.limitations, version=m.version, license=m.license, family=m.family,
+                          devices=list(m.devices), prompts=list(m.prompts),
+                          labels=[LabelInfo(value=label.value, name=label.name) for label in m.labels])
+                for m in get_catalog().models]
+
+    @app.post("/v1/jobs", response_model=JobView, status_code=201, tags=["jobs"],
+              responses={200: {"model": JobView, "description": "the earlier job with this client_request_id"},
+                         400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody},
+                         415: {"model": ErrorBody}})
+    def create_upload_job(
+        file: UploadFile = File(..., description="NIfTI, NRRD, MetaImage (.mha), or a DICOM series as .zip"),
+        model: str = Form(..., max_length=200),
+        consent: bool = Form(False, description="must be true: the uploader confirms the images may be processed"),
+        client_request_id: str | None = Form(None, max_length=200),
+        params: str = Form("{}", max_length=10000),
+        formats: str = Form("nrrd,json", max_length=100),
+        deidentify: bool = Form(False),
+        principal: Principal = Depends(require("submit")),
+    ):
+        if not consent:
+            raise ApiError(400, "consent is required to upload images",
+                           "send consent=true once the patient's consent or the legal basis for processing is "
+                           "confirmed")
+        if client_request_id and (earlier := store.find_by_request_id(principal.subject, client_request_id)):
+            if earlier.model != model:
+                raise ApiError(409, f"client request id {client_request_id!r} was already used for another model",
+                               "use a new client request id")
+            return JSONResponse(job_view(earlier).model_dump(), status_code=200)
+        state.model_entry(model)
+        suffix = upload_suffix(file.filename)
+        chosen_formats = _parse_formats(formats, dicom_source=suffix == ".zip")
+        parsed = _parse_params(params)
+        job_id = uuid.uuid4().hex
+        input_dir = job_folder(settings, job_id) / "input"
+        input_dir.mkdir(parents=True)
+        try:
+            target = input_dir / f"upload{suffix}"
+            with open(target, "wb") as out:
+                shutil.copyfileobj(file.file, out, 1 << 20)
+            model_input = check_upload(target, suffix)
+            record, created = store.create(
+                job_id=job_id, owner=principal.subject, model=model, source_kind="upload", formats=chosen_formats,
+                client_request_id=client_request_id, params=parsed, input_name=model_input.name,
+                deidentify=deidentify or settings.deidentify)
+        except BaseException:
+            shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
+            raise
+        if not created:  # the same request id raced in: keep the first
+            shutil.rmtree(job_folder(settings, job_id), ignore_errors=True)
+            return JSONResponse(job_view(record).model_dump(), status_code=200)
+        submit(record)
+        log.info("job %s queued: %s upload by %s", record.id, model, principal.subject)
+        return job_view(record)
+
+    @app.post("/v1/jobs/pacs", response_model=JobView, status_code=201, tags=["jobs"],
+              responses={200: {"model": JobView}, 400: {"model": ErrorBody}, 404: {"model": ErrorBody}})
+    def create_pacs_job(body: PacsJobRequest, principal: Principal = Depends(require("submit"))):
+        if not settings.pacs_endpoint:
+            raise ApiError(400, "this server has no PACS configured",
+                           "start the server with --pacs NAME, or upload the image with POST /v1/jobs")
+        state.model_entry(body.model)
+        chosen_formats = _parse_formats(body.formats, dicom_source=True)
+        if body.push and not {"seg", "sr"} <= set(chosen_formats):
+            raise ApiError(400, "push needs the SEG and SR", "ask for formats including seg,sr")
+        record, created = store.create(
+            owner=principal.subject, model=body.model, source_kind="pacs", formats=chosen_formats,
+            client_request_id=body.client_request_id, params=body.params, study_uid=body.study_uid,
+            series_uid=body.series_uid, push=body.push, deidentify=body.deidentify or settings.deidentify)
+        if not created:
+            return JSONResponse(job_view(record).model_dump(), status_code=200)
+        submit(record)
+        log.info("job %s queued: %s from PACS by %s", record.id, body.model, principal.subject)
+        return job_view(record)
+
+    @app.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
+    def list_jobs(job_state: str | None = Query(None, alias="state", pattern=STATE_PATTERN),
+                  limit: int = Query(100, ge=1, le=1000), principal: Principal = Depends(require("read"))):
+        owner = None if "admin" in principal.scopes else principal.subject
+        return [job_view(record) for record in store.list(owner=owner, state=job_state, limit=limit)]
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses={404: {"model": ErrorBody}})
+    def get_job(job_id: str, principal: Principal = Depends(require("read"))):
+        return job_view(state.own_job(job_id, principal))
+
+    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], responses={
+        200: {"content": {"text/event-stream": {}}, "description": "progress events until the job ends"},
+        404: {"model": ErrorBody}})
+    async def job_events(job_id: str, principal: Principal = Depends(require("read"))):
+        await asyncio.to_thread(state.own_job, job_id, principal)
+
+        async def stream():
+            last, last_sent = None, time.monotonic()
+            while True:
+                record = await asyncio.to_thread(store.get, job_id)
+                if record is None:
+                    return
+                view = job_view(record)
+                key = (view.state, view.fraction, view.stage)
+                if key != last:
+                    last, last_sent = key, time.monotonic()
+                    yield f"event: {'end' if record.terminal else 'progress'}\ndata: {view.model_dump_json()}\n\n"
+                    if record.terminal:
+                        return
+                elif time.monotonic() - last_sent > 10:
+                    last_sent = time.monotonic()
+                    yield ": keep-alive\n\n"
+                await asyncio.sleep(0.25)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"], responses={404: {"model": ErrorBody}})
+    def cancel_job(job_id: str, principal: Principal = Depends(require("submit"))):
+        state.own_job(job_id, principal)
+        record = store.request_cancel(job_id)
+        assert record is not None
+        log.info("job %s: cancel requested", job_id)
+        return job_view(record)
+
+    def finished_job(job_id: str, principal: Principal) -> JobRecord:
+        record = state.own_job(job_id, principal)
+        if record.expired:
+            raise ApiError(410, f"the results of job {job_id} have expired and were deleted", "submit the job again")
+        if not record.result.get("files"):
+            raise ApiError(409, f"job {job_id} has no results ({record.state})",
+                           "wait until its state is done (GET /v1/jobs/{id} or /events)")
+        return record
+
+    @app.get("/v1/jobs/{job_id}/results", tags=["results"],
+             responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
+    def job_results(job_id: str, principal: Principal = Depends(require("read"))) -> dict[str, Any]:
+        return finished_job(job_id, principal).result
+
+    @app.get("/v1/jobs/{job_id}/results/{name:path}", tags=["results"], response_class=FileResponse, responses={
+        200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    def job_result_file(job_id: str, name: str, principal: Principal = Depends(require("read"))):
+        record = finished_job(job_id, principal)
+        names = {item["name"] for item in record.result["files"]}
+        if name not in names:  # only files the export listed: no path ever comes from the client
+            raise ApiError(404, f"job {job_id} has no result {name!r}", f"choose one of: {', '.join(sorted(names))}")
+        path = results_folder(settings, job_id) / name
+        if not path.is_file():
+            raise ApiError(410, f"result {name!r} of job {job_id} is gone", "submit the job again")
+        store.mark_fetched(job_id)
+        media = "application/dicom" if name.endswith(".dcm") else "application/octet-stream"
+        return FileResponse(path, media_type=media, filename=Path(name).name)
+
+    @app.post("/v1/jobs/{job_id}/push", response_model=PushReportView, tags=["results"],
+              responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
+    def push_job(job_id: str, principal: Principal = Depends(require("submit"))):
+        record = finished_job(job_id, principal)
+        report = push_results(settings, job_id, record.result)
+        store.update_result(job_id, push=report)
+        return report
+
+    @app.get("/v1/audit", tags=["audit"])
+    def audit(run_id: str | None = Query(None, max_length=100),
+              event: str | None = Query(None, pattern="^(ai_run|export|review)$"),
+              since_seq: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=10000),
+              _: Principal = Depends(require("audit"))) -> list[dict[str, Any]]:
+        from aiportal.audit import AuditLog
+        from aiportal.settings import Settings
+
+        records = [record for record in AuditLog(Settings.from_environment().audit_log).records()
+                   if record.get("seq", 0) > since_seq and (not event or record.get("event") == event)
+                   and (not run_id or record.get("run_id") == run_id or run_id in record.get("run_ids", []))]
+        return records[:limit]
