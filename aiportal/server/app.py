@@ -398,6 +398,16 @@ def upload_suffix(filename: str | None) -> str:
     return suffix
 
 
+def save_upload(settings: ServerSettings, job_id: str, file, suffix: str) -> Path:
+    """The uploaded file, copied into the new job's input folder (the caller removes the job folder on error)."""
+    input_dir = job_folder(settings, job_id) / "input"
+    input_dir.mkdir(parents=True)
+    target = input_dir / f"upload{suffix}"
+    with open(target, "wb") as out:
+        shutil.copyfileobj(file.file, out, 1 << 20)
+    return target
+
+
 def check_upload(path: Path, suffix: str) -> Path:
     """Reject a malformed volume or archive now (400), not as a failed job later; returns the model input."""
     if suffix == ".zip":
@@ -509,13 +519,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
         chosen_formats = _parse_formats(formats, dicom_source=suffix == ".zip")
         parsed = _parse_params(params)
         job_id = uuid.uuid4().hex
-        input_dir = job_folder(settings, job_id) / "input"
-        input_dir.mkdir(parents=True)
         try:
-            target = input_dir / f"upload{suffix}"
-            with open(target, "wb") as out:
-                shutil.copyfileobj(file.file, out, 1 << 20)
-            model_input = check_upload(target, suffix)
+            model_input = check_upload(save_upload(settings, job_id, file, suffix), suffix)
             record, created = store.create(
                 job_id=job_id, owner=principal.subject, model=model, source_kind="upload", formats=chosen_formats,
                 client_request_id=client_request_id, params=parsed, input_name=model_input.name,

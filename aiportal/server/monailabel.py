@@ -30,7 +30,7 @@ from aiportal.server.auth import Principal
 
 
 def add_monailabel_routes(app: FastAPI, state) -> None:
-    from aiportal.server.app import ApiError, _parse_params, check_upload, require, upload_suffix
+    from aiportal.server.app import ApiError, _parse_params, check_upload, require, save_upload, upload_suffix
     from aiportal.server.engine import job_folder, results_folder
 
     settings, store = state.settings, state.store
@@ -66,12 +66,8 @@ def add_monailabel_routes(app: FastAPI, state) -> None:
         state.model_entry(model)
         suffix = upload_suffix(file.filename)
         job_id = uuid.uuid4().hex
-        input_dir = job_folder(settings, job_id) / "input"
-        input_dir.mkdir(parents=True)
         try:
-            target = input_dir / f"upload{suffix}"
-            with open(target, "wb") as out:
-                shutil.copyfileobj(file.file, out, 1 << 20)
+            target = await asyncio.to_thread(save_upload, settings, job_id, file, suffix)
             model_input = await asyncio.to_thread(check_upload, target, suffix)
             record, _ = store.create(job_id=job_id, owner=principal.subject, model=model, source_kind="upload",
                                      formats=("nrrd", "json"), params=parsed, input_name=model_input.name,
