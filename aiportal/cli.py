@@ -108,11 +108,8 @@ def _print_export(result, out: Path) -> None:
     print(f"wrote {len(result.files)} file(s) to {out}")
 
 
-def _model_params(args: argparse.Namespace, volume_node) -> dict:
-    """``--param``, ``--box`` and ``--box-ras`` as the model's parameters (boxes in voxel indices)."""
-    from aiportal.prompts import box_from_ras_corners, check_box
-    from aiportal.segmentation import shape_kji
-
+def _model_params(args: argparse.Namespace) -> dict:
+    """``--param KEY=VALUE`` as the model's parameters (the boxes are checked on the volume once it is loaded)."""
     params: dict = {}
     for item in args.param:
         key, equals, value = item.partition("=")
@@ -122,10 +119,6 @@ def _model_params(args: argparse.Namespace, volume_node) -> dict:
             params[key] = json.loads(value)
         except ValueError:
             params[key] = value
-    boxes = [check_box(box, shape_kji(volume_node), str(args.input)) for box in args.box or []]
-    boxes += [box_from_ras_corners(volume_node, box[:3], box[3:]) for box in args.box_ras or []]
-    if boxes:
-        params["boxes"] = boxes
     return params
 
 
@@ -174,48 +167,28 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if args.input is None:
         raise AIPortalError("segment needs an INPUT (DICOM folder or image file) or --pacs NAME --study UID",
                             "give one of them")
-    from aiportal.export.exporter import check_export_possible, expected_outputs, export_to_folder
-    from aiportal.io.volumes import load_volume
+    from aiportal.export.exporter import expected_outputs
     from aiportal.outputs import check_output_folder
-    from aiportal.segment import SegmentationJob
-    from aiportal.segmentation import segment_voxel_counts
+    from aiportal.pipeline import PipelineRequest, run_segmentation
 
     options = _export_options(args)
     check_output_folder(args.out, [*expected_outputs(options.formats), "run.json"], args.overwrite)  # before work
-    progress = TerminalProgress()
-    progress(0.0, f"loading {args.input}")
-    loaded = load_volume(args.input, series_uid=args.series)
-    for warning in loaded.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    modality = loaded.source.modality if loaded.source else None
-    check_export_possible(loaded.source, loaded.node, options)  # before the model: it may run for minutes
-    params = _model_params(args, loaded.node)
-    job = SegmentationJob(loaded.node, args.model, params=params, device=args.device, input_name=str(args.input),
-                          modality=modality, timeout_s=args.timeout)
-    result = job.run(progress=progress)
+    request = PipelineRequest(input_path=args.input, model_id=args.model, out_dir=args.out, options=options,
+                              params=_model_params(args), boxes=args.box or [], boxes_ras=args.box_ras or [],
+                              series_uid=args.series, timeout_s=args.timeout, device=args.device,
+                              overwrite=args.overwrite, input_label=str(args.input))
+    result = run_segmentation(request, progress=TerminalProgress())
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-
-    node = result.segmentation_node
-    segmentation = node.GetSegmentation()
-    spacing = loaded.node.GetSpacing()
-    voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
-    volumes = {segmentation.GetSegment(segment_id).GetName(): round(count * voxel_ml, 3)
-               for segment_id, count in segment_voxel_counts(node).items()}
-    run_record = {"input": str(args.input), "source": loaded.source.reference() if loaded.source else None,
-                  "model": result.model.id, "provenance": asdict(result.provenance),
-                  "elapsed_s": round(result.elapsed_s, 3), "volumes_ml": volumes,
-                  "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
-    _audit().append("ai_run", **_run_audit_fields(run_record))
-    exported = export_to_folder(node, loaded.node, loaded.source, args.out, options, overwrite=args.overwrite,
-                                modality=modality, extra_files={"run.json": json.dumps(run_record, indent=2)},
-                                progress=progress)
-    print(f"{result.model.id} on {args.input}: {len(volumes)} segments in {result.elapsed_s:.1f} s")
-    for name, volume_ml in volumes.items():
+    print(f"{result.model_id} on {args.input}: {len(result.volumes_ml)} segments in {result.model_elapsed_s:.1f} s")
+    for name, volume_ml in result.volumes_ml.items():
         print(f"  {name:<12} {volume_ml:>10.1f} mL")
     if result.absent_labels:
         print(f"  not found: {', '.join(result.absent_labels)}")
-    _print_export(exported, args.out)
+    for file in result.files:
+        if file["sop_instance_uid"] and file["kind"] in ("seg", "sr"):
+            print(f"  {file['kind'].upper():<4} {args.out / file['name']}  SOPInstanceUID {file['sop_instance_uid']}")
+    print(f"wrote {len(result.files)} file(s) to {args.out}")
     return 0
 
 
@@ -299,7 +272,7 @@ def cmd_register(args: argparse.Namespace) -> int:
 
     from aiportal.io.volumes import load_volume, save_volume
     from aiportal.outputs import check_output_folder, staged_output
-    from aiportal.register import apply_to_scene, register_volumes, resample, save_transform
+    from aiportal.register import apply_to_scene, read_landmark_pairs, register_volumes, resample, save_transform
     from aiportal.runtime import get_runtime
 
     outputs = ["transform.h5", "registration.json", *([] if args.no_resample else ["moving_registered.nrrd"])]
@@ -308,8 +281,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     progress(0.0, f"loading {args.fixed} and {args.moving}")
     fixed = load_volume(args.fixed, series_uid=args.fixed_series).node
     moving = load_volume(args.moving, series_uid=args.moving_series).node
+    # read before registering, so a bad point file fails fast
+    landmarks = read_landmark_pairs(*args.landmarks, fixed, moving) if args.landmarks else None
     result = register_volumes(fixed, moving, kind=args.type, metric=args.metric, initialization=args.init,
-                              levels=args.levels, progress=progress)
+                              levels=args.levels, progress=progress, landmarks=landmarks)
     runtime = get_runtime()
     with staged_output(args.out, overwrite=args.overwrite) as staging:
         save_transform(apply_to_scene(runtime, result, fixed, moving, observe=False), staging / "transform.h5")
@@ -319,9 +294,14 @@ def cmd_register(args: argparse.Namespace) -> int:
             "fixed": str(args.fixed), "moving": str(args.moving), "kind": result.kind, "metric": result.metric,
             "final_metric": result.final_metric, "iterations": result.iterations,
             "elapsed_s": round(result.elapsed_s, 3), "moving_to_fixed_ras": np.asarray(result.matrix_ras).tolist(),
+            "tre": result.tre.as_dict() if result.tre else None,
+            "unregistered_tre": result.unregistered_tre.as_dict() if result.unregistered_tre else None,
             "notes": result.notes}, indent=2))
     print(f"{result.kind} registration of {args.moving} to {args.fixed}: metric {result.final_metric:.5g} "
           f"after {result.iterations} iterations in {result.elapsed_s:.1f} s")
+    if result.tre:
+        print(f"landmark TRE: mean {result.tre.mean_mm:.2f} mm, max {result.tre.max_mm:.2f} mm over "
+              f"{len(result.tre.per_point_mm)} points (before: {result.unregistered_tre.mean_mm:.2f} mm)")
     print(f"wrote {args.out / 'transform.h5'} (moving → fixed, Slicer's transform-to-parent)")
     return 0
 
@@ -331,17 +311,6 @@ def _audit():
     from aiportal.settings import Settings
 
     return AuditLog(Settings.from_environment().audit_log)
-
-
-def _run_audit_fields(run_record: dict) -> dict:
-    """What the audit keeps of a run: UIDs, model, parameters, device, user, times — no PHI."""
-    provenance, source = run_record["provenance"], run_record["source"] or {}
-    return {"run_id": provenance["run_id"], "input": run_record["input"],
-            "study_uid": source.get("study_uid", ""), "series_uid": source.get("series_uid", ""),
-            "model_id": provenance["model_id"], "model_version": provenance["model_version"],
-            "weights_sha256": provenance["weights_sha256"], "parameters": provenance["parameters"],
-            "device": provenance["device"], "user": provenance["user"], "started": provenance["started"],
-            "finished": provenance["finished"]}
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -490,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--init", choices=["geometry", "moments", "none"], default="geometry",
                           help="initial alignment: image centres, intensity moments, or scanner coordinates")
     register.add_argument("--levels", type=int, default=3, help="multi-resolution levels")
+    register.add_argument("--landmarks", nargs=2, type=Path, metavar=("FIXED_PTS", "MOVING_PTS"),
+                          help="corresponding points (elastix point files, 'index' or 'point'): report TRE in mm")
     register.add_argument("--fixed-series", help="SeriesInstanceUID in a fixed folder with several series")
     register.add_argument("--moving-series", help="SeriesInstanceUID in a moving folder with several series")
     register.add_argument("--out", type=Path, required=True, help="output folder")
@@ -520,9 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(handler=cmd_sample)
 
     from aiportal.server.cli import add_serve_command
+    from aiportal.workspace.cli import add_workspace_command
 
     add_pacs_commands(commands)  # `aiportal pacs query|pull|push|list|add|remove|check`
     add_serve_command(commands)  # `aiportal serve` and `aiportal server-key ...`
+    add_workspace_command(commands)  # `aiportal workspace`: the browser face
     return parser
 
 

@@ -1,6 +1,7 @@
 """AIRegister logic: register volumes with SimpleITK and keep the result as Slicer transform nodes."""
 
 from aiportal.register.fusion import checkerboard, show_fusion
+from aiportal.register.landmarks import LandmarkPairs, TargetRegistrationError, read_landmark_pairs
 from aiportal.register.propagate import propagate_segmentation
 from aiportal.register.registration import (
     RegistrationResult,
@@ -13,6 +14,9 @@ from aiportal.register.registration import (
 )
 
 __all__ = [
+    "LandmarkPairs",
+    "TargetRegistrationError",
+    "read_landmark_pairs",
     "checkerboard",
     "show_fusion",
     "RegistrationResult",
