@@ -68,7 +68,7 @@ def api(tmp_path_factory, issuer):
 @pytest.fixture(scope="module")
 def reference(shared_data, tmp_path_factory):
     """classic-ct on the test CT, run in this process by the same pipeline: what every server job must give."""
-    from aiportal.server.pipeline import PipelineRequest, run_segmentation
+    from aiportal.pipeline import PipelineRequest, run_segmentation
 
     out = tmp_path_factory.mktemp("reference") / "out"
     result = run_segmentation(PipelineRequest(shared_data / CT, "classic-ct", out, executor="thread"))

@@ -130,3 +130,15 @@ def record_review(log: AuditLog, run_id: str, segment: str, decision: str, user:
     if decision not in REVIEW_DECISIONS:
         raise AIPortalError(f"unknown review decision {decision!r}", f"use one of: {', '.join(REVIEW_DECISIONS)}")
     return log.append("review", run_id=run_id, segment=segment, decision=decision, user=user, **fields)
+
+
+def ai_run_fields(result, input_name: str, source_reference: dict | None = None) -> dict[str, Any]:
+    """What the audit keeps of an AI run (a :class:`aiportal.segment.SegmentationResult`): UIDs,
+    model, parameters, device, user, times — no PHI. Every face records its runs with these."""
+    provenance, source = result.provenance, source_reference or {}
+    return {"run_id": provenance.run_id, "input": input_name,
+            "study_uid": source.get("study_uid", ""), "series_uid": source.get("series_uid", ""),
+            "model_id": provenance.model_id, "model_version": provenance.model_version,
+            "weights_sha256": provenance.weights_sha256, "parameters": provenance.parameters,
+            "device": provenance.device, "user": provenance.user, "started": provenance.started,
+            "finished": provenance.finished}

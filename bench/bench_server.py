@@ -36,7 +36,7 @@ DATA = REPO.parent / "shared" / "data" / "totalseg" / "example_ct_sm.nii.gz"
 
 
 def in_process(runs: int, scratch: Path) -> list[float]:
-    from aiportal.server.pipeline import PipelineRequest, run_segmentation
+    from aiportal.pipeline import PipelineRequest, run_segmentation
 
     run_segmentation(PipelineRequest(DATA, "classic-ct", scratch / "warm", executor="thread"))  # imports, caches
     times = []

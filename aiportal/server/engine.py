@@ -2,7 +2,7 @@
 
 Both engines call :func:`execute_job`, the one worker-side function: claim the job atomically,
 get its input (the upload, or a series pulled from the PACS, de-identified when asked), run
-:func:`~aiportal.server.pipeline.run_segmentation`, push SEG+SR back when asked, and record the
+:func:`~aiportal.pipeline.run_segmentation`, push SEG+SR back when asked, and record the
 outcome. Progress, heartbeat and the cancel flag go through the :class:`JobStore`, so the API
 server and a worker on another machine need nothing but the database, the shared data folder
 and (Celery) the broker.
@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Protocol
 
 from aiportal.errors import AIPortalError, CancelledError
+from aiportal.export.exporter import ExportOptions
+from aiportal.pipeline import PipelineRequest, run_segmentation
 from aiportal.server.jobs import JobRecord, JobStore
-from aiportal.server.pipeline import PipelineRequest, run_segmentation
 from aiportal.server.settings import ServerSettings
 
 log = logging.getLogger("aiportal.server")
@@ -189,12 +190,13 @@ def _run(settings: ServerSettings, record: JobRecord, reporter: _Reporter) -> di
         deidentify_files([path for path in files if path.is_file()], clean_dir, mapping)
         mapping.save(folder / "reidentification.json")  # stays on site, owner-only
         input_path, series_uid = clean_dir, mapping.uids.get(series_uid or "", None)
+    options = ExportOptions(formats=tuple(record.formats),
+                            assign_missing_uids=bool(record.params.get("assign_missing_uids", False)))
     request = PipelineRequest(
-        input_path=input_path, model_id=record.model, out_dir=out_dir, formats=record.formats,
+        input_path=input_path, model_id=record.model, out_dir=out_dir, options=options,
         params={key: value for key, value in record.params.items() if key != "assign_missing_uids"},
-        series_uid=series_uid, assign_missing_uids=bool(record.params.get("assign_missing_uids", False)),
-        executor=settings.executor, timeout_s=settings.job_timeout_s, user=record.owner,
-        input_label=f"server job {record.id}")
+        series_uid=series_uid, executor=settings.executor, timeout_s=settings.job_timeout_s, user=record.owner,
+        input_label=f"server job {record.id}", via="server")
     result = run_segmentation(request, reporter.progress, reporter.cancelled).as_json()
     result["push"] = None
     if record.push:

@@ -1,0 +1,7 @@
+"""``python -m aiportal.workspace``: the same as ``aiportal workspace``."""
+
+import sys
+
+from aiportal.workspace.cli import main
+
+sys.exit(main())
