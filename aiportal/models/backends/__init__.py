@@ -11,9 +11,17 @@ from aiportal.models.catalog import BackendRef, Catalog
 
 
 def register_builtin_models(catalog: Catalog) -> None:
-    from aiportal.models.backends import classic_ct, deepbet, monai_bundle, nnunet, totalsegmentator
+    from aiportal.models.backends import (
+        classic_ct,
+        deepbet,
+        litemedsam,
+        monai_bundle,
+        nnunet,
+        totalsegmentator,
+    )
 
     catalog.register(classic_ct.ENTRY, classic_ct.ClassicCTBackend)
+    catalog.register(litemedsam.ENTRY, litemedsam.LiteMedSAMBackend)
     catalog.register(deepbet.ENTRY, deepbet.DeepbetBackend)
     try:  # TotalSegmentator's label tables come from its installed package
         for entry, backend in totalsegmentator.entries():
