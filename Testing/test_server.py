@@ -296,6 +296,24 @@ def orthanc(tmp_path_factory):
     server.stop()
 
 
+def _spleen_box_and_volume(shared_data, files) -> tuple[list[int], float]:
+    """A box around TotalSegmentator's spleen on the middle slice of the series, and the spleen's volume (mL)."""
+    import nibabel
+
+    from aiportal.io.dicom_series import read_dicom_series
+    from aiportal.io.volumes import nearest_on_grid
+
+    image = read_dicom_series(files[0].parent)
+    reference = nibabel.load(shared_data / "totalseg" / "example_seg_dicom.nii.gz")
+    labels, _ = nearest_on_grid(np.asarray(reference.dataobj).transpose(2, 1, 0), reference.affine,
+                                image.array.shape, image.ijk_to_ras)
+    spleen = labels == 1  # TotalSegmentator "total": 1 = spleen
+    k = image.array.shape[0] // 2
+    rows, columns = np.nonzero(spleen[k])
+    voxel_ml = float(np.prod(np.linalg.norm(image.ijk_to_ras[:3, :3], axis=0))) / 1000
+    return [int(columns.min()), int(rows.min()), k, int(columns.max()), int(rows.max()), k], spleen.sum() * voxel_ml
+
+
 def test_celery_pacs_job_push_worker_loss_and_api_restart(orthanc, shared_data, tmp_path):
     from orthanc_server import ct_with_uids
 
@@ -316,7 +334,8 @@ def test_celery_pacs_job_push_worker_loss_and_api_restart(orthanc, shared_data, 
     workers: list[CeleryWorker] = []
     try:
         server.start()
-        worker = CeleryWorker(env, ["aiportal.classic-ct"], tmp_path / "worker1.log", "w1").start()
+        worker = CeleryWorker(env, ["aiportal.classic-ct", "aiportal.litemedsam"], tmp_path / "worker1.log",
+                              "w1").start()
         workers.append(worker)
         client = ServerClient(server.url, api_key=key)
         job = client.submit_pacs(series.study_uid, "classic-ct", series_uid=series.series_uid, push=True)
@@ -331,6 +350,18 @@ def test_celery_pacs_job_push_worker_loss_and_api_restart(orthanc, shared_data, 
         assert [r["event"] for r in records] == ["ai_run", "export", "export"]
         assert records[0]["study_uid"] == series.study_uid and records[2]["destination"] == "pacs"
         assert sorted(records[2]["pushed"]) == sorted(pushed["objects"])
+
+        # a real-weight model from the same PACS series: LiteMedSAM (its own environment) with a box on the spleen
+        box, spleen_ml = _spleen_box_and_volume(shared_data, series.files)
+        job = client.submit_pacs(series.study_uid, "litemedsam", series_uid=series.series_uid, push=True,
+                                 params={"boxes": [box]})
+        job = client.wait(job["id"], timeout_s=300)
+        assert job["state"] == "done", (job, worker.log_tail())
+        assert job["result"]["volumes_ml"]["Box 1"] == pytest.approx(spleen_ml, rel=0.15)
+        assert job["result"]["push"]["verified"] and len(job["result"]["push"]["objects"]) == 2
+        records = client.audit(run_id=job["result"]["run_id"])
+        assert records[0]["event"] == "ai_run" and records[0]["model_id"] == "litemedsam"
+        assert records[0]["weights_sha256"] != "none" and records[-1]["destination"] == "pacs"
 
         # worker killed mid-job and the API server restarted: the job is retried by a new worker
         job = client.submit_pacs(series.study_uid, "classic-ct", series_uid=series.series_uid)

@@ -13,6 +13,7 @@ node is created on the caller's thread by :meth:`SegmentationJob.finish`. A GUI 
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -100,10 +101,12 @@ class SegmentationJob:
         self.executor, self.timeout_s = executor, timeout_s
         self.requested_device = check_device(device)
         self.notes: list[str] = []
-        if executor == "process":
-            from aiportal.models.envs import python_for
+        from aiportal.models.envs import python_for
 
-            self._python = python_for(self.model.environment)  # fails now, not after the volume is copied
+        self._python = python_for(self.model.environment)  # fails now, not after the volume is copied
+        if executor == "thread" and self._python != sys.executable:
+            self.executor = "process"  # its libraries live in another environment: only a child can import them
+        if self.executor == "process":
             self.device = device  # the child resolves "auto" and reports the device it used
         else:
             self.device, device_note = resolve_device(device, self.model)
