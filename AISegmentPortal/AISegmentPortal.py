@@ -31,11 +31,13 @@ from aiportal.export.exporter import ExportOptions, ExportResult, export_to_fold
 from aiportal.io.dicom_series import SourceSeries, source_from_files
 from aiportal.models.catalog import get_catalog
 from aiportal.prompts import box_from_roi_node
+from aiportal.remote import RemoteSegmentationJob
 from aiportal.segment import DEVICES, SegmentationJob, show_segmentation_3d
 from aiportal.segmentation import describe_segments
 
 if TYPE_CHECKING:
     from aiportal.segment import SegmentationResult
+    from aiportal.server.client import ServerClient
 
 #: Model run by the "AI Segment" button of the 3D views and preselected in the module.
 DEFAULT_MODEL_ID = "classic-ct"
@@ -122,6 +124,8 @@ class AISegmentPortalParameterNode:
     promptROI - Box prompt for promptable models (LiteMedSAM): a Markups ROI around the structure.
     outputSegmentation - Segmentation that receives the result; None creates a new one.
     showIn3D - Show the result as surfaces in the 3D views.
+    runOnServer - Run the model on the inference server at serverURL instead of this computer.
+    serverURL - Base URL of the inference server (`aiportal serve`). Its API key is never saved in the scene.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -130,6 +134,8 @@ class AISegmentPortalParameterNode:
     promptROI: vtkMRMLMarkupsROINode
     outputSegmentation: vtkMRMLSegmentationNode
     showIn3D: bool = True
+    runOnServer: bool = False
+    serverURL: str = ""
 
 
 #
@@ -240,6 +246,9 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSearchBox.connect("textChanged(QString)", self._fillModelComboBox)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        # the API key stays in this session's memory (or the environment), never in the scene file
+        self.ui.serverKeyLineEdit.text = os.environ.get("AIPORTAL_SERVER_API_KEY", "")
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -363,15 +372,41 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self.ui.resultsTable.setRowCount(0)
+            server = None
+            if self._parameterNode.runOnServer:
+                server = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
+                if not self._askConsent(server.base_url):
+                    return
             job = self.logic.startJob(
                 self._parameterNode.inputVolume,
                 self._parameterNode.modelId,
                 self._parameterNode.device,
                 self._parameterNode.outputSegmentation,
                 self._parameterNode.promptROI,
+                server,
             )
             self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
         self._updateRunState()
+
+    def _askConsent(self, serverURL: str) -> bool:
+        """Ask once per server before an image leaves this computer; the answer is kept in the settings."""
+        key = f"AIPortal/serverConsent/{serverURL}"
+        if slicer.app.settings().value(key) == "yes":
+            return True
+        question = _("The selected volume will be uploaded to {url} and processed there. Its DICOM header is "
+                     "de-identified only if the server is set to do so. Send images to this server?")
+        if not slicer.util.confirmYesNoDisplay(question.format(url=serverURL)):
+            return False
+        slicer.app.settings().setValue(key, "yes")
+        return True
+
+    def onTestConnection(self) -> None:
+        """Check the server address and key: its health and the models it offers."""
+        with slicer.util.tryWithErrorDisplay(_("The server cannot be used."), waitCursor=True):
+            client = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
+            models = client.models()  # needs a valid key, unlike /health
+            self.ui.serverStatusLabel.text = _("Connected: {count} models ({names}).").format(
+                count=len(models), names=", ".join(m["id"] for m in models[:5]))
 
     def onExportButton(self) -> None:
         """Export the output segmentation in the checked formats into the chosen folder."""
@@ -610,8 +645,9 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         device: str,
         outputSegmentation: vtkMRMLSegmentationNode | None,
         promptROI: vtkMRMLMarkupsROINode | None = None,
-    ) -> SegmentationJob:
-        """A job for inputVolume, once the Python packages it needs are installed."""
+        server: "ServerClient | None" = None,
+    ) -> "SegmentationJob | RemoteSegmentationJob":
+        """A job for inputVolume (on the server when one is given), once the Python packages are installed."""
         if not inputVolume:
             raise ValueError(_("Select an input volume."))
         self.ensureDependencies()
@@ -620,9 +656,19 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
             if not promptROI:
                 raise ValueError(_("This model needs a box: place a Markups ROI around the structure."))
             params["boxes"] = [box_from_roi_node(inputVolume, promptROI)]
+        if server is not None:  # the user confirmed that the image may leave this computer
+            return RemoteSegmentationJob(inputVolume, modelId, server, consent=True, params=params)
         # the model runs in a child process with its own Python environment (aiportal.models.envs)
         return SegmentationJob(inputVolume, modelId, params=params, device=device,
                                segmentation_node=outputSegmentation)
+
+    def serverClient(self, serverURL: str, apiKey: str) -> "ServerClient":
+        """A client of the inference server (every face uses the same one)."""
+        from aiportal.server.client import ServerClient
+
+        if not serverURL:
+            raise ValueError(_("Enter the server address, e.g. https://ai-server.hospital.org"))
+        return ServerClient(serverURL, api_key=apiKey or None)
 
     def startJob(
         self,
@@ -631,9 +677,10 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         outputSegmentation: vtkMRMLSegmentationNode | None = None,
         promptROI: vtkMRMLMarkupsROINode | None = None,
-    ) -> SegmentationJob:
+        server: "ServerClient | None" = None,
+    ) -> "SegmentationJob | RemoteSegmentationJob":
         """
-        Start segmenting in a child process (watched by a worker thread) and return the job.
+        Start segmenting in a child process (watched by a worker thread), or on the server, and return the job.
         Can be used without GUI widget: poll the job with ``job.poll()`` and call ``job.finish()``
         from the main thread once its state is "done" (see :class:`SegmentationJobPoller`).
         :param inputVolume: volume to segment
@@ -641,8 +688,9 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         :param device: "auto", "cpu", "cuda" or "mps"
         :param outputSegmentation: segmentation to fill; None creates a new one
         :param promptROI: box prompt for models that take one (LiteMedSAM)
+        :param server: run on this inference server (the caller has the user's consent to upload)
         """
-        job = self.createJob(inputVolume, modelId, device, outputSegmentation, promptROI)
+        job = self.createJob(inputVolume, modelId, device, outputSegmentation, promptROI, server)
         job.start()
         return job
 
