@@ -3,6 +3,7 @@ import os
 import sys
 from typing import Annotated
 
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLScalarVolumeNode
@@ -25,7 +26,11 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
     sys.path.append(_repositoryRoot)
 
 from aiportal.register import apply_to_scene, register_volumes, show_fusion
+from aiportal.register.job import RegistrationJob
 from aiportal.runtime import get_runtime
+
+#: How often the main thread polls a running registration for progress.
+POLL_INTERVAL_MS = 100
 
 #
 # AIRegister
@@ -46,7 +51,7 @@ class AIRegister(ScriptedLoadableModule):
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
 Register a prior study to the current one, review the fusion and carry segments across for
-follow-up comparison. Work in progress.
+follow-up comparison.
 See the <a href="https://github.com/ai-segment-portal/SlicerAIPortal#airegister">module documentation</a>.
 """)
         self.parent.acknowledgementText = _("""
@@ -93,6 +98,8 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -194,10 +201,40 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = False
 
     def onApplyButton(self) -> None:
-        """Run processing when user clicks "Apply" button."""
+        """Start the registration in the background, or cancel the running one."""
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            return
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
-            self.logic.process(self._parameterNode.fixedVolume, self._parameterNode.movingVolume,
-                               self._parameterNode.registrationType, self._parameterNode.fusionMode)
+            self._job = self.logic.startJob(self._parameterNode.fixedVolume, self._parameterNode.movingVolume,
+                                            self._parameterNode.registrationType)
+            self._timer = qt.QTimer()
+            self._timer.setInterval(POLL_INTERVAL_MS)
+            self._timer.connect("timeout()", self._poll)
+            self._timer.start()
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.inputsCollapsibleButton.enabled = False
+
+    def _poll(self) -> None:
+        status = self._job.poll()
+        self.ui.progressBar.value = round(100 * status.fraction)
+        self.ui.statusLabel.text = status.stage
+        if status.state in ("queued", "running"):
+            return
+        self._timer.stop()
+        job, self._job = self._job, None
+        self.ui.applyButton.text = _("Apply")
+        self.ui.inputsCollapsibleButton.enabled = True
+        if status.state == "cancelled":
+            self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
+            self.ui.progressBar.value = 0
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
+            result = job.finish(get_runtime(), fusion_mode=self._parameterNode.fusionMode)[1]
+            done = _("Done: metric {metric:.4g} after {iterations} iterations in {seconds:.1f} s.")
+            self.ui.statusLabel.text = done.format(metric=result.final_metric, iterations=result.iterations,
+                                                   seconds=result.elapsed_s)
 
 
 #
@@ -218,6 +255,18 @@ class AIRegisterLogic(ScriptedLoadableModuleLogic):
 
     def getParameterNode(self):
         return AIRegisterParameterNode(super().getParameterNode())
+
+    def startJob(self, fixedVolume: vtkMRMLScalarVolumeNode, movingVolume: vtkMRMLScalarVolumeNode,
+                 registrationType: str = "rigid") -> RegistrationJob:
+        """
+        Start registering in a worker thread and return the job (poll it; call ``finish`` on the main thread).
+        Can be used without GUI widget.
+        """
+        if not fixedVolume or not movingVolume:
+            raise ValueError(_("Select a fixed and a moving volume."))
+        job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType)
+        job.start()
+        return job
 
     def process(
         self,

@@ -280,3 +280,35 @@ def test_fusion_modes_set_every_slice_view(runtime, anatomical):
     assert not np.array_equal(cubes, fixed) and not np.array_equal(cubes, moved)
     with pytest.raises(InputError, match="fusion mode"):
         show_fusion(runtime, result, anatomical, moving, mode="swipe")
+
+
+def test_registration_job_runs_in_the_background_and_cancel_adds_nothing(runtime, shared_data, anatomical):
+    """What the AIRegister panel uses: start / poll / cancel / finish, the scene touched only by finish()."""
+    import time
+
+    from aiportal.errors import CancelledError
+    from aiportal.register.job import RegistrationJob
+
+    moving = load_volume(shared_data / "nibabel-moved" / "reoriented_anat_moved.nii", runtime).node
+    transforms_before = runtime.scene.GetNumberOfNodesByClass("vtkMRMLTransformNode")
+    cancelled = RegistrationJob(anatomical, moving, kind="bspline")
+    cancelled.start()
+    while cancelled.poll().fraction < 0.05 and cancelled.poll().state == "running":
+        time.sleep(0.01)
+    cancelled.cancel()
+    assert cancelled.wait(60).state == "cancelled"
+    with pytest.raises(CancelledError):
+        cancelled.finish(runtime)
+    assert runtime.scene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == transforms_before
+
+    job = RegistrationJob(anatomical, moving, kind="rigid", metric="mean_squares")
+    job.start()
+    stages = set()
+    while (status := job.poll()).state == "running":
+        stages.add(status.stage)
+        time.sleep(0.01)
+    assert status.state == "done" and stages
+    transform_node, result = job.finish(runtime, fusion_mode="difference")
+    assert moving.GetParentTransformNode() is transform_node
+    assert runtime.scene.GetNumberOfNodesByClass("vtkMRMLTransformNode") == transforms_before + 1
+    assert rotation_error_deg(result.matrix_ras, np.linalg.inv(KNOWN_MOTION)) < 0.5  # same answer as in the foreground
