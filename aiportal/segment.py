@@ -14,32 +14,23 @@ node is created on the caller's thread by :meth:`SegmentationJob.finish`. A GUI 
 from __future__ import annotations
 
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
-from aiportal.errors import AIPortalError, CancelledError, ModelError
+from aiportal.background import BackgroundJob, JobState, JobStatus  # noqa: F401 - JobStatus is part of this API
+from aiportal.errors import AIPortalError, ModelError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import Catalog, ModelEntry, get_catalog
-from aiportal.progress import CancelToken, ProgressCallback, no_progress
+from aiportal.progress import ProgressCallback, no_progress
 from aiportal.provenance import Provenance, now_iso
 from aiportal.runtime import SlicerRuntime, get_runtime
 from aiportal.segmentation import import_label_map, label_value, segment_ids
 
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 Executor = Literal["process", "thread"]  # "thread": in this process, for debugging and pure-numpy models
 DEVICES = ("auto", "cpu", "cuda", "mps")
-
-
-@dataclass(frozen=True)
-class JobStatus:
-    state: JobState
-    fraction: float
-    stage: str
-    error: str | None = None
 
 
 @dataclass
@@ -74,7 +65,7 @@ def _volume_snapshot(volume_node) -> tuple[np.ndarray, np.ndarray]:
     return array_from_volume(volume_node), ijk_to_ras_matrix(volume_node)
 
 
-class SegmentationJob:
+class SegmentationJob(BackgroundJob):
     """One model run on one volume: start, poll, cancel, finish — or run to completion."""
 
     def __init__(
@@ -92,6 +83,7 @@ class SegmentationJob:
         executor: Executor = "process",
         timeout_s: float | None = None,
     ) -> None:
+        super().__init__()
         if volume_node is None or volume_node.GetImageData() is None:
             raise AIPortalError("No input volume with image data", "select or load a CT/MR volume first")
         self.runtime = runtime or get_runtime()
@@ -121,21 +113,16 @@ class SegmentationJob:
             modality=modality or volume_node.GetAttribute("DICOM.Modality") or None,
             name=input_name or volume_node.GetName(),
         )
-        self._cancel = CancelToken()
-        self._lock = threading.Lock()
-        self._status = JobStatus("queued", 0.0, "queued")
-        self._result: LabelMapResult | None = None
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
         self._started = self._finished = ""
         self._t0 = 0.0
 
-    # -- worker side ---------------------------------------------------------------------------
-    def _report(self, fraction: float, stage: str) -> None:
-        with self._lock:
-            self._status = JobStatus("running", min(max(fraction, 0.0), 1.0), stage)
-
     def _compute(self) -> LabelMapResult:
+        try:
+            return self._run_model()
+        finally:
+            self._finished = now_iso()
+
+    def _run_model(self) -> LabelMapResult:
         if self.executor == "thread":
             backend = self._backend_ref.build()
             return backend.run(self._input, dict(self.params, device=self.device), self._report, self._cancel)
@@ -151,53 +138,14 @@ class SegmentationJob:
             self.device = report.device
             self.notes += report.notes
 
-    def _work(self) -> None:
-        try:
-            result = self._compute()
-            with self._lock:
-                self._result = result
-                self._status = JobStatus("done", 1.0, "done")
-        except CancelledError as error:
-            with self._lock:
-                self._error = error
-                self._status = JobStatus("cancelled", self._status.fraction, "cancelled", str(error))
-        except BaseException as error:  # reported to the caller by finish(), never lost in the thread
-            with self._lock:
-                self._error = error
-                self._status = JobStatus("failed", self._status.fraction, "failed", str(error))
-        finally:
-            self._finished = now_iso()
-
-    # -- caller side ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the model in a worker thread; returns at once."""
-        if self._thread is not None:
-            raise RuntimeError("job already started")
+        """Start the model (a child process watched by a worker thread); returns at once."""
         self._started, self._t0 = now_iso(), time.monotonic()
-        self._status = JobStatus("running", 0.0, f"starting {self.model.id}")
-        self._thread = threading.Thread(target=self._work, name=f"aiportal-{self.model.id}", daemon=True)
-        self._thread.start()
-
-    def poll(self) -> JobStatus:
-        with self._lock:
-            return self._status
-
-    def cancel(self) -> None:
-        """Ask the model to stop at its next safe point; poll() then reports "cancelled"."""
-        self._cancel.cancel()
-
-    def wait(self, timeout: float | None = None) -> JobStatus:
-        if self._thread is not None:
-            self._thread.join(timeout)
-        return self.poll()
+        super().start(f"starting {self.model.id}")
 
     def finish(self) -> SegmentationResult:
         """Create the segmentation from the finished run (call on the scene's thread)."""
-        status = self.wait()
-        if status.state != "done":
-            assert self._error is not None
-            raise self._error
-        assert self._result is not None
+        computed: LabelMapResult = self._computed()
         provenance = Provenance(
             model_id=self.model.id,
             model_version=self.model.version,
@@ -208,7 +156,7 @@ class SegmentationJob:
             finished=self._finished,
         )
         node = import_label_map(
-            self._result,
+            computed,
             self.model.labels,
             self.volume_node,
             provenance,
@@ -222,20 +170,7 @@ class SegmentationJob:
 
     def run(self, progress: ProgressCallback = no_progress, poll_interval: float = 0.05) -> SegmentationResult:
         """Run to completion, reporting progress on the calling thread; Ctrl-C cancels."""
-        self.start()
-        last = None
-        try:
-            while (status := self.wait(poll_interval)).state == "running":
-                if (status.fraction, status.stage) != last:
-                    last = (status.fraction, status.stage)
-                    progress(status.fraction, status.stage)
-        except KeyboardInterrupt:
-            self.cancel()
-            self.wait()
-            raise CancelledError(f"{self.model.id} on {self._input.name}") from None
-        if status.state == "done":
-            progress(1.0, "done")
-        return self.finish()
+        return super().run(progress, poll_interval)
 
 
 def show_segmentation_3d(segmentation_node, show: bool = True) -> None:
