@@ -26,7 +26,7 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
     sys.path.append(_repositoryRoot)
 
 from aiportal.register import apply_to_scene, register_volumes, show_fusion
-from aiportal.register.job import RegistrationJob
+from aiportal.register.job import RegistrationJob, mask_from_segment
 from aiportal.runtime import get_runtime
 
 #: How often the main thread polls a running registration for progress.
@@ -207,8 +207,11 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
-            self._job = self.logic.startJob(self._parameterNode.fixedVolume, self._parameterNode.movingVolume,
-                                            self._parameterNode.registrationType)
+            self._job = self.logic.startJob(
+                self._parameterNode.fixedVolume, self._parameterNode.movingVolume,
+                self._parameterNode.registrationType,
+                fixedMask=(self.ui.fixedMaskSelector.currentNode(), self.ui.fixedMaskSelector.currentSegmentID()),
+                movingMask=(self.ui.movingMaskSelector.currentNode(), self.ui.movingMaskSelector.currentSegmentID()))
             self._timer = qt.QTimer()
             self._timer.setInterval(POLL_INTERVAL_MS)
             self._timer.connect("timeout()", self._poll)
@@ -257,14 +260,21 @@ class AIRegisterLogic(ScriptedLoadableModuleLogic):
         return AIRegisterParameterNode(super().getParameterNode())
 
     def startJob(self, fixedVolume: vtkMRMLScalarVolumeNode, movingVolume: vtkMRMLScalarVolumeNode,
-                 registrationType: str = "rigid") -> RegistrationJob:
+                 registrationType: str = "rigid", fixedMask=(None, None), movingMask=(None, None)) -> RegistrationJob:
         """
         Start registering in a worker thread and return the job (poll it; call ``finish`` on the main thread).
         Can be used without GUI widget.
+        :param fixedMask: optional (segmentation node, segment id) on the fixed volume: the metric samples inside it
+        :param movingMask: the same on the moving volume
         """
         if not fixedVolume or not movingVolume:
             raise ValueError(_("Select a fixed and a moving volume."))
-        job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType)
+        masks = {}
+        for key, (segmentationNode, segmentId), volume in (("fixed_mask", fixedMask, fixedVolume),
+                                                          ("moving_mask", movingMask, movingVolume)):
+            if segmentationNode and segmentId:  # read here, on the main thread, before the worker starts
+                masks[key] = mask_from_segment(segmentationNode, segmentId, volume)
+        job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType, **masks)
         job.start()
         return job
 
