@@ -26,8 +26,9 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
     sys.path.append(_repositoryRoot)
 
 from aiportal.register import apply_to_scene, register_volumes, show_fusion
-from aiportal.register.job import RegistrationJob, mask_from_segment
+from aiportal.register.job import RegistrationJob
 from aiportal.runtime import get_runtime
+from aiportal.segmentation import segment_mask
 
 #: How often the main thread polls a running registration for progress.
 POLL_INTERVAL_MS = 100
@@ -273,7 +274,7 @@ class AIRegisterLogic(ScriptedLoadableModuleLogic):
         for key, (segmentationNode, segmentId), volume in (("fixed_mask", fixedMask, fixedVolume),
                                                           ("moving_mask", movingMask, movingVolume)):
             if segmentationNode and segmentId:  # read here, on the main thread, before the worker starts
-                masks[key] = mask_from_segment(segmentationNode, segmentId, volume)
+                masks[key] = segment_mask(segmentationNode, segmentId, volume)
         job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType, **masks)
         job.start()
         return job

@@ -21,16 +21,16 @@ from typing import Any, Literal
 import numpy as np
 
 from aiportal.background import BackgroundJob, JobState, JobStatus  # noqa: F401 - JobStatus is part of this API
-from aiportal.errors import AIPortalError, ModelError
+from aiportal.errors import AIPortalError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import Catalog, ModelEntry, get_catalog
+from aiportal.models.devices import DEVICES, check_device, resolve_device  # noqa: F401 - DEVICES is part of this API
 from aiportal.progress import ProgressCallback, no_progress
 from aiportal.provenance import Provenance, now_iso
 from aiportal.runtime import SlicerRuntime, get_runtime
 from aiportal.segmentation import import_label_map, label_value, segment_ids
 
 Executor = Literal["process", "thread"]  # "thread": in this process, for debugging and pure-numpy models
-DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 @dataclass
@@ -41,22 +41,6 @@ class SegmentationResult:
     elapsed_s: float
     absent_labels: list[str] = field(default_factory=list)  # labels the model found nowhere
     notes: list[str] = field(default_factory=list)
-
-
-def check_device(requested: str) -> str:
-    if requested not in DEVICES:
-        raise ModelError(f"Unknown device {requested!r}", f"use one of: {', '.join(DEVICES)}")
-    return requested
-
-
-def resolve_device(requested: str, entry: ModelEntry) -> tuple[str, str | None]:
-    """The device for an in-process run, and a note when the request could not be honoured."""
-    check_device(requested)
-    if requested == "auto":
-        return entry.devices[0], None
-    if requested in entry.devices:
-        return requested, None
-    return entry.devices[0], f"{entry.id} does not run on {requested}; using {entry.devices[0]}"
 
 
 def _volume_snapshot(volume_node) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +85,7 @@ class SegmentationJob(BackgroundJob):
         if self.executor == "process":
             self.device = device  # the child resolves "auto" and reports the device it used
         else:
-            self.device, device_note = resolve_device(device, self.model)
+            self.device, device_note = resolve_device(device, self.model.devices)
             self.notes += [device_note] if device_note else []
         self.params = dict(params or {})
         self.volume_node = volume_node

@@ -12,7 +12,6 @@ import functools
 import json
 import multiprocessing
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,9 +180,10 @@ def _encode_seg_and_sr(plan, folder: Path, statistics, dicom_source, observer_pe
 
 
 def _can_fork() -> bool:
+    from aiportal.runtime import in_slicer_application
+
     # never inside the Slicer application (a forked Qt app is unsafe); AIPORTAL_EXPORT_FORK=0 turns it off
-    inside_slicer = "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app")
-    return os.name == "posix" and not inside_slicer and os.environ.get("AIPORTAL_EXPORT_FORK", "1") != "0"
+    return os.name == "posix" and not in_slicer_application() and os.environ.get("AIPORTAL_EXPORT_FORK", "1") != "0"
 
 
 class _ForkedCall:

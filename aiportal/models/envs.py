@@ -57,7 +57,9 @@ def _venv_python(folder: Path) -> Path:
 
 
 def _main_python() -> str:
-    if "slicer" in sys.modules and hasattr(sys.modules["slicer"], "app"):
+    from aiportal.runtime import in_slicer_application
+
+    if in_slicer_application():
         # inside Slicer sys.executable is the application; PythonSlicer is its plain interpreter
         return shutil.which("PythonSlicer") or sys.executable
     return sys.executable

@@ -23,28 +23,6 @@ RESULT_ARRAYS = "result.npz"
 RESULT_FILE = "result.json"
 
 
-def resolve_device(requested: str, supported: list[str]) -> tuple[str, str | None]:
-    """The device to use here and now, with a note when the request had to fall back to the CPU."""
-    available = ["cpu"]
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    if torch is not None:
-        if torch.cuda.is_available():
-            available.append("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            available.append("mps")
-    if requested == "auto":
-        return next(device for device in (*supported, "cpu") if device in available), None
-    if requested in available and requested in supported:
-        return requested, None
-    reason = "this model does not support it" if requested not in supported else (
-        f"no {requested.upper()} device is visible to {sys.executable}"
-        + ("" if torch is not None else " (no torch installed)"))
-    return "cpu", f"{requested} requested but {reason}: running on the CPU (slower)"
-
-
 class _Events:
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
@@ -61,6 +39,7 @@ def run_job(folder: Path, events: _Events) -> None:
     from aiportal.errors import AIPortalError
     from aiportal.models.backend import ModelInput
     from aiportal.models.catalog import BackendRef
+    from aiportal.models.devices import resolve_device
     from aiportal.progress import CancelToken
 
     job = json.loads((folder / JOB_FILE).read_text())

@@ -14,13 +14,6 @@ from aiportal.background import BackgroundJob
 from aiportal.register.registration import RegistrationResult, apply_to_scene, register_volumes
 
 
-def mask_from_segment(segmentation_node, segment_id: str, volume_node):
-    """A registration mask (boolean (k, j, i) array on ``volume_node``'s grid) from a segment."""
-    from aiportal.segmentation import segment_mask
-
-    return segment_mask(segmentation_node, segment_id, volume_node)
-
-
 class RegistrationJob(BackgroundJob):
     """One registration of ``moving_node`` to ``fixed_node``; ``options`` go to :func:`register_volumes`."""
 
