@@ -425,6 +425,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             assign_missing_uids=self.ui.exportAssignUidsCheckBox.checked,
             surfaces_merged=self.ui.exportMergedSurfacesCheckBox.checked,
             coordinates=self.ui.exportCoordinatesComboBox.currentText,
+            volume_true_surfaces=self.ui.exportVolumeTrueSurfacesCheckBox.checked,
         )
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
             result = self.logic.exportResults(segmentationNode, volumeNode, self.ui.exportFolderLineEdit.currentPath,

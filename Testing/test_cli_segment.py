@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import vtk
 
 from aiportal.cli import main
 from aiportal.errors import CancelledError
@@ -215,8 +216,24 @@ def test_every_format_from_the_cli_and_export_of_an_existing_segmentation(shared
 
     again = tmp_path / "again"
     done = _run_cli("export", str(out / "segmentation.seg.nrrd"), "--source", str(out / "source"),
-                    "--formats", "seg,sr", "--out", str(again))
+                    "--formats", "seg,sr,stl", "--slicer-surfaces", "--out", str(again))
     assert done.returncode == 0, done.stderr
+    # STL volumes: volume-true by default (= statistics.csv), Slicer's 3D-view surfaces on request (smaller)
+    import csv
+
+    from aiportal.export.surfaces import safe_file_stem, surface_volume_mm3
+
+    def stl_ml(path):
+        reader = vtk.vtkSTLReader()
+        reader.SetFileName(str(path))
+        reader.Update()
+        return surface_volume_mm3(reader.GetOutput()) / 1000
+
+    with (out / "statistics.csv").open() as table:
+        volumes = {row["Segment"]: float(row["Volume (mL)"]) for row in csv.DictReader(table)}
+    bone = safe_file_stem("Bone")
+    assert stl_ml(out / "surfaces" / f"{bone}.stl") == pytest.approx(volumes["Bone"], rel=0.002)
+    assert stl_ml(again / "surfaces" / f"{bone}.stl") < 0.99 * volumes["Bone"]  # measured -2.1 %
     reexported = hd.seg.segread(again / "segmentation.dcm")
     assert [s.TrackingUID for s in reexported.SegmentSequence] == [s.TrackingUID for s in seg.SegmentSequence]
     wrong_grid = _run_cli("export", str(out / "segmentation.seg.nrrd"), "--source",

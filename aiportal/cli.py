@@ -96,7 +96,8 @@ def _export_options(args: argparse.Namespace):
     return ExportOptions(formats=parse_formats(args.formats), seg_type=args.seg_type.upper(),
                          assign_missing_uids=args.assign_uids, observer_person=args.observer,
                          surfaces_merged=args.merged_surfaces, coordinates=args.coordinates.upper(),
-                         smoothing=args.smoothing, decimation=args.decimation)
+                         smoothing=args.smoothing, decimation=args.decimation,
+                         volume_true_surfaces=not args.slicer_surfaces)
 
 
 def _print_export(result, out: Path) -> None:
@@ -379,6 +380,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser, default_formats: str 
     group.add_argument("--coordinates", choices=["lps", "ras"], default="lps", help="of STL/OBJ files")
     group.add_argument("--smoothing", type=float, default=0.5, help="surface smoothing factor 0..1")
     group.add_argument("--decimation", type=float, default=0.0, help="surface decimation factor 0..1")
+    group.add_argument("--slicer-surfaces", action="store_true",
+                       help="write Slicer's 3D-view surfaces instead of volume-true ones (thin structures shrink)")
 
 
 def build_parser() -> argparse.ArgumentParser:

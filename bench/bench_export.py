@@ -11,6 +11,8 @@ fresh UIDs, and TotalSegmentator's own 31-label result for it repeated the same 
   dcmqi ``itkimage2segimage`` (SEG) + ``tid1500writer`` (SR, given volume and mean per segment,
   computed outside the timing) + Slicer's own import and surface path on slicer-core
   (labelmap → ``ImportLabelmapToSegmentationNode`` → closed surfaces → STL files).
+- **surfaces alone**: our volume-true surfaces against Slicer's conversion on the same node, with
+  each STL's enclosed volume against the segment's voxel volume.
 Each process is measured with GNU time: wall, CPU (user + system) and peak RSS.
 
 Run: ``.venv/bin/python bench/bench_export.py`` (needs the ``bench`` extra: ``pip install -e .[bench]``).
@@ -171,6 +173,46 @@ def run_ours_seg_alone(folder: Path, out: Path) -> None:
     print(json.dumps({"seg_s": time.perf_counter() - start}))
 
 
+def run_surfaces_alone(folder: Path, out: Path) -> None:
+    """Volume-true surfaces against Slicer's conversion on the same node: time and STL volume error."""
+    import time
+
+    import numpy as np
+    import vtk
+
+    from aiportal.export.surfaces import export_surfaces, surface_volume_mm3
+    from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix, load_volume
+    from aiportal.models.backend import LabelMapResult
+    from aiportal.models.totalseg_labels import totalsegmentator_labels
+    from aiportal.provenance import Provenance, now_iso
+    from aiportal.segmentation import import_label_map, label_value, segment_ids
+
+    loaded = load_volume(folder / "ct")
+    labels = array_from_volume(load_volume(folder / "labels.nrrd").node)
+    provenance = Provenance("totalsegmentator-total", "2.18.0", "none", {}, "cpu", now_iso(), now_iso())
+    node = import_label_map(LabelMapResult(layers=[labels]), totalsegmentator_labels("total"), loaded.node, provenance)
+    voxel_mm3 = abs(np.linalg.det(ijk_to_ras_matrix(loaded.node)[:3, :3]))
+    counts = np.bincount(labels.ravel())
+    report = {}
+    for name, volume_true in (("ours", True), ("slicer", False)):
+        target = out / name
+        target.mkdir(parents=True)
+        start = time.perf_counter()
+        files = export_surfaces(node, target, volume_true=volume_true)
+        report[f"{name}_s"] = time.perf_counter() - start
+        errors = {}
+        for segment_id, path in zip(segment_ids(node), files, strict=True):
+            reader = vtk.vtkSTLReader()
+            reader.SetFileName(str(path))
+            reader.Update()
+            voxels = counts[label_value(node.GetSegmentation().GetSegment(segment_id))] * voxel_mm3
+            errors[path.stem] = float(surface_volume_mm3(reader.GetOutput()) / voxels - 1)
+        worst = max(errors, key=lambda key: abs(errors[key]))
+        report[f"{name}_worst"] = [worst, errors[worst]]
+        report[f"{name}_over_3pct"] = int(sum(abs(error) > 0.03 for error in errors.values()))
+    print(json.dumps(report))
+
+
 def run_slicer_surfaces(folder: Path, out: Path) -> None:
     import slicer
     import vtk
@@ -230,7 +272,8 @@ def _tid1500_metadata(folder: Path, seg_path: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--child", choices=["make", "ours", "ours-seg", "slicer-surfaces"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["make", "ours", "ours-seg", "surfaces", "slicer-surfaces"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "make":
@@ -241,6 +284,9 @@ def main() -> int:
         return 0
     if args.child == "ours-seg":
         run_ours_seg_alone(args.folder, args.folder)
+        return 0
+    if args.child == "surfaces":
+        run_surfaces_alone(args.folder, args.folder / "surfaces-alone")
         return 0
     if args.child == "slicer-surfaces":
         run_slicer_surfaces(args.folder, args.folder / "slicer-stl")
@@ -284,6 +330,13 @@ def main() -> int:
               f"{peer['dcmqi itkimage2segimage']['wall']:.2f} s (process incl. reading the series) "
               f"= {seg_stage / peer['dcmqi itkimage2segimage']['wall']:.2f}")
         print("ours by stage (s since start): " + ", ".join(f"{k} {v:.2f}" for k, v in stages.items()))
+        surfaces = json.loads(_timed([*me, "--child", "surfaces", "--folder", str(folder)])["stdout"]
+                              .strip().splitlines()[-1])
+        print(f"surfaces alone (smoothing 0.5, same node): volume-true {surfaces['ours_s']:.2f} s vs Slicer's "
+              f"conversion {surfaces['slicer_s']:.2f} s = {surfaces['ours_s'] / surfaces['slicer_s']:.2f}; "
+              f"STL vs voxel volume, worst: ours {surfaces['ours_worst'][0]} {surfaces['ours_worst'][1]:+.2%}, "
+              f"Slicer {surfaces['slicer_worst'][0]} {surfaces['slicer_worst'][1]:+.2%}; segments off by > 3 %: "
+              f"ours {surfaces['ours_over_3pct']}, Slicer {surfaces['slicer_over_3pct']}")
     return 0
 
 

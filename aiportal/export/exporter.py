@@ -69,6 +69,7 @@ class ExportOptions:
     coordinates: str = "LPS"  # of STL/OBJ files: LPS (DICOM, most planning software) or RAS
     smoothing: float = 0.5
     decimation: float = 0.0
+    volume_true_surfaces: bool = True  # surfaces enclose the voxel volume; False: Slicer's 3D-view surfaces
 
 
 @dataclass
@@ -156,7 +157,8 @@ def export_results(
             (folder / "surfaces").mkdir(exist_ok=True)
             paths = export_surfaces(segmentation_node, folder / "surfaces", file_format=surface_format.upper(),
                                     merged=options.surfaces_merged, coordinates=options.coordinates,
-                                    smoothing=options.smoothing, decimation=options.decimation)
+                                    smoothing=options.smoothing, decimation=options.decimation,
+                                    volume_true=options.volume_true_surfaces)
             result.files += [ExportedFile(surface_format, str(Path(path).relative_to(folder))) for path in paths]
     if dicom_files is not None:
         result.files[slot:slot] = dicom_files.result()

@@ -4,6 +4,13 @@ Files are written by Slicer's own ``ExportSegmentsClosedSurfaceRepresentationToF
 match what Slicer's Segmentations module writes (LPS or RAS, OBJ with one material per segment).
 The work happens on a temporary copy of the segmentation: the user's node keeps its conversion
 parameters (smoothing) and representations. Every surface is checked to be watertight.
+
+By default the surfaces are *volume-true* (:func:`volume_true_surface`): the isosurface of the
+Gaussian-smoothed segment at the level whose enclosed volume equals the segment's voxel volume.
+Slicer's own conversion (marching cubes + windowed-sinc smoothing) cuts every voxel corner and
+shrinks thin structures: ribs at 3 mm lose 10-19 % unsmoothed and 40-95 % at smoothing 0.5, so a
+printed or planned rib would be thinner than the segment it came from. An isosurface is closed and
+never intersects itself, and matching its level keeps the volume within 0.1 %.
 """
 
 from __future__ import annotations
@@ -14,15 +21,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import slicer
 import vtk
+from scipy import ndimage
+from vtkmodules.util import numpy_support
 
 from aiportal.errors import AIPortalError, InputError
+from aiportal.segmentation import image_scalars_kji, vtk_matrix_to_array
 from aiportal.segmentation import segment_ids as all_segment_ids
 
 _Logic = slicer.vtkSlicerSegmentationsModuleLogic
 CLOSED_SURFACE = "Closed surface"
+BINARY_LABELMAP = "Binary labelmap"
 FILE_FORMATS = ("STL", "OBJ")
+VOLUME_TOLERANCE = 1e-3  # relative: a surface's enclosed volume is matched to 0.1 % of the voxel volume
 
 
 def surface_is_closed(polydata: vtk.vtkPolyData) -> bool:
@@ -45,6 +58,158 @@ def surface_volume_mm3(polydata: vtk.vtkPolyData) -> float:
     mass.SetInputConnection(triangles.GetOutputPort())
     mass.Update()
     return float(mass.GetVolume())
+
+
+def _mesh_arrays(polydata: vtk.vtkPolyData) -> tuple[np.ndarray, np.ndarray]:
+    """Points (n, 3) and triangles (m, 3) of a triangle mesh."""
+    points = numpy_support.vtk_to_numpy(polydata.GetPoints().GetData()).astype(np.float64)
+    triangles = numpy_support.vtk_to_numpy(polydata.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    return points, triangles
+
+
+def _polydata(points: np.ndarray, triangles: np.ndarray) -> vtk.vtkPolyData:
+    polydata = vtk.vtkPolyData()
+    vtk_points = vtk.vtkPoints()
+    vtk_points.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points), deep=True))
+    polydata.SetPoints(vtk_points)
+    cells = vtk.vtkCellArray()
+    connectivity = numpy_support.numpy_to_vtkIdTypeArray(triangles.astype(np.int64).ravel(), deep=True)
+    cells.SetData(3, connectivity)
+    polydata.SetPolys(cells)
+    return polydata
+
+
+def _signed_volume(points: np.ndarray, triangles: np.ndarray) -> float:
+    """Volume enclosed by a closed mesh, positive when its triangles face outwards."""
+    a, b, c = (points[triangles[:, k]] for k in range(3))
+    return float(np.einsum("ij,ij->", a, np.cross(b, c)) / 6.0)
+
+
+def _offset_to_volume(points: np.ndarray, triangles: np.ndarray, target_mm3: float) -> np.ndarray:
+    """Move the vertices along their normals by the one distance that gives ``target_mm3``.
+
+    Used after decimation only, where the change is a fraction of a voxel: a uniform offset
+    fixes volume to first order (dV = area x distance), two or three rounds converge.
+    """
+    points = points.copy()
+    for _ in range(5):
+        volume = _signed_volume(points, triangles)
+        if abs(volume / target_mm3 - 1) < VOLUME_TOLERANCE / 10:
+            break
+        a, b, c = (points[triangles[:, k]] for k in range(3))
+        face_normals = np.cross(b - a, c - a)  # length = 2 x area, outwards
+        normals = np.zeros_like(points)
+        for k in range(3):
+            np.add.at(normals, triangles[:, k], face_normals)
+        normals /= np.linalg.norm(normals, axis=1, keepdims=True) + 1e-300
+        area = 0.5 * np.linalg.norm(face_normals, axis=1).sum()
+        points += normals * ((target_mm3 - volume) / area)
+    return points
+
+
+def volume_true_surface(
+    mask_kji: np.ndarray, ijk_to_world: np.ndarray, smoothing: float = 0.5, decimation: float = 0.0
+) -> vtk.vtkPolyData:
+    """A closed, outward-facing triangle mesh (world mm) enclosing the mask's voxel volume.
+
+    ``smoothing`` 0..1 is a Gaussian of 2 x smoothing voxels on each axis (Slicer's default 0.5 is
+    one voxel); 0 keeps the voxel staircase. The level is found by a safeguarded secant search on
+    the enclosed volume, which falls as the level rises. ``decimation`` is the fraction of triangles
+    to remove (topology kept), followed by a sub-voxel offset that restores the volume.
+    """
+    boxes = ndimage.find_objects(mask_kji.astype(np.uint8))
+    if not boxes or boxes[0] is None:
+        return vtk.vtkPolyData()
+    sigma = 2.0 * max(float(smoothing), 0.0)
+    pad = int(np.ceil(3 * sigma)) + 2  # the blurred field must reach ~0 inside the crop: a closed surface
+    box = boxes[0]
+    field = np.zeros(tuple(s.stop - s.start + 2 * pad for s in box), np.float32)
+    field[tuple(slice(pad, -pad) for _ in box)] = mask_kji[box]
+    if sigma > 0:
+        field = ndimage.gaussian_filter(field, sigma, mode="constant")
+    origin_ijk = np.array([s.start - pad for s in box][::-1], dtype=np.float64)
+    target = float(np.count_nonzero(mask_kji[box])) * abs(np.linalg.det(ijk_to_world[:3, :3]))
+
+    image = vtk.vtkImageData()
+    image.SetDimensions(*field.shape[::-1])
+    image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(field.ravel(), deep=True))
+    contour = vtk.vtkFlyingEdges3D()
+    contour.SetInputData(image)
+    contour.ComputeNormalsOff()
+    contour.ComputeGradientsOff()
+    contour.ComputeScalarsOff()
+
+    def surface_at(level: float) -> tuple[np.ndarray, np.ndarray, float]:
+        contour.SetValue(0, level)
+        contour.Update()
+        output = contour.GetOutput()
+        if output.GetNumberOfCells() == 0:
+            return np.zeros((0, 3)), np.zeros((0, 3), np.int64), 0.0
+        ijk, triangles = _mesh_arrays(output)
+        world = (np.c_[ijk + origin_ijk, np.ones(len(ijk))] @ ijk_to_world.T)[:, :3]
+        volume = _signed_volume(world, triangles)
+        if volume < 0:  # a mirroring ijk → world matrix turns the triangles inside out
+            triangles, volume = triangles[:, ::-1], -volume
+        return world, triangles, volume
+
+    peak = float(field.max())
+    low, high = 1e-3 * peak, 0.999 * peak  # volume(low) > target > volume(high)
+    level = 0.5 if sigma == 0 or peak > 0.5 else 0.5 * peak
+    previous: tuple[float, float] | None = None
+    for _ in range(30):
+        points, triangles, volume = surface_at(level)
+        if abs(volume / target - 1) < VOLUME_TOLERANCE:
+            break
+        if volume > target:
+            low = level
+        else:
+            high = level
+        guess = 0.5 * (low + high)
+        if previous is not None and previous[1] != volume:  # secant step, kept inside the bracket
+            secant = level + (target - volume) * (level - previous[0]) / (volume - previous[1])
+            if low < secant < high:
+                guess = secant
+        previous, level = (level, volume), guess
+    if decimation > 0 and len(triangles) > 100:
+        decimate = vtk.vtkDecimatePro()
+        decimate.SetInputData(_polydata(points, triangles))
+        decimate.SetTargetReduction(min(float(decimation), 0.99))
+        decimate.PreserveTopologyOn()
+        decimate.BoundaryVertexDeletionOff()
+        decimate.SplittingOff()
+        decimate.Update()
+        points, triangles = _mesh_arrays(decimate.GetOutput())
+        points = _offset_to_volume(points, triangles, target)
+    return _polydata(points, triangles)
+
+
+def _volume_true_surfaces(segmentation, segment_ids: Sequence[str], smoothing: float, decimation: float) -> None:
+    """Give each segment a volume-true closed surface, from its binary label map layer.
+
+    One pass per shared layer finds every label's box, so each segment is contoured on its crop.
+    """
+    boxes_by_layer: dict[str, list] = {}
+    for segment_id in segment_ids:
+        segment = segmentation.GetSegment(segment_id)
+        layer = segment.GetRepresentation(BINARY_LABELMAP)
+        array = image_scalars_kji(layer)
+        value = segment.GetLabelValue()
+        key = layer.GetAddressAsString("vtkObject") if array is not None else ""
+        if key and key not in boxes_by_layer:
+            boxes_by_layer[key] = ndimage.find_objects(array if array.dtype.kind in "iu" else array.astype(np.int32))
+        boxes = boxes_by_layer.get(key) or []
+        box = boxes[value - 1] if 0 < value <= len(boxes) else None
+        if box is None:
+            segment.AddRepresentation(CLOSED_SURFACE, vtk.vtkPolyData())
+            continue
+        matrix = vtk.vtkMatrix4x4()
+        layer.GetImageToWorldMatrix(matrix)
+        ijk_to_world = vtk_matrix_to_array(matrix)
+        first_ijk = np.array(layer.GetExtent()[0::2]) + [s.start for s in box][::-1]
+        ijk_to_world[:3, 3] += ijk_to_world[:3, :3] @ first_ijk
+        segment.AddRepresentation(
+            CLOSED_SURFACE, volume_true_surface(array[box] == value, ijk_to_world, smoothing, decimation)
+        )
 
 
 def safe_file_stem(name: str) -> str:
@@ -90,12 +255,15 @@ def export_surfaces(
     smoothing: float = 0.5,
     decimation: float = 0.0,
     segment_ids: Sequence[str] | None = None,
+    volume_true: bool = True,
 ) -> list[Path]:
     """Write closed surfaces of the segments (all by default) and return the files written.
 
     One file per segment named after it (``liver.stl``), or with ``merged`` one file named after
     the segmentation. OBJ files come with their ``.mtl`` (segment colours) next to them.
-    ``smoothing`` and ``decimation`` are Slicer's "Smoothing factor" and "Decimation factor".
+    ``smoothing`` (0..1) and ``decimation`` (fraction of triangles removed) work as Slicer's factors.
+    ``volume_true`` (default) makes surfaces whose enclosed volume equals the segment's voxel volume
+    (:func:`volume_true_surface`); ``False`` writes Slicer's own conversion, as shown in its 3D view.
     LPS is what most STL consumers (and Slicer's default) expect; RAS flips x and y.
 
     Raises :class:`InputError` for a bad request, and :class:`AIPortalError` after writing when a
@@ -125,7 +293,13 @@ def export_surfaces(
     copy = slicer.vtkMRMLSegmentationNode()
     copy.GetSegmentation().DeepCopy(segmentation_node.GetSegmentation())
     segmentation = copy.GetSegmentation()
-    if not _surfaces_made_with(segmentation, smoothing, decimation):  # else reuse the ones shown in 3D
+    if volume_true and segmentation.GetSourceRepresentationName() == BINARY_LABELMAP:
+        for segment_id in known:
+            if segment_id not in wanted:  # the copy only needs what is written
+                segmentation.RemoveSegment(segment_id)
+        segmentation.RemoveRepresentation(CLOSED_SURFACE)
+        _volume_true_surfaces(segmentation, wanted, smoothing, decimation)
+    elif not _surfaces_made_with(segmentation, smoothing, decimation):  # else reuse the ones shown in 3D
         segmentation.RemoveRepresentation(CLOSED_SURFACE)
         segmentation.SetConversionParameter("Smoothing factor", str(smoothing))
         segmentation.SetConversionParameter("Decimation factor", str(decimation))
