@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pydicom
 import requests
+from processes import free_port, log_tail
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,12 +53,6 @@ def missing_requirements() -> list[str]:
     if shutil.which("gcc") is None:
         missing.append("gcc")
     return missing
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def bind_shim() -> Path:
@@ -153,8 +148,7 @@ class OrthancServer:
                 raise RuntimeError(f"Orthanc port {port} was not rebound to loopback: {self.log_tail()}")
 
     def log_tail(self, lines: int = 20) -> str:
-        path = self.folder / "orthanc.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return log_tail(self.folder / "orthanc.log", lines)
 
     def stop(self) -> None:
         """SIGTERM (Orthanc stops cleanly in about a second), SIGKILL if it does not."""

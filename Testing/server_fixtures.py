@@ -24,24 +24,9 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).parent))
-from orthanc_server import free_port  # noqa: E402
+from processes import free_port, log_tail, stop_process_group  # noqa: E402
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def _stop(process: subprocess.Popen | None, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-    """Stop a process this module started (its own process group, children included)."""
-    if process is None or process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
 
 
 @dataclass
@@ -88,14 +73,13 @@ class ApiServer:
         raise RuntimeError(f"the API server did not answer within {timeout_s} s: {self.log_tail()}")
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process_group(self.process)
 
     def kill(self) -> None:
-        _stop(self.process, signal.SIGKILL)
+        stop_process_group(self.process, signal.SIGKILL)
 
     def log_tail(self, lines: int = 30) -> str:
-        path = self.data_dir / "server.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+        return log_tail(self.data_dir / "server.log", lines)
 
 
 @dataclass
@@ -128,7 +112,7 @@ class RedisServer:
         raise RuntimeError("redis-server did not answer")
 
     def stop(self) -> None:
-        _stop(self.process)
+        stop_process_group(self.process)
 
 
 @dataclass
@@ -158,13 +142,13 @@ class CeleryWorker:
 
     def kill(self) -> None:
         """SIGKILL the worker's whole process group, as in a crash."""
-        _stop(self.process, signal.SIGKILL)
+        stop_process_group(self.process, signal.SIGKILL)
 
     def stop(self) -> None:
-        _stop(self.process, signal.SIGTERM, timeout=20)
+        stop_process_group(self.process, signal.SIGTERM, timeout=20)
 
     def log_tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 class JwksIssuer:

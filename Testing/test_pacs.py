@@ -256,7 +256,7 @@ def test_wrong_password(orthanc: Pacs, tmp_path: Path):
 
 
 def test_server_down(orthanc: Pacs, tmp_path: Path):
-    from orthanc_server import free_port
+    from processes import free_port
 
     port = free_port()  # nothing listens there
     endpoint = replace(orthanc.endpoint, dicomweb_url=f"http://127.0.0.1:{port}/dicom-web",

@@ -169,7 +169,7 @@ def test_bad_uploads_get_a_clear_4xx(api, shared_data, tmp_path):
 
 
 def test_unreachable_server_is_a_clear_error_not_a_hang():
-    from orthanc_server import free_port
+    from processes import free_port
 
     client = ServerClient(f"http://127.0.0.1:{free_port()}", api_key="aip_x_y", timeout_s=3)
     assert client.available() is False

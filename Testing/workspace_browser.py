@@ -8,14 +8,14 @@ loopback port, with its own audit log and export folder.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from processes import free_port, log_tail, stop_process_group
 
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path(os.environ.get("AIPORTAL_CHROMIUM", "/usr/bin/chromium"))
@@ -30,12 +30,6 @@ def artifacts_dir(test_name: str) -> Path:
     folder = base / test_name
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -85,19 +79,10 @@ class WorkspaceServer:
         raise RuntimeError(f"workspace server did not answer within {START_TIMEOUT_S} s:\n{self.log_tail()}")
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.killpg(self.process.pid, signal.SIGTERM)  # its own session: only what this test started
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        stop_process_group(self.process)  # its own session: only what this test started
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path.is_file():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return log_tail(self.log_path, lines)
 
 
 class ConsoleErrors:
