@@ -152,12 +152,8 @@ def run_ours(folder: Path, out: Path) -> None:
     print(json.dumps(stages))
 
 
-def run_ours_seg_alone(folder: Path, out: Path) -> None:
-    """The SEG step alone (it overlaps the surfaces in the full export, so it is timed on its own here)."""
-    import time
-
-    from aiportal.export.dicom_seg import write_seg
-    from aiportal.export.dicom_source import export_source
+def _imported_case(folder: Path):
+    """The case's series and its label map imported as a segmentation node (untimed set-up of a child)."""
     from aiportal.io.volumes import array_from_volume, load_volume
     from aiportal.models.backend import LabelMapResult
     from aiportal.models.totalseg_labels import totalsegmentator_labels
@@ -168,6 +164,17 @@ def run_ours_seg_alone(folder: Path, out: Path) -> None:
     labels = array_from_volume(load_volume(folder / "labels.nrrd").node)
     provenance = Provenance("totalsegmentator-total", "2.18.0", "none", {}, "cpu", now_iso(), now_iso())
     node = import_label_map(LabelMapResult(layers=[labels]), totalsegmentator_labels("total"), loaded.node, provenance)
+    return loaded, labels, node
+
+
+def run_ours_seg_alone(folder: Path, out: Path) -> None:
+    """The SEG step alone (it overlaps the surfaces in the full export, so it is timed on its own here)."""
+    import time
+
+    from aiportal.export.dicom_seg import write_seg
+    from aiportal.export.dicom_source import export_source
+
+    loaded, _, node = _imported_case(folder)
     start = time.perf_counter()
     write_seg(node, loaded.node, export_source(loaded.source, loaded.node), out / "seg.dcm")
     print(json.dumps({"seg_s": time.perf_counter() - start}))
@@ -181,16 +188,10 @@ def run_surfaces_alone(folder: Path, out: Path) -> None:
     import vtk
 
     from aiportal.export.surfaces import export_surfaces, surface_volume_mm3
-    from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix, load_volume
-    from aiportal.models.backend import LabelMapResult
-    from aiportal.models.totalseg_labels import totalsegmentator_labels
-    from aiportal.provenance import Provenance, now_iso
-    from aiportal.segmentation import import_label_map, label_value, segment_ids
+    from aiportal.io.volumes import ijk_to_ras_matrix
+    from aiportal.segmentation import label_value, segment_ids
 
-    loaded = load_volume(folder / "ct")
-    labels = array_from_volume(load_volume(folder / "labels.nrrd").node)
-    provenance = Provenance("totalsegmentator-total", "2.18.0", "none", {}, "cpu", now_iso(), now_iso())
-    node = import_label_map(LabelMapResult(layers=[labels]), totalsegmentator_labels("total"), loaded.node, provenance)
+    loaded, labels, node = _imported_case(folder)
     voxel_mm3 = abs(np.linalg.det(ijk_to_ras_matrix(loaded.node)[:3, :3]))
     counts = np.bincount(labels.ravel())
     report = {}
@@ -272,24 +273,18 @@ def _tid1500_metadata(folder: Path, seg_path: Path) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
-    parser.add_argument("--child", choices=["make", "ours", "ours-seg", "surfaces", "slicer-surfaces"],
-                        help=argparse.SUPPRESS)
+    children = {
+        "make": lambda folder: make_case(args.shared_data, folder),
+        "ours": lambda folder: run_ours(folder, folder / "ours"),
+        "ours-seg": lambda folder: run_ours_seg_alone(folder, folder),
+        "surfaces": lambda folder: run_surfaces_alone(folder, folder / "surfaces-alone"),
+        "slicer-surfaces": lambda folder: run_slicer_surfaces(folder, folder / "slicer-stl"),
+    }
+    parser.add_argument("--child", choices=list(children), help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child == "make":
-        make_case(args.shared_data, args.folder)
-        return 0
-    if args.child == "ours":
-        run_ours(args.folder, args.folder / "ours")
-        return 0
-    if args.child == "ours-seg":
-        run_ours_seg_alone(args.folder, args.folder)
-        return 0
-    if args.child == "surfaces":
-        run_surfaces_alone(args.folder, args.folder / "surfaces-alone")
-        return 0
-    if args.child == "slicer-surfaces":
-        run_slicer_surfaces(args.folder, args.folder / "slicer-stl")
+    if args.child:
+        children[args.child](args.folder)
         return 0
 
     me = [sys.executable, __file__]
