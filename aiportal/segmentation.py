@@ -288,6 +288,13 @@ def image_scalars_kji(image) -> np.ndarray | None:
     return numpy_support.vtk_to_numpy(scalars).reshape(k1 - k0 + 1, j1 - j0 + 1, i1 - i0 + 1)
 
 
+def label_boxes(array: np.ndarray) -> list[tuple[slice, ...] | None]:
+    """Every label's bounding box in one pass over a shared layer: ``boxes[value - 1]`` (None: absent)."""
+    from scipy import ndimage
+
+    return ndimage.find_objects(array if array.dtype.kind in "iu" else array.astype(np.int32))
+
+
 @dataclass
 class GridLayer:
     """One of Slicer's shared label map layers, placed on a volume's voxel grid."""

@@ -36,6 +36,7 @@ from aiportal.progress import CancelToken, ProgressCallback, no_progress
 from aiportal.segmentation import (
     ijk_to_ras_vtk,
     image_scalars_kji,
+    label_boxes,
     label_value,
     layer_on_grid,
     segment_mask,
@@ -144,10 +145,7 @@ def _layer_on_grid(layer, volume_ijk_to_ras: np.ndarray) -> _Layer | None:
     placed = layer_on_grid(layer, volume_ijk_to_ras)
     if placed is None:
         return None
-    array = placed.array
-    # one pass over the layer gives every label's bounding box (find_objects needs integers)
-    boxes = ndimage.find_objects(array if array.dtype.kind in "iu" else array.astype(np.int32))
-    return _Layer(array, boxes, placed.offset_kji)
+    return _Layer(placed.array, label_boxes(placed.array), placed.offset_kji)
 
 
 def _crop_from_layer(layer: _Layer, value: int) -> tuple[np.ndarray, np.ndarray] | None:

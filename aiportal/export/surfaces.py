@@ -28,7 +28,7 @@ from scipy import ndimage
 from vtkmodules.util import numpy_support
 
 from aiportal.errors import AIPortalError, InputError
-from aiportal.segmentation import image_scalars_kji, vtk_matrix_to_array
+from aiportal.segmentation import image_scalars_kji, label_boxes, vtk_matrix_to_array
 from aiportal.segmentation import segment_ids as all_segment_ids
 
 _Logic = slicer.vtkSlicerSegmentationsModuleLogic
@@ -196,7 +196,7 @@ def _volume_true_surfaces(segmentation, segment_ids: Sequence[str], smoothing: f
         value = segment.GetLabelValue()
         key = layer.GetAddressAsString("vtkObject") if array is not None else ""
         if key and key not in boxes_by_layer:
-            boxes_by_layer[key] = ndimage.find_objects(array if array.dtype.kind in "iu" else array.astype(np.int32))
+            boxes_by_layer[key] = label_boxes(array)
         boxes = boxes_by_layer.get(key) or []
         box = boxes[value - 1] if 0 < value <= len(boxes) else None
         if box is None:
