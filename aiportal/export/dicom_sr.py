@@ -136,13 +136,17 @@ def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd
 
 def _axes_group(axes: RecistMeasurement, description: hd.seg.SegmentDescription,
                 source: ExportSource) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501 group of a lesion's RECIST axes, tracked as its segment."""
+    """TID 1501 group of a lesion's RECIST axes, tracked as its segment (or, for one of several lesions of a
+    segment, as "<segment tracking id> lesion N" with a UID derived from the segment's)."""
     on_image = axes.slice_axis == "k" and 0 <= axes.slice_index < len(source.datasets)
     regions = description.anatomic_regions
     image = source.datasets[axes.slice_index] if on_image else None
+    uid, identifier = str(description.TrackingUID), str(description.TrackingID)
+    if axes.lesions_in_segment > 1:  # each lesion of the segment is tracked on its own, the same UID every time
+        uid = generate_uid(entropy_srcs=["aiportal-lesion", uid, str(axes.lesion_index)])
+        identifier = f"{identifier} lesion {axes.lesion_index}"[:64]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
-                                                     identifier=str(description.TrackingID)),
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
         finding_type=description.segmented_property_type,
         finding_category=description.segmented_property_category,
         finding_sites=[hd.sr.FindingSite(regions[0])] if regions else None,
@@ -231,7 +235,7 @@ def write_sr(
         groups.append(_group_for_segment(measurements, description, seg, str(seg_dataset.SOPClassUID), source))
     for measured in axes:
         if measured.segment_id not in seg.segment_numbers:
-            skipped.append(f"{measured.segment_name}: RECIST axes (segment not in the SEG)")
+            skipped.append(f"{measured.lesion_name}: RECIST axes (segment not in the SEG)")
             continue
         groups.append(_axes_group(measured, descriptions[seg.segment_numbers[measured.segment_id]], source))
         count += 2

@@ -8,9 +8,12 @@ RECIST 1.1 response of the current study.
 - **Matching.** A prior and a current lesion can match when their masks overlap on the current
   grid or their centroids lie within ``match_distance_mm``. Pairs are chosen one-to-one by the
   largest Dice, then the shortest centroid distance (Hungarian assignment). Unmatched current
-  lesions are **new lesions**; unmatched prior lesions have **disappeared** (diameter 0).
-- **Measurement.** Every lesion is measured on its own study's grid (:func:`measure_segment`), never on
-  a resampled copy, so diameters and volumes are the ones a reader would report.
+  lesions are **new lesions**, unless they overlap a prior lesion: then they are a **fragment** of it
+  (RECIST 1.1: the diameters of a fragmented target lesion's pieces are added to the sum); unmatched
+  prior lesions have **disappeared** (diameter 0).
+- **Measurement.** Every lesion is measured on its own study's grid (:func:`measure_lesions`), never on
+  a resampled copy, so diameters and volumes are the ones a reader would report. A segment holding
+  several separate lesions gives one entry per lesion ("<segment> lesion N"), each matched on its own.
 - **Response.** The prior lesions are the targets (or those named): baseline sum = their prior
   RECIST diameters (long axis; short axis for lymph nodes), current sum = the same lesions now (0 when
   gone); new lesions are not added to the sum but make the response PD (:func:`classify_response`).
@@ -30,13 +33,13 @@ import vtk
 from scipy.optimize import linear_sum_assignment
 
 from aiportal.errors import InputError
-from aiportal.io.volumes import ijk_to_ras_matrix
-from aiportal.measure.recist import RecistMeasurement, measure_segment
+from aiportal.io.volumes import ijk_to_ras_matrix, nearest_on_grid
+from aiportal.measure.recist import RecistMeasurement, lesion_masks, measure_lesions
 from aiportal.measure.response import ResponseAssessment, classify_response
 from aiportal.segmentation import segment_ids, segment_mask
 
 MATCH_DISTANCE_MM = 20.0
-MATCHED, NEW, GONE = "matched", "new", "disappeared"
+MATCHED, NEW, GONE, FRAGMENT = "matched", "new", "disappeared", "fragment"
 _UNMATCHABLE = 1e12
 
 TABLE_COLUMNS = (
@@ -71,8 +74,8 @@ class LesionChange:
     def row(self) -> dict:
         """The lesion's table row: sizes, changes (current - prior), overlap."""
         values = {"lesion": self.lesion, "status": self.status,
-                  "prior_segment": self.prior.segment_name if self.prior else "",
-                  "current_segment": self.current.segment_name if self.current else "",
+                  "prior_segment": self.prior.lesion_name if self.prior else "",
+                  "current_segment": self.current.lesion_name if self.current else "",
                   "dice": self.dice, "centroid_distance_mm": self.centroid_distance_mm,
                   "target": "yes" if self.target else "no"}
         for name, attribute in (("long_axis", "long_axis_mm"), ("short_axis", "short_axis_mm"),
@@ -118,7 +121,8 @@ def compare_studies(prior_segmentation, prior_volume, current_segmentation, curr
 
     ``registration``: a :class:`aiportal.register.RegistrationResult` of ``prior_volume`` (moving) to
     ``current_volume`` (fixed), or None when both are in one frame of reference. ``targets``: prior
-    segment names that are target lesions (default all measured prior lesions). ``lymph_nodes``: segment
+    lesion names ("<segment> lesion N") or segment names (all their lesions) that are target lesions
+    (default all measured prior lesions). ``lymph_nodes``: segment
     names (in either study) measured by their short axis. ``nadir_sum_mm``: the smallest sum before this
     study (default: the baseline sum, i.e. the prior study is the baseline).
     """
@@ -129,57 +133,69 @@ def compare_studies(prior_segmentation, prior_volume, current_segmentation, curr
     if not prior:
         raise InputError(f"No lesion of the prior study {prior_segmentation.GetName()} could be measured",
                          "; ".join(prior_skipped.values()) or "segment the prior lesions first")
-    unknown = sorted(set(targets or ()) - {m.segment_name for m in prior})
+    unknown = sorted(set(targets or ()) - {m.lesion_name for m in prior} - {m.segment_name for m in prior})
     if unknown:
         raise InputError(f"Target lesion(s) {', '.join(unknown)} are not measured lesions of the prior study",
-                         f"use some of: {', '.join(m.segment_name for m in prior)}")
+                         f"use some of: {', '.join(m.lesion_name for m in prior)}")
 
     current_ras = ijk_to_ras_matrix(current_volume)
-    warped = {m.segment_id: _prior_on_current(prior_segmentation, m.segment_id, prior_volume, current_volume,
-                                              registration) for m in prior}
-    masks = {m.segment_id: segment_mask(current_segmentation, m.segment_id, current_volume) for m in current}
+    prior_masks = _LesionMasks(prior_segmentation, prior_volume)
+    warped = [_prior_on_current(prior_masks, m, current_volume, registration) for m in prior]
+    current_masks = _LesionMasks(current_segmentation, current_volume)
+    masks = [current_masks.get(m) for m in current]
     cost = np.full((len(prior), len(current)), _UNMATCHABLE)
     dice = np.zeros_like(cost)
     distance = np.full_like(cost, math.inf)
     for a, before in enumerate(prior):
-        moved = warped[before.segment_id]
+        moved = warped[a]
         moved_centroid = _centroid(moved, current_ras) if moved.any() else _moved_centroid(
-            prior_segmentation, before.segment_id, prior_volume, registration)
-        for b, after in enumerate(current):
-            overlap = np.count_nonzero(moved & masks[after.segment_id])
-            dice[a, b] = 2.0 * overlap / (np.count_nonzero(moved) + np.count_nonzero(masks[after.segment_id]))
-            distance[a, b] = float(np.linalg.norm(moved_centroid - _centroid(masks[after.segment_id], current_ras)))
+            prior_masks.get(before), prior_volume, registration)
+        for b in range(len(current)):
+            overlap = np.count_nonzero(moved & masks[b])
+            dice[a, b] = 2.0 * overlap / (np.count_nonzero(moved) + np.count_nonzero(masks[b]))
+            distance[a, b] = float(np.linalg.norm(moved_centroid - _centroid(masks[b], current_ras)))
             if overlap or distance[a, b] <= match_distance_mm:
                 cost[a, b] = (1.0 - dice[a, b]) * 1e6 + distance[a, b]  # Dice first, distance breaks ties
     rows, columns = linear_sum_assignment(cost) if cost.size else ([], [])
     pairs = {a: b for a, b in zip(rows, columns, strict=True) if cost[a, b] < _UNMATCHABLE}
 
-    target_names = set(targets) if targets else {m.segment_name for m in prior}
+    target_names = set(targets) if targets else {m.lesion_name for m in prior}
     lesions = []
     for a, before in enumerate(prior):
-        is_target = before.segment_name in target_names
+        is_target = before.lesion_name in target_names or before.segment_name in target_names
         if a in pairs:
             b = pairs[a]
-            lesions.append(LesionChange(before.segment_name, MATCHED, before, current[b], float(dice[a, b]),
+            lesions.append(LesionChange(before.lesion_name, MATCHED, before, current[b], float(dice[a, b]),
                                         float(distance[a, b]), is_target))
         else:
-            lesions.append(LesionChange(before.segment_name, GONE, before, None, target=is_target))
+            lesions.append(LesionChange(before.lesion_name, GONE, before, None, target=is_target))
     matched_current = set(pairs.values())
     for b, after in enumerate(current):
         if b not in matched_current:
             nearest = float(distance[:, b].min()) if len(prior) else math.nan
-            lesions.append(LesionChange(after.segment_name, NEW, None, after, centroid_distance_mm=nearest))
+            if len(prior) and dice[:, b].max() > 0:  # a piece of a prior lesion that broke up
+                a = int(dice[:, b].argmax())
+                lesions.append(LesionChange(after.lesion_name, FRAGMENT, None, after, float(dice[a, b]),
+                                            float(distance[a, b]), lesions[a].target))
+                continue
+            lesions.append(LesionChange(after.lesion_name, NEW, None, after, centroid_distance_mm=nearest))
 
-    targets_now = [change for change in lesions if change.target]
+    targets_now = [change for change in lesions if change.target and change.prior is not None]
+    fragments = [change for change in lesions if change.status == FRAGMENT and change.target]
     baseline = float(sum(change.prior.reported_mm for change in targets_now))
-    current_sum = float(sum(change.current.reported_mm for change in targets_now if change.current is not None))
+    current_sum = float(sum(change.current.reported_mm for change in targets_now + fragments
+                            if change.current is not None))
     nodes = [change.current.short_axis_mm if change.current else 0.0 for change in targets_now
              if change.prior.lymph_node]
-    non_nodal_gone = all(change.status == GONE for change in targets_now if not change.prior.lymph_node)
+    non_nodal_gone = not fragments and all(change.status == GONE for change in targets_now
+                                           if not change.prior.lymph_node)
     notes = []
     small = [c.lesion for c in targets_now if not c.prior.lymph_node and c.prior.long_axis_mm < 10.0]
     if small:
         notes.append(f"target lesion(s) under 10 mm at baseline (not measurable by RECIST 1.1): {', '.join(small)}")
+    if fragments:
+        notes.append(f"target lesion(s) broke up; their fragments are added to the sum: "
+                     f"{', '.join(change.lesion for change in fragments)}")
     if current_empty:
         notes.append(f"empty current segment(s), read as disappeared lesions: {', '.join(current_empty)}")
     if current and not any(change.status == MATCHED for change in lesions):
@@ -246,27 +262,54 @@ def add_follow_up_table(scene, follow_up: FollowUp, name: str = "RECIST follow-u
 
 # -- helpers -------------------------------------------------------------------------------------
 def _measure_all(segmentation_node, volume_node, lymph_nodes) -> tuple[list[RecistMeasurement], dict, list[str]]:
-    """Every segment measured; the ones that cannot be, with the reason; and the names of empty ones."""
+    """Every lesion of every segment measured; the ones that cannot be, with the reason; and the names of
+    empty segments."""
     measured, skipped, empty = [], {}, []
     segmentation = segmentation_node.GetSegmentation()
     for segment_id in segment_ids(segmentation_node):
         name = segmentation.GetSegment(segment_id).GetName()
         try:
-            measured.append(measure_segment(segmentation_node, segment_id, volume_node, lymph_node=name in lymph_nodes))
+            lesions = measure_lesions(segmentation_node, segment_id, volume_node, lymph_node=name in lymph_nodes)
         except InputError as error:
             skipped[name] = str(error)
             if " is empty" in error.args[0]:
                 empty.append(name)
+            continue
+        measured += lesions.measurements
+        skipped.update(lesions.refused)
     return measured, skipped, empty
 
 
-def _prior_on_current(prior_segmentation, segment_id: str, prior_volume, current_volume, registration) -> np.ndarray:
-    """A prior segment as a mask on the current grid: resampled by position, or warped by the registration."""
+class _LesionMasks:
+    """Lesion masks of one study on its own grid, each segment split once."""
+
+    def __init__(self, segmentation_node, volume_node) -> None:
+        self.segmentation_node, self.volume_node = segmentation_node, volume_node
+        self._split: dict[str, list[np.ndarray]] = {}
+
+    def get(self, measurement: RecistMeasurement) -> np.ndarray:
+        if measurement.lesions_in_segment == 1:  # the whole segment (speckle included, as before the split)
+            return segment_mask(self.segmentation_node, measurement.segment_id, self.volume_node)
+        if measurement.segment_id not in self._split:
+            self._split[measurement.segment_id] = lesion_masks(self.segmentation_node, measurement.segment_id,
+                                                               self.volume_node)
+        return self._split[measurement.segment_id][measurement.lesion_index - 1]
+
+
+def _prior_on_current(prior_masks: _LesionMasks, lesion: RecistMeasurement, current_volume,
+                      registration) -> np.ndarray:
+    """A prior lesion as a mask on the current grid: resampled by position, or warped by the registration."""
+    prior_volume = prior_masks.volume_node
     if registration is None:
-        return segment_mask(prior_segmentation, segment_id, current_volume)
+        if lesion.lesions_in_segment == 1:
+            return segment_mask(prior_masks.segmentation_node, lesion.segment_id, current_volume)
+        on_current, _ = nearest_on_grid(prior_masks.get(lesion), ijk_to_ras_matrix(prior_volume),
+                                        tuple(reversed(current_volume.GetImageData().GetDimensions())),
+                                        ijk_to_ras_matrix(current_volume), fill=False)
+        return on_current
     from aiportal.register.registration import image_from_node
 
-    mask = segment_mask(prior_segmentation, segment_id, prior_volume).astype(np.uint8)
+    mask = prior_masks.get(lesion).astype(np.uint8)
     current_grid = image_from_node(current_volume, np.zeros(tuple(reversed(
         current_volume.GetImageData().GetDimensions())), np.uint8))
     warped = sitk.Resample(image_from_node(prior_volume, mask), current_grid, registration.itk_transform,
@@ -281,9 +324,9 @@ def _centroid(mask: np.ndarray, ijk_to_ras: np.ndarray) -> np.ndarray:
     return ijk_to_ras[:3, :3] @ kji[::-1] + ijk_to_ras[:3, 3]
 
 
-def _moved_centroid(prior_segmentation, segment_id: str, prior_volume, registration) -> np.ndarray:
+def _moved_centroid(prior_mask: np.ndarray, prior_volume, registration) -> np.ndarray:
     """A prior lesion's centroid in current RAS when its mask does not reach the current grid."""
-    centroid = _centroid(segment_mask(prior_segmentation, segment_id, prior_volume), ijk_to_ras_matrix(prior_volume))
+    centroid = _centroid(prior_mask, ijk_to_ras_matrix(prior_volume))
     if registration is None:
         return centroid
     return (np.asarray(registration.matrix_ras) @ np.append(centroid, 1.0))[:3]

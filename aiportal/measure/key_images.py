@@ -97,7 +97,7 @@ def render_key_image(volume_node, segmentation_node, measurement: RecistMeasurem
     short_pixels = (to_pixels(a), to_pixels(b))
     draw.line(long_pixels, fill=LONG_AXIS_COLOR, width=width)
     draw.line(short_pixels, fill=SHORT_AXIS_COLOR, width=width)
-    draw.text((6, 6), f"{measurement.segment_name}  slice {measurement.slice_axis}={measurement.slice_index}",
+    draw.text((6, 6), f"{measurement.lesion_name}  slice {measurement.slice_axis}={measurement.slice_index}",
               fill=(255, 255, 255))
     draw.text((6, 20), f"long {measurement.long_axis_mm:.1f} mm", fill=LONG_AXIS_COLOR)
     draw.text((6, 34), f"short {measurement.short_axis_mm:.1f} mm", fill=SHORT_AXIS_COLOR)
@@ -112,7 +112,7 @@ def write_key_images(volume_node, segmentation_node, measurements: list[RecistMe
                      **options) -> list[KeyImage]:
     """One PNG per lesion in ``folder``, named after the segment."""
     folder = Path(folder)
-    return [render_key_image(volume_node, segmentation_node, m, folder / f"{_file_name(m.segment_name)}.png",
+    return [render_key_image(volume_node, segmentation_node, m, folder / f"{_file_name(m.lesion_name)}.png",
                              **options) for m in measurements]
 
 

@@ -27,15 +27,25 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from aiportal import terminology
 from aiportal.errors import InputError
 from aiportal.export.statistics import clip_to_volume, crop_from_mask, extreme_points, max_pairwise_distance
 from aiportal.io.volumes import ijk_to_ras_matrix
+from aiportal.measure.lesions import (
+    CONNECTIVITY,
+    DEFAULT_MIN_LESION_MM3,
+    split_components,
+    tubularity,
+    vessel_terminology,
+)
 from aiportal.provenance import TAG_PREFIX
 from aiportal.segmentation import layer_on_grid, segment_ids, segment_mask, segment_voxel_counts, shape_kji
 
 SEGMENTATION_ID_ATTRIBUTE = TAG_PREFIX + "SegmentationID"
 SEGMENT_ID_ATTRIBUTE = TAG_PREFIX + "SegmentID"
 MEASUREMENT_ATTRIBUTE = TAG_PREFIX + "Measurement"
+LESION_ATTRIBUTE = TAG_PREFIX + "Lesion"
+VESSELS_FIX = "RECIST measures lesions, not vessels: measure it with aiportal measure --vessels {name}"
 
 OBLIQUE_TOLERANCE_DEG = 1.0
 _TIE_MM = 1e-6
@@ -56,6 +66,13 @@ class RecistMeasurement:
     volume_ml: float
     lymph_node: bool = False
     notes: list[str] = field(default_factory=list)
+    lesion_name: str = ""  # the segment's name, or "<segment> lesion N" when the segment holds several
+    lesion_index: int = 1  # N: lesions of a segment are numbered largest first
+    lesions_in_segment: int = 1
+    speckle_dropped: int = 0  # the segment's components under the minimum lesion size, not measured
+
+    def __post_init__(self) -> None:
+        self.lesion_name = self.lesion_name or self.segment_name
 
     @property
     def reported_mm(self) -> float:
@@ -91,7 +108,21 @@ class _LesionSlices:
     total: int  # voxels wherever they lie
 
 
-def _lesion_slices(segmentation_node, segment_id: str, volume_node) -> _LesionSlices:
+@dataclass
+class _SegmentCrop:
+    """A segment's voxels inside the volume, cropped to their bounding box."""
+
+    label: str  # names the segment in messages
+    segment_name: str
+    type_meaning: str | None  # its SNOMED type, when it has a terminology
+    linear: np.ndarray
+    translation: np.ndarray
+    mask: np.ndarray
+    origin: np.ndarray  # (k, j, i) of mask[0, 0, 0]
+    total: int  # voxels wherever they lie
+
+
+def _segment_crop_checked(segmentation_node, segment_id: str, volume_node) -> _SegmentCrop:
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise InputError(
@@ -103,25 +134,36 @@ def _lesion_slices(segmentation_node, segment_id: str, volume_node) -> _LesionSl
         raise InputError(f"{segmentation_node.GetName()} or {volume_node.GetName()} is transformed",
                          "harden the transforms (Data module) before measuring")
     ijk_to_ras = ijk_to_ras_matrix(volume_node)
-    linear, translation = ijk_to_ras[:3, :3], ijk_to_ras[:3, 3]
     crop, total = _segment_crop(segmentation_node, segment_id, volume_node, ijk_to_ras)
     if total == 0:
         raise InputError(f"{label} is empty", "paint the lesion (or pick another segment) before measuring")
     if crop is None:
         raise InputError(f"{label} lies entirely outside {volume_node.GetName()}",
                          "measure it on the image it was drawn on")
-    count = int(np.count_nonzero(crop[0]))
+    codes = terminology.deserialize(segment.GetTerminology())
+    return _SegmentCrop(label, segment.GetName(), codes.type.meaning if codes else None, ijk_to_ras[:3, :3],
+                        ijk_to_ras[:3, 3], crop[0], crop[1], total)
+
+
+def _slices_of(crop: _SegmentCrop, mask: np.ndarray, volume_node, label: str, total: int) -> _LesionSlices:
+    """The in-plane boundaries per axial slice of ``mask`` (a part of ``crop``, on its box)."""
+    count = int(np.count_nonzero(mask))
     if count == 1:
         raise InputError(f"{label} is a single voxel: it has no diameter", "segment the whole lesion")
     axis, normal, tilt_deg = axial_slices(volume_node)
-    spacing = np.linalg.norm(linear, axis=0)
-    slices = _slice_boundaries(*crop, 2 - axis)  # slice index -> boundary voxel indices (k, j, i)
+    spacing = np.linalg.norm(crop.linear, axis=0)
+    slices = _slice_boundaries(mask, crop.origin, 2 - axis)  # slice index -> boundary voxel indices (k, j, i)
     return _LesionSlices(
-        label=label, segment_name=segment.GetName(), linear=linear, axis=axis, normal=normal, tilt_deg=tilt_deg,
-        in_plane_voxel_mm=float(max(spacing[a] for a in range(3) if a != axis)),
-        ras={index: kji[:, ::-1] @ linear.T + translation for index, kji in slices.items()},
+        label=label, segment_name=crop.segment_name, linear=crop.linear, axis=axis, normal=normal,
+        tilt_deg=tilt_deg, in_plane_voxel_mm=float(max(spacing[a] for a in range(3) if a != axis)),
+        ras={index: kji[:, ::-1] @ crop.linear.T + crop.translation for index, kji in slices.items()},
         count=count, total=total,
     )
+
+
+def _lesion_slices(segmentation_node, segment_id: str, volume_node) -> _LesionSlices:
+    crop = _segment_crop_checked(segmentation_node, segment_id, volume_node)
+    return _slices_of(crop, crop.mask, volume_node, crop.label, crop.total)
 
 
 def axial_slices(volume_node) -> tuple[int, np.ndarray, float]:
@@ -150,8 +192,12 @@ def axes_on_slice(segmentation_node, segment_id: str, volume_node, slice_index: 
 
 
 def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_node: bool = False) -> RecistMeasurement:
-    """RECIST 1.1 long and short axes, maximum 3D diameter and volume of a segment on ``volume_node``'s grid."""
-    lesion = _lesion_slices(segmentation_node, segment_id, volume_node)
+    """RECIST 1.1 long and short axes, maximum 3D diameter and volume of a whole segment on ``volume_node``'s
+    grid, as one lesion (:func:`measure_lesions` measures each of its separate lesions)."""
+    return _measure(_lesion_slices(segmentation_node, segment_id, volume_node), segment_id, volume_node, lymph_node)
+
+
+def _measure(lesion: _LesionSlices, segment_id: str, volume_node, lymph_node: bool) -> RecistMeasurement:
     label, ras = lesion.label, lesion.ras
     hulls = {index: extreme_points(points) for index, points in ras.items()}
     longest = {index: _farthest_pair(hull) for index, hull in hulls.items()}
@@ -194,12 +240,79 @@ def measure_segment(segmentation_node, segment_id: str, volume_node, *, lymph_no
     )
 
 
+@dataclass
+class SegmentLesions:
+    """The separate lesions of one segment: measured, or refused with the reason."""
+
+    measurements: list[RecistMeasurement]
+    refused: dict[str, str]  # lesion (or segment) name -> why it is not measured
+    speckle_dropped: int = 0
+
+
+def measure_lesions(segmentation_node, segment_id: str, volume_node, *, lymph_node: bool = False,
+                    min_lesion_mm3: float = DEFAULT_MIN_LESION_MM3) -> SegmentLesions:
+    """RECIST 1.1 axes of each separate lesion of a segment (its 26-connected components of at least
+    ``min_lesion_mm3``; smaller ones are speckle, counted and dropped). A vessel is refused: by its
+    terminology, or any lesion whose shape is tubular (:mod:`aiportal.measure.lesions`)."""
+    crop = _segment_crop_checked(segmentation_node, segment_id, volume_node)
+    fix = VESSELS_FIX.format(name=crop.segment_name)
+    if vessel_terminology(crop.type_meaning):
+        return SegmentLesions([], {crop.segment_name: f"{crop.label} is coded as a vessel ({crop.type_meaning}) "
+                                                      f"— {fix}"})
+    voxel_mm3 = abs(float(np.linalg.det(crop.linear)))
+    components = split_components(crop.mask, voxel_mm3, min_lesion_mm3)
+    speckle = (f"{components.dropped} speckle component(s) under {min_lesion_mm3:.3g} mm³ "
+               f"({components.dropped_voxels} voxels) dropped") if components.dropped else ""
+    if components.count == 0:
+        return SegmentLesions([], {crop.segment_name: f"{crop.label} holds only {speckle}: no lesion of at least "
+                                                      f"{min_lesion_mm3:.3g} mm³ — lower --min-lesion-mm3"},
+                              components.dropped)
+    inside = int(np.count_nonzero(crop.mask))
+    measured, refused = [], {}
+    for index in range(1, components.count + 1):
+        several = components.count > 1
+        name = f"{crop.segment_name} lesion {index}" if several else crop.segment_name
+        label = f"{crop.label}, lesion {index} of {components.count}" if several else crop.label
+        mask = components.labels == index
+        shape = tubularity(mask, crop.linear)
+        if shape.tubular:
+            refused[name] = f"{label} is tubular: {shape.describe()} — {fix}"
+            continue
+        try:
+            measurement = _measure(_slices_of(crop, mask, volume_node, label, components.sizes[index - 1]),
+                                   segment_id, volume_node, lymph_node)
+        except InputError as error:
+            refused[name] = str(error)
+            continue
+        if inside < crop.total:
+            measurement.notes.insert(0, f"{crop.total - inside} of {crop.total} voxels of the segment lie outside "
+                                        f"{volume_node.GetName()}: only the part inside is measured")
+        if several:
+            measurement.notes.insert(0, f"lesion {index} of {components.count} separate lesions ({CONNECTIVITY}-"
+                                        f"connected) in segment {crop.segment_name}")
+        if speckle:
+            measurement.notes.append(speckle)
+        measurement.lesion_name, measurement.lesion_index = name, index
+        measurement.lesions_in_segment, measurement.speckle_dropped = components.count, components.dropped
+        measured.append(measurement)
+    return SegmentLesions(measured, refused, components.dropped)
+
+
+def lesion_masks(segmentation_node, segment_id: str, volume_node,
+                 min_lesion_mm3: float = DEFAULT_MIN_LESION_MM3) -> list[np.ndarray]:
+    """The masks of a segment's lesions on ``volume_node``'s grid, numbered as :func:`measure_lesions` does."""
+    mask = segment_mask(segmentation_node, segment_id, volume_node)
+    components = split_components(mask, abs(float(np.linalg.det(ijk_to_ras_matrix(volume_node)[:3, :3]))),
+                                  min_lesion_mm3)
+    return [components.labels == index for index in range(1, components.count + 1)]
+
+
 def add_axis_lines(scene, measurement: RecistMeasurement, segmentation_node, segment_id: str | None = None,
                    name_prefix: str | None = None):
     """Two Markups line nodes at the measured axes, named "<prefix> long axis" / "<prefix> short axis"
-    (prefix: the segment's name) and linked to the segment by node attributes."""
+    (prefix: the lesion's name, e.g. "liver lesion 2") and linked to the segment by node attributes."""
     segment_id = segment_id or measurement.segment_id
-    prefix = name_prefix or measurement.segment_name
+    prefix = name_prefix or measurement.lesion_name
     lines = []
     for kind, endpoints in (("long", measurement.long_axis_endpoints_ras),
                             ("short", measurement.short_axis_endpoints_ras)):
@@ -210,6 +323,7 @@ def add_axis_lines(scene, measurement: RecistMeasurement, segmentation_node, seg
         line.SetAttribute(SEGMENTATION_ID_ATTRIBUTE, segmentation_node.GetID())
         line.SetAttribute(SEGMENT_ID_ATTRIBUTE, segment_id)
         line.SetAttribute(MEASUREMENT_ATTRIBUTE, f"RECIST {kind} axis")
+        line.SetAttribute(LESION_ATTRIBUTE, str(measurement.lesion_index))
         lines.append(line)
     return lines[0], lines[1]
 
