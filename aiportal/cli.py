@@ -177,7 +177,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     request = PipelineRequest(input_path=args.input, model_id=args.model, out_dir=args.out, options=options,
                               params=_model_params(args), boxes=args.box or [], boxes_ras=args.box_ras or [],
                               series_uid=args.series, timeout_s=args.timeout, device=args.device,
-                              overwrite=args.overwrite, input_label=str(args.input))
+                              overwrite=args.overwrite, input_label=str(args.input), nan_as=args.nan_as)
     result = run_segmentation(request, progress=TerminalProgress())
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -197,17 +197,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     from aiportal.export.exporter import expected_outputs, export_to_folder
     from aiportal.io.volumes import load_volume
     from aiportal.outputs import check_output_folder
-    from aiportal.segmentation import load_segmentation, on_same_grid
+    from aiportal.segmentation import load_segmentation, require_same_grid
 
     options = _export_options(args)
     check_output_folder(args.out, expected_outputs(options.formats), args.overwrite)
     progress = TerminalProgress()
     progress(0.0, f"loading {args.source}")
-    loaded = load_volume(args.source, series_uid=args.series)
+    loaded = load_volume(args.source, series_uid=args.series, nan_as=args.nan_as)
+    _print_warnings(loaded.warnings)
     node = load_segmentation(args.segmentation)
-    if not on_same_grid(node, loaded.node):  # export maps voxels to the source images one to one
-        raise AIPortalError(f"{args.segmentation} was not made on the image grid of {args.source}",
-                            "give the source series or file the segmentation was made from")
+    require_same_grid(node, str(args.segmentation), loaded.node, str(args.source))
     exported = export_to_folder(node, loaded.node, loaded.source, args.out, options, overwrite=args.overwrite,
                                 modality=loaded.source.modality if loaded.source else None, progress=progress)
     _print_export(exported, args.out)
@@ -216,9 +215,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_measure(args: argparse.Namespace) -> int:
     from aiportal.io.volumes import load_volume
-    from aiportal.measure.report import measure_segmentation, write_axis_lines, write_measurements
+    from aiportal.measure.report import (
+        measure_segmentation,
+        measurement_warnings,
+        write_axis_lines,
+        write_measurements,
+    )
     from aiportal.outputs import check_output_folder, staged_output
-    from aiportal.segmentation import load_segmentation
+    from aiportal.segmentation import load_segmentation, require_same_grid
 
     outputs = ["measurements.json", "measurements.csv", "axes"]
     outputs += ["key_images"] if args.key_images else []
@@ -227,21 +231,29 @@ def cmd_measure(args: argparse.Namespace) -> int:
         raise AIPortalError("--prior needs --prior-volume (the volume the prior segmentation was made on)",
                             "add --prior-volume PRIOR_CT")
     check_output_folder(args.out, outputs, args.overwrite)
-    volume = load_volume(args.volume, series_uid=args.series).node
+    loaded = load_volume(args.volume, series_uid=args.series, nan_as=args.nan_as)
+    volume = loaded.node
     node = load_segmentation(args.segmentation)
+    require_same_grid(node, str(args.segmentation), volume, str(args.volume))  # as export: one check
     measurements, skipped = measure_segmentation(node, volume, segment_names=args.segments or None,
-                                                 lymph_nodes=tuple(args.lymph_nodes or ()))
+                                                 lymph_nodes=tuple(args.lymph_nodes or ()),
+                                                 **({} if args.min_lesion_mm3 is None
+                                                    else {"min_lesion_mm3": args.min_lesion_mm3}))
     follow_up = None
     if args.prior:
         from aiportal.measure.followup import compare_studies
 
-        prior_volume = load_volume(args.prior_volume).node
+        prior_loaded = load_volume(args.prior_volume, nan_as=args.nan_as)
+        loaded.warnings += prior_loaded.warnings
+        prior_volume = prior_loaded.node
+        prior_segmentation = load_segmentation(args.prior)
+        require_same_grid(prior_segmentation, str(args.prior), prior_volume, str(args.prior_volume))
         registration = None
         if args.register:
             from aiportal.register import register_volumes
 
             registration = register_volumes(volume, prior_volume)  # the current study is the fixed one
-        follow_up = compare_studies(load_segmentation(args.prior), prior_volume, node, volume,
+        follow_up = compare_studies(prior_segmentation, prior_volume, node, volume,
                                     registration=registration, lymph_nodes=tuple(args.lymph_nodes or ()),
                                     nadir_sum_mm=args.nadir)
     with staged_output(args.out, overwrite=args.overwrite) as staging:
@@ -255,17 +267,22 @@ def cmd_measure(args: argparse.Namespace) -> int:
             from aiportal.measure.followup import write_follow_up
 
             write_follow_up(follow_up, staging)
+    print(f"{len(measurements)} lesion(s) measured in {len({m.segment_id for m in measurements})} segment(s)")
     for m in measurements:
         kind = "node, short axis" if m.lymph_node else "long axis"
-        print(f"  {m.segment_name:<20} {m.reported_mm:8.1f} mm ({kind}); long {m.long_axis_mm:.1f} x short "
+        print(f"  {m.lesion_name:<20} {m.reported_mm:8.1f} mm ({kind}); long {m.long_axis_mm:.1f} x short "
               f"{m.short_axis_mm:.1f} mm on slice {m.slice_axis}={m.slice_index}; 3D {m.max_3d_diameter_mm:.1f} mm")
-    for name, reason in skipped.items():
-        print(f"  {name:<20} not measured: {reason}")
+    _print_warnings(loaded.warnings + measurement_warnings(measurements, skipped))
     if follow_up is not None:
         print(f"RECIST 1.1 response: {follow_up.assessment.response.value} ({follow_up.assessment.explanation})")
     print(f"wrote {args.out / 'measurements.json'}, measurements.csv and axis lines in {args.out / 'axes'}"
           + (", key images" if args.key_images else "") + (", followup.json/csv" if follow_up else ""))
     return 0
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
@@ -280,8 +297,10 @@ def cmd_register(args: argparse.Namespace) -> int:
     check_output_folder(args.out, outputs, args.overwrite)
     progress = TerminalProgress()
     progress(0.0, f"loading {args.fixed} and {args.moving}")
-    fixed = load_volume(args.fixed, series_uid=args.fixed_series).node
-    moving = load_volume(args.moving, series_uid=args.moving_series).node
+    fixed_loaded = load_volume(args.fixed, series_uid=args.fixed_series, nan_as=args.nan_as)
+    moving_loaded = load_volume(args.moving, series_uid=args.moving_series, nan_as=args.nan_as)
+    _print_warnings(fixed_loaded.warnings + moving_loaded.warnings)
+    fixed, moving = fixed_loaded.node, moving_loaded.node
     # read before registering, so a bad point file fails fast
     landmarks = read_landmark_pairs(*args.landmarks, fixed, moving) if args.landmarks else None
     result = register_volumes(fixed, moving, kind=args.type, metric=args.metric, initialization=args.init,
@@ -365,6 +384,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_nan_as(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nan-as", type=float, metavar="VALUE",
+                        help="replace NaN/Inf voxels of the input with VALUE (with a warning); default: refuse them")
+
+
 def _add_export_arguments(parser: argparse.ArgumentParser, default_formats: str = "nrrd,json") -> None:
     from aiportal.export.exporter import FORMATS
 
@@ -426,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(segment)
     add_segment_pacs_arguments(segment)
+    _add_nan_as(segment)
     segment.set_defaults(handler=cmd_segment)
 
     export = commands.add_parser("export", help="export an existing segmentation (seg.nrrd) of a source image")
@@ -435,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(export, default_formats="seg,sr")
+    _add_nan_as(export)
     export.set_defaults(handler=cmd_export)
 
     measure = commands.add_parser("measure", help="RECIST 1.1 long/short axes of each segment")
@@ -449,8 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--register", action="store_true",
                          help="align the prior volume to the current one first (else: same frame of reference)")
     measure.add_argument("--nadir", type=float, help="smallest sum of diameters so far (mm), if below baseline")
+    measure.add_argument("--min-lesion-mm3", type=float,
+                         help="separate lesions smaller than this are speckle, dropped and counted "
+                              "(default 14.1 mm³: a 3 mm sphere)")
     measure.add_argument("--out", type=Path, required=True, help="output folder")
     measure.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    _add_nan_as(measure)
     measure.set_defaults(handler=cmd_measure)
 
     register = commands.add_parser("register", help="align a moving volume to a fixed one")
@@ -469,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
     register.add_argument("--out", type=Path, required=True, help="output folder")
     register.add_argument("--no-resample", action="store_true", help="do not write the resampled moving volume")
     register.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
+    _add_nan_as(register)
     register.set_defaults(handler=cmd_register)
 
     audit = commands.add_parser("audit", help="read, verify or add to the audit trail")

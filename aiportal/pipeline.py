@@ -41,6 +41,7 @@ class PipelineRequest:
     user: str = ""  # who asked (an API key id or token subject); default: the provenance's user
     input_label: str = ""  # how run.json and the audit name the input (a server never records a client's file name)
     via: str = "cli"  # the face that ran it, kept in the audit record
+    nan_as: float | None = None  # NaN/Inf voxels: refused (None) or replaced by this value, with a warning
 
 
 @dataclass
@@ -94,7 +95,7 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
     try:
         progress(0.0, f"loading {label}")
         with SCENE_LOCK:
-            loaded = load_volume(request.input_path, runtime, series_uid=request.series_uid)
+            loaded = load_volume(request.input_path, runtime, series_uid=request.series_uid, nan_as=request.nan_as)
             check_export_possible(loaded.source, loaded.node, request.options)  # before a model that may run long
             modality = loaded.source.modality if loaded.source else None
             job = SegmentationJob(loaded.node, request.model_id, params=_model_params(request, loaded.node),

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from aiportal.background import BackgroundJob, JobState, JobStatus  # noqa: F401 - JobStatus is part of this API
-from aiportal.errors import AIPortalError
+from aiportal.errors import AIPortalError, InputError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import Catalog, ModelEntry, get_catalog
 from aiportal.models.devices import DEVICES, check_device, resolve_device  # noqa: F401 - DEVICES is part of this API
@@ -73,6 +73,7 @@ class SegmentationJob(BackgroundJob):
         self.runtime = runtime or get_runtime()
         catalog = catalog or get_catalog()
         self.model = catalog.get(model_id)
+        _check_dimensions(volume_node, self.model, input_name or volume_node.GetName())
         self._backend_ref = catalog.backend_ref(model_id)
         self.executor, self.timeout_s = executor, timeout_s
         self.requested_device = check_device(device)
@@ -164,3 +165,20 @@ def show_segmentation_3d(segmentation_node, show: bool = True) -> None:
     display = segmentation_node.GetDisplayNode()
     if display is not None:
         display.SetVisibility3D(show)
+
+
+MIN_SLICES_3D = 3  # a 3D model's neighbourhood (3x3x3 kernels, morphology, sliding windows) needs at least this
+
+
+def _check_dimensions(volume_node, model: ModelEntry, label: str) -> None:
+    """A 3D model given one or two slices makes a 3D answer of no meaning (a "body" of 73 mL from the two
+    lungmask slices): refused, unless the catalog says the model works slice by slice."""
+    dimensions = volume_node.GetImageData().GetDimensions()
+    thin = [size for size in dimensions if size < MIN_SLICES_3D]
+    if not thin or (model.single_slice and len(thin) == 1):
+        return
+    shape = " x ".join(str(size) for size in dimensions)
+    what = "a single 2D slice" if min(dimensions) == 1 else f"only {min(dimensions)} slices"
+    raise InputError(f"{label} is {what} ({shape} voxels) but {model.id} is a 3D model that needs at least "
+                     f"{MIN_SLICES_3D} slices", "give the whole series (all its slices: the DICOM folder or the "
+                     "3D file), or a model that works slice by slice")

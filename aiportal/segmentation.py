@@ -275,6 +275,15 @@ def on_same_grid(segmentation_node, volume_node, tolerance_mm: float = 1e-3) -> 
     )
 
 
+def require_same_grid(segmentation_node, segmentation_label: str, volume_node, volume_label: str) -> None:
+    """Refuse a segmentation that was not made on this volume's voxel grid (export maps voxels to the source
+    images one to one; RECIST measured on another grid is not the lesion the reader sees)."""
+    if not on_same_grid(segmentation_node, volume_node):
+        raise InputError(f"{segmentation_label} was not made on the image grid of {volume_label}",
+                         "give the series or file the segmentation was made from (or resample the segmentation "
+                         "onto this volume first)")
+
+
 def vtk_matrix_to_array(matrix: vtk.vtkMatrix4x4) -> np.ndarray:
     return np.array([[matrix.GetElement(row, column) for column in range(4)] for row in range(4)])
 

@@ -229,12 +229,81 @@ def load_volume(
     name: str | None = None,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
+    nan_as: float | None = None,
 ) -> LoadedVolume:
     """Load a DICOM folder or file, NIfTI, NRRD or MetaImage volume into the scene.
 
     The node is placed under a study in the subject hierarchy (:func:`place_in_study`).
     DICOM volumes carry Slicer's ``DICOM.instanceUIDs`` attribute and their :class:`SourceSeries`.
+    Voxels that are not numbers (NaN, ±Inf) are refused, or with ``nan_as`` set to that value with a warning.
     """
+    loaded = _load_any(path, runtime, series_uid=series_uid, name=name, progress=progress, cancel=cancel)
+    try:
+        nifti = volume_file_suffix(loaded.path) in (".nii", ".nii.gz") and loaded.path.is_file()
+        warning = replace_non_finite(loaded.node, str(loaded.path), nan_as,
+                                     _nifti_non_finite_ras(loaded.path) if nifti else None)
+    except InputError:
+        loaded.node.GetScene().RemoveNode(loaded.node)
+        raise
+    if warning:
+        loaded.warnings.append(warning)
+    return loaded
+
+
+def replace_non_finite(node, label: str, nan_as: float | None, known_ras: np.ndarray | None = None) -> str | None:
+    """Refuse a volume with NaN/Inf voxels (no model, statistic or threshold means anything on them), or set
+    them to ``nan_as``; returns the warning that says how many were replaced, or None when there were none.
+    ``known_ras``: positions (RAS) of voxels the file held as NaN/Inf but the reader already changed."""
+    image = node.GetImageData()
+    scalars = image.GetPointData().GetScalars() if image is not None else None
+    if scalars is None:
+        return None
+    values = numpy_support.vtk_to_numpy(scalars)  # a view: replaced in place
+    bad = ~np.isfinite(values) if values.dtype.kind == "f" else np.zeros(values.shape, bool)
+    if known_ras is not None and len(known_ras):
+        i, j, k = (np.linalg.inv(ijk_to_ras_matrix(node)) @ np.c_[known_ras, np.ones(len(known_ras))].T)[:3]
+        dims = image.GetDimensions()
+        index = np.rint([i, j, k]).astype(np.int64)
+        inside = np.all((index >= 0) & (index < np.array(dims)[:, None]), axis=0)
+        flat = index[0] + dims[0] * (index[1] + dims[1] * index[2])  # voxel order: i fastest
+        bad[flat[inside]] = True
+    count = int(np.count_nonzero(bad.reshape(len(values), -1).any(axis=1)))
+    if not count:
+        return None
+    if nan_as is None:
+        raise InputError(f"{label} has {count} of {len(values)} voxels that are not numbers (NaN or Inf)",
+                         "fix the file, or pass --nan-as VALUE (e.g. --nan-as -1024 for CT air) to replace them")
+    values[bad] = nan_as
+    scalars.Modified()
+    image.Modified()
+    return f"{count} of {len(values)} voxels of {label} were not numbers (NaN or Inf): set to {nan_as:g} (--nan-as)"
+
+
+def _nifti_non_finite_ras(path: Path) -> np.ndarray | None:
+    """RAS positions of a NIfTI's NaN/Inf voxels, read from the file: ITK's reader sets them to 0 silently."""
+    import nibabel
+    from nibabel.affines import apply_affine
+
+    image = nibabel.load(str(path))
+    data = np.asarray(image.dataobj)
+    if data.dtype.kind != "f":
+        return None
+    bad = ~np.isfinite(data)
+    if not bad.any():
+        return None
+    bad = bad.reshape(*bad.shape[:3], -1).any(axis=-1) if bad.ndim > 3 else bad
+    return apply_affine(image.affine, np.argwhere(bad))
+
+
+def _load_any(
+    path,
+    runtime: SlicerRuntime | None,
+    *,
+    series_uid: str | None,
+    name: str | None,
+    progress: ProgressCallback,
+    cancel: CancelToken | None,
+) -> LoadedVolume:
     if runtime is None:
         from aiportal.runtime import get_runtime
 

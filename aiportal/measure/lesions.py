@@ -5,8 +5,9 @@
   lesion into pieces and count its rim voxels as extra "lesions". Two lesions that touch at a corner are
   rare, and a reader would not separate them by calipers either.
 - **Minimum size.** Components under ``DEFAULT_MIN_LESION_MM3`` (a sphere of 3 mm diameter: far below the
-  10 mm RECIST measurability limit, so no lesion a reader could measure is lost) are speckle of the model
-  or the brush and are dropped; how many is said in the notes.
+  10 mm RECIST measurability limit, so no lesion a reader could measure is lost) or of a single voxel (on
+  coarse grids: it has no diameter) are speckle of the model or the brush and are dropped; how many is said
+  in the notes and warnings.
 - **Tubularity.** The length of the longest path inside the mask (geodesic diameter, two Dijkstra sweeps
   on the 26-neighbour voxel graph, in mm) against the mean diameter of a cylinder of that length holding
   the mask's volume, ``2·sqrt(V / (π·L))``. A sphere has a ratio of 1.2; kidneys, spleen, liver and gall
@@ -51,12 +52,12 @@ class Components:
 
 
 def split_components(mask: np.ndarray, voxel_mm3: float, min_lesion_mm3: float = DEFAULT_MIN_LESION_MM3) -> Components:
-    """Label the 26-connected components of ``mask``; keep those of at least ``min_lesion_mm3`` (at least one
-    voxel), largest first (ties: the one met first in (k, j, i) order)."""
+    """Label the 26-connected components of ``mask``; keep those of at least ``min_lesion_mm3`` and two voxels,
+    largest first (ties: the one met first in (k, j, i) order)."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = sorted(range(count), key=lambda index: -sizes[index])  # stable: first met first among equals
-    min_voxels = max(1, math.ceil(min_lesion_mm3 / voxel_mm3 - 1e-9))
+    min_voxels = max(2, math.ceil(min_lesion_mm3 / voxel_mm3 - 1e-9))  # one voxel has no diameter
     kept = [index for index in order if sizes[index] >= min_voxels]
     relabel = np.zeros(count + 1, np.int32)
     relabel[[index + 1 for index in kept]] = np.arange(1, len(kept) + 1)

@@ -261,7 +261,7 @@ def measure_lesions(segmentation_node, segment_id: str, volume_node, *, lymph_no
                                                       f"— {fix}"})
     voxel_mm3 = abs(float(np.linalg.det(crop.linear)))
     components = split_components(crop.mask, voxel_mm3, min_lesion_mm3)
-    speckle = (f"{components.dropped} speckle component(s) under {min_lesion_mm3:.3g} mm³ "
+    speckle = (f"{components.dropped} speckle component(s) under {min_lesion_mm3:.3g} mm³ or of one voxel "
                f"({components.dropped_voxels} voxels) dropped") if components.dropped else ""
     if components.count == 0:
         return SegmentLesions([], {crop.segment_name: f"{crop.label} holds only {speckle}: no lesion of at least "

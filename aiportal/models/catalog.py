@@ -78,6 +78,7 @@ class ModelEntry:
     references: tuple[str, ...] = field(default_factory=tuple)
     environment: str = "main"  # the Python environment it runs in (aiportal.models.envs)
     memory_gb: float = 0.0  # working memory it needs beyond the input (checked before a run)
+    single_slice: bool = False  # a per-slice (2D) model that may segment one slice alone; 3D models may not
 
     def label(self, value: int) -> LabelSpec:
         for spec in self.labels:
