@@ -182,3 +182,38 @@ def test_measurement_table_node_and_report_text(shared_data, runtime):
     assert add_measurement_table(runtime.scene, [], table_node=table) is table and table.GetNumberOfRows() == 0
     text = report_text([measured])
     assert f"{measured.long_axis_mm:.1f} mm long axis" in text and "Sum of diameters" in text
+
+
+def test_sr_tracks_each_lesion_of_a_multi_lesion_segment(shared_data, runtime, tmp_path):
+    """A segment of two separate lesions on the real 3-slice CT: two RECIST groups, each with its own
+    tracking id and UID (the same on every export), referencing the one SEG segment; dciodvfy passes."""
+    from test_dicom_export import provenance
+
+    from aiportal.measure.recist import measure_lesions
+    from aiportal.models.backend import LabelMapResult
+    from aiportal.segmentation import import_label_map
+
+    ct = load_volume(shared_data / SEGMENTATIONS / "ct-3slice", runtime)
+    labels = dcmqi_labels(shared_data / EXAMPLES / "seg-example_liver_spine.json")[:1]
+    two = np.zeros(tuple(reversed(ct.node.GetImageData().GetDimensions())), np.uint8)
+    two[:, 100:140, 100:150] = labels[0].value
+    two[:, 300:330, 300:320] = labels[0].value
+    node = import_label_map(LabelMapResult(layers=[two]), labels, ct.node, provenance(), runtime=runtime)
+    source = export_source(ct.source, ct.node)
+    seg = write_seg(node, ct.node, source, tmp_path / "seg.dcm")
+    axes = measure_lesions(node, segment_ids(node)[0], ct.node).measurements
+    assert [m.lesion_index for m in axes] == [1, 2]
+    statistics = compute_statistics(node, ct.node, modality="CT")
+    written = write_sr(statistics, None, seg, seg.path, source, tmp_path / "sr.dcm", axes=axes)
+    assert dciodvfy_errors(written.path) == []
+    report = hd.sr.srread(written.path)
+    linear = report.content.get_image_measurement_groups()
+    assert len(linear) == 2 and len({g.tracking_uid for g in linear}) == 2
+    assert sorted(str(g.tracking_identifier) for g in linear) == [
+        f"{seg.tracking_ids[axes[0].segment_id]} lesion {n}" for n in (1, 2)]
+    assert seg.tracking_uids[axes[0].segment_id] not in {g.tracking_uid for g in linear}
+    again = write_sr(statistics, None, seg, seg.path, source, tmp_path / "again.dcm", axes=axes)
+    assert {g.tracking_uid for g in hd.sr.srread(again.path).content.get_image_measurement_groups()} == {
+        g.tracking_uid for g in linear}
+    long_axes = sorted(float(g.get_measurements(name=codes.SCT.LongAxis)[0].value) for g in linear)
+    assert long_axes == pytest.approx(sorted(sr_number(m.long_axis_mm) for m in axes))
