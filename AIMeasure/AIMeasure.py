@@ -217,8 +217,8 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             table = self.logic.process(p.inputSegmentation, p.inputVolume, self._selectedSegmentID(), p.lymphNode)
             self.ui.resultsTableView.setMRMLTableNode(table)
-            skipped = self.logic.skipped
-            self.ui.statusLabel.text = "\n".join(f"{name}: {why}" for name, why in skipped.items()) or _("Measured.")
+            self.ui.statusLabel.text = "\n".join(self.logic.warnings()) or _("Measured {count} lesion(s).").format(
+                count=len(self.logic.measurements))
 
     # -- copilot ---------------------------------------------------------------------------------
     def _observeLine(self, lineNode) -> None:
@@ -303,14 +303,14 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         Measure one segment (or all) of inputSegmentation on inputVolume, place the axis lines and
         return the results table node.
         """
-        from aiportal.measure.recist import add_axis_lines, measure_segment
+        from aiportal.measure.recist import add_axis_lines, measure_lesions
         from aiportal.measure.report import add_measurement_table, measure_segmentation
 
         if not inputSegmentation or not inputVolume:
             raise ValueError(_("Select a segmentation and a volume."))
-        if segmentID:
-            self.measurements = [measure_segment(inputSegmentation, segmentID, inputVolume, lymph_node=lymphNode)]
-            self.skipped = {}
+        if segmentID:  # each separate lesion of the segment; vessels are refused (see warnings())
+            lesions = measure_lesions(inputSegmentation, segmentID, inputVolume, lymph_node=lymphNode)
+            self.measurements, self.skipped = lesions.measurements, lesions.refused
         else:
             self.measurements, self.skipped = measure_segmentation(inputSegmentation, inputVolume)
         scene = inputSegmentation.GetScene()
@@ -318,6 +318,12 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
             add_axis_lines(scene, measurement, inputSegmentation)
         table = scene.GetFirstNodeByName("RECIST measurements")
         return add_measurement_table(scene, self.measurements, table_node=table if table else None)
+
+    def warnings(self) -> list[str]:
+        """What the reader must know about the last measurement: lesions split, speckle dropped, refusals."""
+        from aiportal.measure.report import measurement_warnings
+
+        return measurement_warnings(self.measurements, self.skipped)
 
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""

@@ -463,7 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nan_as(export)
     export.set_defaults(handler=cmd_export)
 
-    measure = commands.add_parser("measure", help="RECIST 1.1 long/short axes of each segment")
+    measure = commands.add_parser("measure", help="RECIST 1.1 axes of each lesion (separate part of a segment)")
     measure.add_argument("segmentation", type=Path, help="a .seg.nrrd made on the volume")
     measure.add_argument("--volume", type=Path, required=True, help="its volume: DICOM folder/file, NIfTI or NRRD")
     measure.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
