@@ -45,7 +45,7 @@ SEGMENTATION_ID_ATTRIBUTE = TAG_PREFIX + "SegmentationID"
 SEGMENT_ID_ATTRIBUTE = TAG_PREFIX + "SegmentID"
 MEASUREMENT_ATTRIBUTE = TAG_PREFIX + "Measurement"
 LESION_ATTRIBUTE = TAG_PREFIX + "Lesion"
-VESSELS_FIX = "RECIST measures lesions, not vessels: measure it with aiportal measure --vessels {name}"
+VESSELS_FIX = "RECIST measures lesions, not vessels or other tubes: for a vessel use aiportal measure --vessels {name}"
 
 OBLIQUE_TOLERANCE_DEG = 1.0
 _TIE_MM = 1e-6
