@@ -328,7 +328,12 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""
         from aiportal.measure.copilot import check_line_node, line_kind
-        from aiportal.measure.recist import SEGMENT_ID_ATTRIBUTE, SEGMENTATION_ID_ATTRIBUTE, measure_segment
+        from aiportal.measure.recist import (
+            LESION_ATTRIBUTE,
+            SEGMENT_ID_ATTRIBUTE,
+            SEGMENTATION_ID_ATTRIBUTE,
+            measure_lesions,
+        )
 
         if lineNode.GetAttribute(SEGMENTATION_ID_ATTRIBUTE) == segmentation.GetID():
             segmentID = lineNode.GetAttribute(SEGMENT_ID_ATTRIBUTE) or segmentID
@@ -338,14 +343,18 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         modified = segmentation.GetSegmentation().GetSegment(segmentID).GetRepresentation(
             slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()).GetMTime()
         if self._recistCache.get(key, (None, None))[0] != modified:
-            self._recistCache[key] = (modified, measure_segment(segmentation, segmentID, volume))
+            self._recistCache[key] = (modified, measure_lesions(segmentation, segmentID, volume).measurements)
+        lesions = self._recistCache[key][1]
+        # the line's own lesion (axis lines carry it); else the copilot takes the lesion nearest the line
+        index = lineNode.GetAttribute(LESION_ATTRIBUTE)
+        recist = next((m for m in lesions if index and str(m.lesion_index) == index), None)
         longAxis = None
         if line_kind(lineNode) == "short":  # its partner long axis, when the reader drew one
             longAxis = next((node for node in slicer.util.getNodesByClass("vtkMRMLMarkupsLineNode")
                              if node is not lineNode and node.GetAttribute(SEGMENT_ID_ATTRIBUTE) == segmentID
+                             and node.GetAttribute(LESION_ATTRIBUTE) == lineNode.GetAttribute(LESION_ATTRIBUTE)
                              and line_kind(node) == "long"), None)
-        return check_line_node(lineNode, segmentation, segmentID, volume, long_axis_node=longAxis,
-                               recist=self._recistCache[key][1])
+        return check_line_node(lineNode, segmentation, segmentID, volume, long_axis_node=longAxis, recist=recist)
 
     def applySuggestion(self, lineNode, check) -> None:
         from aiportal.measure.copilot import apply_suggestion

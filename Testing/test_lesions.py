@@ -171,3 +171,16 @@ def test_real_single_lesions_stay_single_and_compact(runtime, shared_data, case)
     (measured,) = lesions.measurements
     assert measured.lesion_name == "Label_1" and measured.lesions_in_segment == 1
     assert measured.long_axis_mm == measure_segment(node, segment_id, image).long_axis_mm
+
+
+def test_copilot_checks_a_line_against_the_lesion_it_is_drawn_on(runtime, shared_data):
+    """On brain1's two-lesion label, a caliper on the small lesion is checked against that lesion, not
+    against the segment as a whole (whose long axis is the big lesion's)."""
+    from aiportal.measure.copilot import check_line
+
+    image, _, node, segment_id = _pyradiomics(runtime, shared_data, "brain1")
+    big, small = measure_lesions(node, segment_id, image).measurements
+    check = check_line(node, segment_id, image, small.long_axis_endpoints_ras, kind="long")
+    assert check.recist.lesion_name == "Label_1 lesion 2" and check.ok, check.summary()
+    assert check.suggested_length_mm == pytest.approx(small.long_axis_mm, abs=1e-9)
+    assert check_line(node, segment_id, image, big.long_axis_endpoints_ras, kind="long").recist.lesion_index == 1

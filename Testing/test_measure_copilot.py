@@ -12,7 +12,7 @@ from test_recist import _brute_short_axis, _pyradiomics, _slice_boundary_ras
 from aiportal.errors import InputError
 from aiportal.io.volumes import ijk_to_ras_matrix
 from aiportal.measure.copilot import apply_suggestion, check_line, check_line_node
-from aiportal.measure.recist import add_axis_lines, measure_segment
+from aiportal.measure.recist import add_axis_lines, lesion_masks, measure_lesions
 
 CASES = ["brain1", "brain2", "breast1"]
 
@@ -39,11 +39,13 @@ def lesion(request, shared_data):
     from aiportal.runtime import build_headless_runtime
 
     runtime = build_headless_runtime()
-    image, mask, node, segment_id = _pyradiomics(runtime, shared_data, request.param)
+    image, _, node, segment_id = _pyradiomics(runtime, shared_data, request.param)
     matrix = ijk_to_ras_matrix(image)
     normal = np.cross(matrix[:3, 0], matrix[:3, 1])
-    yield image, mask, node, segment_id, matrix, normal / np.linalg.norm(normal), measure_segment(
-        node, segment_id, image)
+    # the largest lesion of the label (brain1's holds two): the copilot checks a line against its own lesion
+    mask = lesion_masks(node, segment_id, image)[0]
+    yield image, mask, node, segment_id, matrix, normal / np.linalg.norm(normal), measure_lesions(
+        node, segment_id, image).measurements[0]
     runtime.scene.Clear(1)
 
 

@@ -32,6 +32,7 @@ from aiportal.measure.recist import (
     axes_on_slice,
     axial_slices,
     lesion_slice_indices,
+    measure_lesions,
     measure_segment,
 )
 
@@ -103,7 +104,8 @@ def check_line(segmentation_node, segment_id: str, volume_node, endpoints_ras: S
     placed_length = float(np.linalg.norm(placed[1] - placed[0]))
     if placed_length == 0.0:
         raise InputError("The line has both endpoints at the same place", "drag one endpoint across the lesion")
-    recist = recist or measure_segment(segmentation_node, segment_id, volume_node)
+    recist = recist or _nearest_lesion(segmentation_node, segment_id, volume_node, placed)
+    lesion_index = recist.lesion_index if recist.lesions_in_segment > 1 else None  # one lesion of several
     axis, normal, _ = axial_slices(volume_node)
     ijk_to_ras = ijk_to_ras_matrix(volume_node)
     ras_to_ijk = np.linalg.inv(ijk_to_ras)
@@ -126,8 +128,8 @@ def check_line(segmentation_node, segment_id: str, volume_node, endpoints_ras: S
         flags.append(f"the line is {off_slice:.1f} mm off the plane of slice {slice_name}")
 
     suggestion = None
-    if slice_index in lesion_slice_indices(segmentation_node, segment_id, volume_node):
-        suggestion = axes_on_slice(segmentation_node, segment_id, volume_node, slice_index)
+    if slice_index in lesion_slice_indices(segmentation_node, segment_id, volume_node, lesion_index):
+        suggestion = axes_on_slice(segmentation_node, segment_id, volume_node, slice_index, lesion_index)
     else:
         flags.append(f"the lesion is not on slice {slice_name}: the exact axes are on slice "
                      f"{recist.slice_axis}={recist.slice_index}")
@@ -214,6 +216,16 @@ def apply_suggestion(line_node, check: LineCheck) -> None:
 
 
 # -- geometry ------------------------------------------------------------------------------------
+def _nearest_lesion(segmentation_node, segment_id: str, volume_node, placed: np.ndarray) -> RecistMeasurement:
+    """The lesion of the segment whose long axis's middle is nearest the placed line's middle (the whole
+    segment when none of its lesions can be measured: its own error then says why)."""
+    lesions = measure_lesions(segmentation_node, segment_id, volume_node).measurements
+    if not lesions:
+        return measure_segment(segmentation_node, segment_id, volume_node)
+    middle = placed.mean(axis=0)
+    return min(lesions, key=lambda m: float(np.linalg.norm(np.mean(m.long_axis_endpoints_ras, axis=0) - middle)))
+
+
 def _as_slice_axes(measurement: RecistMeasurement) -> SliceAxes:
     return SliceAxes(measurement.slice_axis, measurement.slice_index, measurement.long_axis_mm,
                      measurement.short_axis_mm, measurement.long_axis_endpoints_ras,

@@ -161,9 +161,16 @@ def _slices_of(crop: _SegmentCrop, mask: np.ndarray, volume_node, label: str, to
     )
 
 
-def _lesion_slices(segmentation_node, segment_id: str, volume_node) -> _LesionSlices:
+def _lesion_slices(segmentation_node, segment_id: str, volume_node, lesion_index: int | None = None) -> _LesionSlices:
+    """The whole segment's slices, or those of its lesion ``lesion_index`` (numbered as :func:`measure_lesions`)."""
     crop = _segment_crop_checked(segmentation_node, segment_id, volume_node)
-    return _slices_of(crop, crop.mask, volume_node, crop.label, crop.total)
+    if lesion_index is None:
+        return _slices_of(crop, crop.mask, volume_node, crop.label, crop.total)
+    components = split_components(crop.mask, abs(float(np.linalg.det(crop.linear))))
+    if not 1 <= lesion_index <= components.count:
+        raise InputError(f"{crop.label} has no lesion {lesion_index}", f"it has {components.count} lesion(s)")
+    mask = components.labels == lesion_index
+    return _slices_of(crop, mask, volume_node, f"{crop.label}, lesion {lesion_index}", int(mask.sum()))
 
 
 def axial_slices(volume_node) -> tuple[int, np.ndarray, float]:
@@ -172,14 +179,16 @@ def axial_slices(volume_node) -> tuple[int, np.ndarray, float]:
     return _axial_axis(ijk_to_ras_matrix(volume_node)[:3, :3])
 
 
-def lesion_slice_indices(segmentation_node, segment_id: str, volume_node) -> list[int]:
-    """The axial slices (indices along the slice axis) that hold the segment."""
-    return sorted(_lesion_slices(segmentation_node, segment_id, volume_node).ras)
+def lesion_slice_indices(segmentation_node, segment_id: str, volume_node, lesion_index: int | None = None) -> list[int]:
+    """The axial slices (indices along the slice axis) that hold the segment (or its lesion ``lesion_index``)."""
+    return sorted(_lesion_slices(segmentation_node, segment_id, volume_node, lesion_index).ras)
 
 
-def axes_on_slice(segmentation_node, segment_id: str, volume_node, slice_index: int) -> SliceAxes:
-    """Exact RECIST long and short axes of the segment on one axial slice (lengths 0 where it is one voxel)."""
-    lesion = _lesion_slices(segmentation_node, segment_id, volume_node)
+def axes_on_slice(segmentation_node, segment_id: str, volume_node, slice_index: int,
+                  lesion_index: int | None = None) -> SliceAxes:
+    """Exact RECIST long and short axes of the segment (or its lesion ``lesion_index``) on one axial slice
+    (lengths 0 where it is one voxel)."""
+    lesion = _lesion_slices(segmentation_node, segment_id, volume_node, lesion_index)
     if slice_index not in lesion.ras:
         raise InputError(f"{lesion.label} is not on slice {_AXIS_NAMES[lesion.axis]}={slice_index}",
                          f"it is on slices {min(lesion.ras)} to {max(lesion.ras)}")
