@@ -285,9 +285,9 @@ def _nifti_non_finite_ras(path: Path) -> np.ndarray | None:
     from nibabel.affines import apply_affine
 
     image = nibabel.load(str(path))
-    data = np.asarray(image.dataobj)
-    if data.dtype.kind != "f":
+    if image.get_data_dtype().kind != "f":  # integers stored (CT, label maps): always numbers, not read twice
         return None
+    data = np.asarray(image.dataobj)
     bad = ~np.isfinite(data)
     if not bad.any():
         return None
