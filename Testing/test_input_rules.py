@@ -117,3 +117,15 @@ def test_cli_measure_reports_each_lesion_and_follows_them(brain1_seg, shared_dat
     assert [(row["lesion"], row["status"]) for row in follow_up["lesions"]] == [
         ("Label_1 lesion 1", "matched"), ("Label_1 lesion 2", "matched")]
     assert follow_up["response"]["response"] == "SD"
+
+
+def test_the_server_pipeline_refuses_the_same_inputs(nan_ct, shared_data, tmp_path):
+    """Every server job (upload or PACS) runs aiportal.pipeline: the rules hold there without the CLI."""
+    from aiportal.pipeline import PipelineRequest, run_segmentation
+
+    with pytest.raises(InputError, match="not numbers"):
+        run_segmentation(PipelineRequest(nan_ct, "classic-ct", tmp_path / "a", executor="thread", via="server"))
+    with pytest.raises(InputError, match="is only 2 slices"):
+        run_segmentation(PipelineRequest(shared_data / "lungmask" / "testdata", "classic-ct", tmp_path / "b",
+                                         executor="thread", via="server"))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
