@@ -153,6 +153,74 @@ def test_widget_members_exist_in_the_headers(module, version):
     assert not missing, f"{module} uses what Slicer {version} does not declare: {missing}"
 
 
+# What the application object hands out (qSlicerLayoutManager's header is not in the reference; its base is).
+APP_RETURNS = {"slicer.app.layoutManager()": "qMRMLLayoutManager"}
+
+
+def _typed_calls(module: str, classes: dict) -> list[tuple[str, str, int]]:
+    """(class, member, line) for each method call on a qMRML/CTK object the code reaches from slicer.app:
+    the object's class follows the return types the headers declare (layoutManager.threeDWidget(i) is a
+    qMRMLThreeDWidget, its threeDController() a qMRMLThreeDViewControllerWidget, ...), through variables."""
+    tree = ast.parse(module_source(module))
+    assignments: dict[str, list[ast.expr]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            assignments.setdefault(node.targets[0].id, []).append(node.value)
+
+    def class_of(expression: ast.expr, seen: frozenset = frozenset()) -> str | None:
+        if isinstance(expression, ast.IfExp):
+            return class_of(expression.body, seen)
+        if ast.unparse(expression) in APP_RETURNS:
+            return APP_RETURNS[ast.unparse(expression)]
+        if isinstance(expression, ast.Name) and expression.id not in seen:
+            found = {class_of(value, seen | {expression.id}) for value in assignments.get(expression.id, [])}
+            return found.pop() if len(found) == 1 else None
+        if isinstance(expression, ast.Call) and isinstance(expression.func, ast.Attribute):
+            owner = class_of(expression.func.value, seen)
+            chain, _ = widget_headers.chain(classes, owner) if owner else ([], None)
+            return next((c.returns[expression.func.attr] for c in chain if expression.func.attr in c.returns), None)
+        return None
+
+    uses, called = [], set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            called.add(id(node.func))
+            owner = class_of(node.func.value)
+            if owner in classes and node.func.attr == "connect" and node.args and \
+                    isinstance(node.args[0], ast.Constant):
+                uses.append((owner, node.args[0].value, node.lineno, "signal"))
+            elif owner in classes:
+                uses.append((owner, node.func.attr, node.lineno, "call"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and id(node) not in called and (owner := class_of(node.value)) in classes:
+            uses.append((owner, node.attr, node.lineno, "attribute"))
+    return uses
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_view_and_layout_calls_exist_in_the_headers(module):
+    classes = widget_headers.widget_classes("5.12")
+    missing = []
+    for owner, member, line, how in _typed_calls(module, classes):
+        chain, qt_class = widget_headers.chain(classes, owner)
+        if how == "signal":
+            declared = set().union(*(c.signals for c in chain)) | _qt_signals(qt_class)
+            if widget_headers.normalise(member) not in declared:
+                missing.append(f"line {line}: {owner} signal {member}")
+        elif member not in set().union(*(c.members() for c in chain)) | _qt_members(qt_class):
+            missing.append(f"line {line}: {owner}.{member} ({how})")
+    assert not missing, f"{module} calls what Slicer 5.12's headers do not declare: {missing}"
+
+
+def test_view_calls_are_found():
+    """The inference above does reach the 3D-view button code (else the test before checks nothing)."""
+    uses = {(owner, member) for owner, member, _, _ in
+            _typed_calls("AISegmentPortal", widget_headers.widget_classes("5.12"))}
+    assert {("qMRMLLayoutManager", "threeDWidget"), ("qMRMLThreeDWidget", "threeDController"),
+            ("qMRMLThreeDViewControllerWidget", "barWidget"), ("qMRMLLayoutManager", "threeDViewCount"),
+            ("qMRMLLayoutManager", "layoutChanged(int)")} <= uses, uses
+
+
 # --- slicer.util / slicer.packaging -------------------------------------------------------------------------
 
 

@@ -25,6 +25,7 @@ class WidgetClass:
     slots: set[str] = field(default_factory=set)  # "name(type,type)" normalised
     signals: set[str] = field(default_factory=set)
     invokables: set[str] = field(default_factory=set)
+    returns: dict[str, str] = field(default_factory=dict)  # invokable / slot name -> the class it returns
 
     def members(self) -> set[str]:
         return self.properties | {s.split("(")[0] for s in self.slots | self.signals | self.invokables}
@@ -64,6 +65,9 @@ def parse_header(path: Path) -> WidgetClass | None:
     widget.properties = set(re.findall(r"Q_PROPERTY\s*\(\s*[\w:<>,*&\s]+?[\s*&](\w+)\s+(?:READ|MEMBER)", text))
     for line in re.findall(r"Q_INVOKABLE\s+([^;{]+\))", text):
         widget.invokables |= _declarations(line + ";")
+        returned = re.match(r"(?:virtual\s+|static\s+|const\s+)*(\w+)\s*[*&]?\s*(\w+)\s*\(", line)
+        if returned:
+            widget.returns[returned.group(2)] = returned.group(1)
     # access sections: from "public slots:" / "signals:" up to the next access specifier
     for kind, body in re.findall(r"\b(public\s+(?:slots|Q_SLOTS)|signals|Q_SIGNALS)\s*:(.*?)(?=\b(?:public|protected|"
                                  r"private)\b[^:]*:|\bsignals\s*:|\bQ_SIGNALS\s*:|\Z)", text, re.DOTALL):

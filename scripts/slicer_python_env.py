@@ -27,7 +27,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = Path(os.environ.get("AIPORTAL_SLICER_REFERENCE", REPO.parent / "shared" / "slicer-reference"))
-PYTHON312 = Path(os.environ.get("AIPORTAL_PYTHON312", Path.home() / ".pyenv/versions/3.12.1/bin/python"))
+
+
+def find_python312() -> Path:
+    """A CPython 3.12 (Slicer 5.10 and 5.12 ship 3.12.10): $AIPORTAL_PYTHON312, pyenv's 3.12.x, python3.12."""
+    if os.environ.get("AIPORTAL_PYTHON312"):
+        return Path(os.environ["AIPORTAL_PYTHON312"])
+    pyenv = sorted(Path.home().glob(".pyenv/versions/3.12.*/bin/python"),
+                   key=lambda path: [int(part) for part in path.parent.parent.name.split(".") if part.isdigit()])
+    on_path = shutil.which("python3.12")
+    return pyenv[-1] if pyenv else Path(on_path or "python3.12")
+
+
+PYTHON312 = find_python312()
 CACHE = Path(os.environ.get("AIPORTAL_ENV_CACHE", Path.home() / ".cache/aiportal/envs"))
 MODULES = ("AISegmentPortal", "AIMeasure", "AIRegister")
 # what the logic tests import beside the pins; Slicer ships numpy, scipy and SimpleITK (no pin file here) and
@@ -74,10 +86,15 @@ def pip(python: Path, *args: str) -> None:
     subprocess.run([str(python), "-m", "pip", "install", "--quiet", *args], check=True)
 
 
+def require_python312() -> None:
+    if not PYTHON312.is_file():
+        raise FileNotFoundError("Python 3.12 not found (looked in ~/.pyenv/versions/3.12.* and for python3.12): "
+                                "install it (pyenv install 3.12) or set AIPORTAL_PYTHON312")
+
+
 def build(version: str = "5.12", logic: bool = False) -> Path:
     """The cached environment's python (built when absent or when its inputs changed)."""
-    if not PYTHON312.is_file():
-        raise FileNotFoundError(f"Python 3.12 not found at {PYTHON312} (set AIPORTAL_PYTHON312)")
+    require_python312()
     pins = slicer_pins(version)
     requirement_files = extension_requirements()
     key = hashlib.sha256(json.dumps([sorted(pins.items()), [f.read_text() for f in requirement_files],
@@ -111,6 +128,7 @@ def build(version: str = "5.12", logic: bool = False) -> Path:
 
 def index_tools_env() -> Path:
     """Python 3.12 with the Extensions Index's own scripts/requirements.txt (its scripts need 3.12)."""
+    require_python312()
     requirements = REFERENCE / "extensions-index" / "scripts" / "requirements.txt"
     key = hashlib.sha256((requirements.read_text() + str(PYTHON312)).encode()).hexdigest()[:12]
     env = CACHE / f"extensions-index-py312-{key}"
