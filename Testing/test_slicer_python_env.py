@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 from slicer_reference import REPO
 
 spec = importlib.util.spec_from_file_location("slicer_python_env", REPO / "scripts" / "slicer_python_env.py")
@@ -36,8 +37,10 @@ def test_requirements_leave_every_bundled_package_as_slicer_ships_it(slicer_pyth
     for requirements in slicer_python_env.extension_requirements():
         for line in requirements.read_text().splitlines():
             if line.strip() and not line.startswith("#"):
-                name = slicer_python_env.canonical(line.split(">")[0].split("=")[0].split("<")[0].strip())
+                requirement = Requirement(line)
+                name = slicer_python_env.canonical(requirement.name)
                 assert name in installed, f"{requirements.relative_to(REPO)}: {name} not installed"
+                assert requirement.specifier.contains(installed[name]), (line, installed[name])
     version = subprocess.run([str(slicer_python), "-c", "import sys; print(sys.version_info[:2])"],
                              capture_output=True, text=True, check=True).stdout.strip()
     assert version == "(3, 12)"
