@@ -8,7 +8,9 @@ fails if any bundled package would change; slicer-core stands in for Slicer's ow
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -22,6 +24,20 @@ slicer_python_env = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(slicer_python_env)
 
 LOGIC_TESTS = ["Testing/test_dicom_export.py"]
+# What Slicer ships beside its pip pins (its own builds): the MRML core (slicer-core stands in), VTK, numpy,
+# scipy, SimpleITK; and what the environment holds only to run the tests
+SLICER_BUILT = {"slicer-core", "vtk", "numpy", "scipy", "simpleitk"}
+TEST_ONLY = {"pytest", "pluggy", "iniconfig", "pygments"}
+# the distribution of every third-party top-level module that importing the given modules loaded
+LOADED_DISTRIBUTIONS = """
+import importlib, importlib.metadata, json, sys
+before = set(sys.modules)
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+owners = importlib.metadata.packages_distributions()
+loaded = {m.split(".")[0] for m in set(sys.modules) - before}
+print(json.dumps(sorted({d for m in loaded for d in owners.get(m, [])})))
+"""
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +80,26 @@ def test_logic_runs_in_slicers_python(slicer_python):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "failed" not in run.stdout.splitlines()[-1]
+
+
+def _aiportal_imports(module: str) -> list[str]:
+    tree = ast.parse((REPO / module / f"{module}.py").read_text())
+    return sorted({node.module for node in ast.walk(tree)
+                   if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("aiportal")})
+
+
+@pytest.mark.parametrize("module", ["AISegmentPortal", "AIMeasure", "AIRegister"])
+def test_modules_import_only_what_slicer_ships_or_their_requirements_add(slicer_python, module):
+    """Importing a module's aiportal packages in Slicer's Python loads nothing that Slicer lacks and the
+    modules' Resources/requirements.txt do not install (else the module fails to load in Slicer)."""
+    pins = slicer_python_env.slicer_pins("5.12")
+    required = {slicer_python_env.canonical(Requirement(line).name)
+                for path in slicer_python_env.extension_requirements()
+                for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    run = subprocess.run([str(slicer_python), "-c", LOADED_DISTRIBUTIONS, *_aiportal_imports(module)],
+                         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = {slicer_python_env.canonical(name) for name in json.loads(run.stdout.splitlines()[-1])}
+    unknown = loaded - set(pins) - required - SLICER_BUILT - TEST_ONLY
+    assert not unknown, f"{module} needs {sorted(unknown)}, which Slicer 5.12 lacks and no requirements.txt lists"

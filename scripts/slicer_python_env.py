@@ -44,7 +44,7 @@ CACHE = Path(os.environ.get("AIPORTAL_ENV_CACHE", Path.home() / ".cache/aiportal
 MODULES = ("AISegmentPortal", "AIMeasure", "AIRegister")
 # what the logic tests import beside the pins; Slicer ships numpy, scipy and SimpleITK (no pin file here) and
 # its own MRML, which slicer-core stands in for
-LOGIC_PACKAGES = ("slicer-core==5.11.0.6", "numpy", "scipy", "SimpleITK", "psutil", "pytest")
+LOGIC_PACKAGES = ("slicer-core==5.11.0.6", "numpy", "scipy", "SimpleITK", "pytest")
 
 
 class BundledPackageChanged(RuntimeError):
