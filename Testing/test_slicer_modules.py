@@ -38,8 +38,4 @@ def test_every_widget_the_code_uses_is_in_the_ui_file(module):
     names = {widget.get("name") for widget in ui.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (REPO / module / f"{module}.py").read_text()))
     assert used <= names, f"not in the .ui: {used - names}"
-    bound = {prop.find("string").text for prop in ui.iter("property") if prop.get("name") == "SlicerParameterName"}
-    tree = ast.parse((REPO / module / f"{module}.py").read_text())
-    node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == f"{module}ParameterNode")
-    fields = {stmt.target.id for stmt in node_class.body if isinstance(stmt, ast.AnnAssign)}
-    assert bound <= fields, f"bound to unknown parameters: {bound - fields}"
+    # the SlicerParameterName bindings are checked with Slicer's own wrapper in test_slicer_conformance.py

@@ -8,6 +8,7 @@ resampled on the source volume's grid, slice k paired with source header k of
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -30,8 +31,16 @@ from aiportal.segmentation import segment_ids as all_segment_ids
 TRACKING_UID_TAG = TAG_PREFIX + "tracking_uid"
 MANUFACTURER = "AI Segment Portal"
 UTF8 = "ISO_IR 192"
+
 # CID 7162 Algorithm Family: classical models are thresholds plus morphology on the image.
 _FAMILIES = {"AI": codes.cid7162.ArtificialIntelligence, "classical": codes.cid7162.MorphologicalOperations}
+
+
+def utf8_arguments() -> dict:
+    """specific_character_set=UTF8 for a highdicom SOP class where highdicom takes it (>= 0.28). Slicer 5.12 bundles
+    highdicom 0.27.0, which does not: there the caller sets SpecificCharacterSet on the dataset before saving."""
+    takes_it = "specific_character_set" in inspect.signature(hd.base.SOPClass).parameters
+    return {"specific_character_set": UTF8} if takes_it else {}
 
 
 @dataclass
@@ -247,7 +256,8 @@ def plan_seg(
         content_label="SEGMENTATION",
         omit_empty_frames=True,
         transfer_syntax_uid=transfer_syntax_uid,
-        specific_character_set=UTF8,  # not the source's (may be empty); names and labels may be non-ASCII
+        # not the source's (may be empty); names and labels may be non-ASCII
+        **utf8_arguments(),
     )
     return SegPlan(arguments, kept, empty, started)
 
@@ -255,6 +265,7 @@ def plan_seg(
 def encode_seg(plan: SegPlan, path) -> SegExport:
     """Encode and save a planned SEG (pure highdicom / pydicom: may run in a forked process)."""
     seg = hd.seg.Segmentation(**plan.arguments)
+    seg.SpecificCharacterSet = UTF8
     descriptions, kept = plan.arguments["segment_descriptions"], plan.kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
