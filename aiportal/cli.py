@@ -176,6 +176,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_output_folder(args.out, [*expected_outputs(options.formats), "run.json"], args.overwrite)  # before work
     request = PipelineRequest(input_path=args.input, model_id=args.model, out_dir=args.out, options=options,
                               params=_model_params(args), boxes=args.box or [], boxes_ras=args.box_ras or [],
+                              box_labels=args.box_labels or [],
                               series_uid=args.series, timeout_s=args.timeout, device=args.device,
                               overwrite=args.overwrite, input_label=str(args.input), nan_as=args.nan_as)
     result = run_segmentation(request, progress=TerminalProgress())
@@ -444,6 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="box prompt in voxel indices (inclusive; K0 = K1: a 2D box propagated); repeatable")
     segment.add_argument("--box-ras", nargs=6, type=float, action="append",
                          metavar=("R0", "A0", "S0", "R1", "A1", "S1"), help="box prompt by two RAS corners in mm")
+    segment.add_argument("--box-labels", nargs="+", type=int, metavar="LABEL",
+                         help="the structure of each box (--box ones first, then --box-ras), e.g. 1 1 2: 2D boxes "
+                              "of one structure on several slices, the slices between them filled (default 1 2 3 ...)")
     segment.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                          help="model parameter (value parsed as JSON when it can be), e.g. --param folds=[0]")
     segment.add_argument("--timeout", type=float, help="stop the model after this many seconds")

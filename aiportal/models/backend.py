@@ -32,6 +32,7 @@ class LabelMapResult:
     layers: list[np.ndarray]  # each (k, j, i) unsigned ints; 0 = background
     confidences: dict[int, float] = field(default_factory=dict)  # label value -> 0..1, when known
     details: dict[str, Any] = field(default_factory=dict)  # anything the backend wants recorded
+    warnings: list[str] = field(default_factory=list)  # where the result may be wrong (run.json, every face)
 
 
 class ModelBackend(Protocol):

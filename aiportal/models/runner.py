@@ -282,4 +282,4 @@ def _read_result(folder: Path) -> LabelMapResult:
     with np.load(folder / RESULT_ARRAYS) as arrays:
         layers = [arrays[f"arr_{index}"] for index in range(meta["layers"])]
     return LabelMapResult(layers=layers, confidences={int(k): v for k, v in meta["confidences"].items()},
-                          details=meta.get("details", {}))
+                          details=meta.get("details", {}), warnings=list(meta.get("warnings", [])))

@@ -61,6 +61,7 @@ def run_job(folder: Path, events: _Events) -> None:
             "layers": len(result.layers),
             "confidences": {str(label): float(value) for label, value in result.confidences.items()},
             "details": result.details,
+            "warnings": list(result.warnings),
         }, default=str))
         events.send(done=True)
     except AIPortalError as error:

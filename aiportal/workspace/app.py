@@ -306,9 +306,10 @@ class Workspace(TrameApp):
         if vr_display is not None:  # the segments, not the volume rendering, are what the reader checks in 3D
             vr_display.SetVisibility(False)
         absent = f"; not found: {', '.join(result.absent_labels)}" if result.absent_labels else ""
+        warnings = "".join(f"\nwarning: {note}" for note in result.notes)  # e.g. a propagation that stopped early
         with self.state:
             self.state.ai_summary = (f"{result.model.title}: {node.GetSegmentation().GetNumberOfSegments()} "
-                                     f"suggested segments in {result.elapsed_s:.1f} s{absent}")
+                                     f"suggested segments in {result.elapsed_s:.1f} s{absent}{warnings}")
             self.state.ai_progress = 100
         self.refresh_statistics()
 

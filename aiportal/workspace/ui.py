@@ -173,7 +173,8 @@ class AISegmentPanel(VCard):
             VProgressLinear(model_value=("ai_progress",), height=8, color="primary", rounded=True)
             html.Div("{{ ai_progress }}% · {{ ai_stage }}", classes="text-caption", raw_attrs=_testid("ai-stage"))
         _error_alert("ai")
-        html.Div("{{ ai_summary }}", v_if=("ai_summary",), classes="text-body-2 mt-2", raw_attrs=_testid("ai-summary"))
+        html.Div("{{ ai_summary }}", v_if=("ai_summary",), classes="text-body-2 mt-2", style="white-space: pre-line",
+                 raw_attrs=_testid("ai-summary"))  # pre-line: one warning a line
 
     @staticmethod
     def _review_list(workspace: Workspace) -> None:

