@@ -1,7 +1,7 @@
 """Registration as a background job: the AIRegister panel stays responsive, shows progress, can cancel.
 
 The same start / poll / cancel / finish shape as :class:`aiportal.segment.SegmentationJob`: the
-optimisation runs in a worker thread (it only reads the two volumes, which the scene keeps), and
+optimisation runs in a worker thread on copies of the two volumes made when the job is created, and
 :meth:`RegistrationJob.finish` puts the transform and the fusion review into the scene on the
 caller's thread. A cancelled or failed run adds nothing to the scene.
 """
@@ -14,15 +14,33 @@ from aiportal.background import BackgroundJob
 from aiportal.register.registration import RegistrationResult, apply_to_scene, register_volumes
 
 
+def detached_copy(volume_node):
+    """A copy of a volume node's voxels, geometry and name in a node of no scene (None stays None)."""
+    if volume_node is None or volume_node.GetImageData() is None:
+        return volume_node  # register_volumes refuses it with the reason
+    import slicer
+    import vtk
+
+    copy = slicer.vtkMRMLScalarVolumeNode()
+    copy.SetName(volume_node.GetName())
+    copy.CopyOrientation(volume_node)
+    image = vtk.vtkImageData()
+    image.DeepCopy(volume_node.GetImageData())
+    copy.SetAndObserveImageData(image)
+    return copy
+
+
 class RegistrationJob(BackgroundJob):
     """One registration of ``moving_node`` to ``fixed_node``; ``options`` go to :func:`register_volumes`."""
 
     def __init__(self, fixed_node, moving_node, **options: Any) -> None:
         super().__init__()
         self.fixed_node, self.moving_node, self.options = fixed_node, moving_node, options
+        # the worker reads private copies made here, on the scene's thread: never the scene's nodes
+        self._fixed, self._moving = detached_copy(fixed_node), detached_copy(moving_node)
 
     def _compute(self) -> RegistrationResult:
-        return register_volumes(self.fixed_node, self.moving_node, progress=self._report, cancel=self._cancel,
+        return register_volumes(self._fixed, self._moving, progress=self._report, cancel=self._cancel,
                                 **self.options)
 
     def finish(self, runtime, fusion_mode: str | None = "fade"):
