@@ -119,9 +119,10 @@ class FunctionJob(BackgroundJob):
     main thread (a server check, writing reports from computed measurements).
     """
 
-    def __init__(self, function, stage: str = "working") -> None:
+    def __init__(self, function, stage: str = "working", keep: Any = None) -> None:
         super().__init__()
         self._function, self._stage = function, stage
+        self.keep = keep  # what the function reads (e.g. a private scene of copies), alive as long as the job
 
     def _compute(self) -> Any:
         return self._function(self._report, self._cancel)

@@ -12,22 +12,7 @@ from typing import Any
 
 from aiportal.background import BackgroundJob
 from aiportal.register.registration import RegistrationResult, apply_to_scene, register_volumes
-
-
-def detached_copy(volume_node):
-    """A copy of a volume node's voxels, geometry and name in a node of no scene (None stays None)."""
-    if volume_node is None or volume_node.GetImageData() is None:
-        return volume_node  # register_volumes refuses it with the reason
-    import slicer
-    import vtk
-
-    copy = slicer.vtkMRMLScalarVolumeNode()
-    copy.SetName(volume_node.GetName())
-    copy.CopyOrientation(volume_node)
-    image = vtk.vtkImageData()
-    image.DeepCopy(volume_node.GetImageData())
-    copy.SetAndObserveImageData(image)
-    return copy
+from aiportal.runtime import private_scene_copies
 
 
 class RegistrationJob(BackgroundJob):
@@ -37,7 +22,7 @@ class RegistrationJob(BackgroundJob):
         super().__init__()
         self.fixed_node, self.moving_node, self.options = fixed_node, moving_node, options
         # the worker reads private copies made here, on the scene's thread: never the scene's nodes
-        self._fixed, self._moving = detached_copy(fixed_node), detached_copy(moving_node)
+        self._copies, self._fixed, self._moving = private_scene_copies(fixed_node, moving_node)
 
     def _compute(self) -> RegistrationResult:
         return register_volumes(self._fixed, self._moving, progress=self._report, cancel=self._cancel,
