@@ -40,7 +40,7 @@ class AIMeasure(ScriptedLoadableModule):
         self.parent.title = _("AI Measure")
         self.parent.categories = [_("AI Portal"), translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AI Segment Portal contributors"]
+        self.parent.contributors = ["AI Segment Portal maintainers (AI Segment Portal project)"]
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
 Measure segmented lesions: exact RECIST 1.1 long/short axes, maximum 3D diameter and volume; a

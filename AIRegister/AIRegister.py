@@ -48,7 +48,7 @@ class AIRegister(ScriptedLoadableModule):
         self.parent.title = _("AI Register")
         self.parent.categories = [_("AI Portal"), translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AI Segment Portal contributors"]
+        self.parent.contributors = ["AI Segment Portal maintainers (AI Segment Portal project)"]
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
 Register a prior study to the current one, review the fusion and carry segments across for

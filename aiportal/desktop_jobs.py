@@ -107,9 +107,27 @@ class JobFollower:
         self._on_progress, self._on_done = on_progress, on_done
         self._finish = finish or (lambda started: started.finish())
         self.done = False
+        self._timer = None
+
+    @property
+    def running(self) -> bool:
+        return not self.done
 
     def cancel(self) -> None:
+        """Ask the job to stop; on_done(None, None) follows once it has."""
         self.job.cancel()
+
+    def drive(self, timer, interval_ms: int = 100) -> JobFollower:
+        """Poll from ``timer`` (the modules pass a ``qt.QTimer``): started now, stopped once the job was handled."""
+        self._timer = timer
+        timer.setInterval(interval_ms)
+        timer.connect("timeout()", self._tick)
+        timer.start()
+        return self
+
+    def _tick(self) -> None:
+        if not self.poll():
+            self._timer.stop()
 
     def poll(self) -> bool:
         """One timer tick; True while the job runs (keep polling), False once it was handled."""
