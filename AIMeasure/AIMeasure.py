@@ -24,6 +24,12 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from aiportal.desktop_jobs import desktop_jobs, follow
+from aiportal.desktop_requirements import ensure_feature
+
+#: How often the main thread polls a running measurement for progress.
+POLL_INTERVAL_MS = 100
+
 
 #
 # AIMeasure
@@ -51,6 +57,8 @@ See the <a href="https://github.com/ai-segment-portal/SlicerAIPortal#aimeasure">
         self.parent.acknowledgementText = _("""
 Developed by the AI Segment Portal contributors, on 3D Slicer's scripted module template.
 """)
+        # No measurement may outlive the application
+        slicer.app.connect("aboutToQuit()", lambda: desktop_jobs(slicer.mrmlScene).application_quitting())
 
 
 #
@@ -100,6 +108,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedLine = None
         self._lastCheck = None
+        self._follower = None  # the running measurement, comparison or report
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -138,6 +147,8 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        if self._follower is not None:
+            self._follower.cancel()  # its result is never applied
         self.removeObservers()
 
     def enter(self) -> None:
@@ -211,14 +222,38 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The segment picked in the panel; None means every segment."""
         return self.ui.segmentSelector.currentSegmentID() or None
 
+    def _runInBackground(self, job, finish, onResult, failure: str) -> None:
+        """Follow a started job; ``finish(job)`` applies its result to the scene, ``onResult`` shows it."""
+        if self._follower is not None and self._follower.running:
+            self._follower.cancel()
+
+        def onDone(result, error):
+            if error is not None:
+                self.ui.statusLabel.text = failure
+                slicer.util.errorDisplay(failure + "\n\n" + error)
+            elif result is None:
+                self.ui.statusLabel.text = _("Cancelled.")
+            else:
+                onResult(result)
+
+        def onProgress(fraction, stage):
+            self.ui.statusLabel.text = stage
+
+        self._follower = follow(job, slicer.mrmlScene, qt.QTimer(), onProgress, onDone, finish, POLL_INTERVAL_MS)
+
     def onApplyButton(self) -> None:
-        """Measure the picked segment (or all) and show the table and the axis lines."""
+        """Measure the picked segment (or all) in the background, then show the table and the axis lines."""
         with slicer.util.tryWithErrorDisplay(_("Failed to compute measurements."), waitCursor=True):
             p = self._parameterNode
-            table = self.logic.process(p.inputSegmentation, p.inputVolume, self._selectedSegmentID(), p.lymphNode)
-            self.ui.resultsTableView.setMRMLTableNode(table)
-            skipped = self.logic.skipped
-            self.ui.statusLabel.text = "\n".join(f"{name}: {why}" for name, why in skipped.items()) or _("Measured.")
+            segmentation = p.inputSegmentation
+            job = self.logic.startMeasure(segmentation, p.inputVolume, self._selectedSegmentID(), p.lymphNode)
+            self._runInBackground(job, lambda done: self.logic.applyMeasurements(segmentation, *done.finish()),
+                                  self._showMeasurements, _("Failed to compute measurements."))
+
+    def _showMeasurements(self, table) -> None:
+        self.ui.resultsTableView.setMRMLTableNode(table)
+        skipped = self.logic.skipped
+        self.ui.statusLabel.text = "\n".join(f"{name}: {why}" for name, why in skipped.items()) or _("Measured.")
 
     # -- copilot ---------------------------------------------------------------------------------
     def _observeLine(self, lineNode) -> None:
@@ -257,9 +292,15 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCompareButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compare the studies."), waitCursor=True):
             p = self._parameterNode
-            table = self.logic.compare(p.priorSegmentation, p.priorVolume, p.inputSegmentation, p.inputVolume)
-            self.ui.followUpTableView.setMRMLTableNode(table)
-            self.ui.responseLabel.text = table.GetDescription()
+            scene = p.inputSegmentation.GetScene()
+            job = self.logic.startCompare(p.priorSegmentation, p.priorVolume, p.inputSegmentation, p.inputVolume)
+            self._runInBackground(job, lambda done: self.logic.applyFollowUp(scene, done.finish()),
+                                  self._showFollowUp, _("Failed to compare the studies."))
+
+    def _showFollowUp(self, table) -> None:
+        self.ui.followUpTableView.setMRMLTableNode(table)
+        self.ui.responseLabel.text = table.GetDescription()
+        self.ui.statusLabel.text = _("Compared.")
 
     def onCopyToReport(self) -> None:
         qt.QApplication.clipboard().setText(self.logic.reportText())
@@ -270,9 +311,12 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             if not p.outputFolder or str(p.outputFolder) in ("", "."):
                 raise ValueError(_("Choose an output folder."))
-            written = self.logic.saveReport(Path(p.outputFolder), p.inputSegmentation, p.inputVolume)
-            self.ui.statusLabel.text = _("Wrote {count} files in {folder}").format(count=len(written),
-                                                                                   folder=p.outputFolder)
+            folder = p.outputFolder
+            job = self.logic.startSaveReport(Path(folder), p.inputSegmentation, p.inputVolume)
+            self._runInBackground(job, None, lambda written: setattr(
+                self.ui.statusLabel, "text", _("Wrote {count} files in {folder}").format(count=len(written),
+                                                                                         folder=folder)),
+                _("Failed to save the report."))
 
 
 #
@@ -298,26 +342,40 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AIMeasureParameterNode(super().getParameterNode())
 
-    def process(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
+    def startMeasure(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
         """
-        Measure one segment (or all) of inputSegmentation on inputVolume, place the axis lines and
-        return the results table node.
+        Start measuring one segment (or all) of inputSegmentation on inputVolume in a worker thread (on copies
+        made now) and return the job; ``applyMeasurements(inputSegmentation, *job.finish())`` on the main thread.
         """
-        from aiportal.measure.recist import add_axis_lines, measure_segment
-        from aiportal.measure.report import add_measurement_table, measure_segmentation
+        from aiportal.measure.jobs import measure_job
 
         if not inputSegmentation or not inputVolume:
             raise ValueError(_("Select a segmentation and a volume."))
-        if segmentID:
-            self.measurements = [measure_segment(inputSegmentation, segmentID, inputVolume, lymph_node=lymphNode)]
-            self.skipped = {}
-        else:
-            self.measurements, self.skipped = measure_segmentation(inputSegmentation, inputVolume)
+        ensure_feature("measure", slicer, requester=_("AI Measure"))
+        job = measure_job(inputSegmentation, inputVolume, segmentID, lymphNode)
+        job.start()
+        return job
+
+    def applyMeasurements(self, inputSegmentation, measurements: list, skipped: dict):
+        """Place the axis lines of the measurements and return the results table node (main thread)."""
+        from aiportal.measure.recist import add_axis_lines
+        from aiportal.measure.report import add_measurement_table
+
+        self.measurements, self.skipped = measurements, skipped
         scene = inputSegmentation.GetScene()
         for measurement in self.measurements:
             add_axis_lines(scene, measurement, inputSegmentation)
         table = scene.GetFirstNodeByName("RECIST measurements")
         return add_measurement_table(scene, self.measurements, table_node=table if table else None)
+
+    def process(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
+        """
+        Measure one segment (or all) of inputSegmentation on inputVolume, place the axis lines and
+        return the results table node: the panel's job, waited for.
+        """
+        job = self.startMeasure(inputSegmentation, inputVolume, segmentID, lymphNode)
+        job.wait()
+        return self.applyMeasurements(inputSegmentation, *job.finish())
 
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""
@@ -346,31 +404,46 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
 
         apply_suggestion(lineNode, check)
 
+    def startCompare(self, priorSegmentation, priorVolume, currentSegmentation, currentVolume):
+        """Start the follow-up comparison in a worker thread (on copies made now); ``applyFollowUp`` its result."""
+        from aiportal.measure.jobs import compare_job
+
+        ensure_feature("measure", slicer, requester=_("AI Measure"))
+        job = compare_job(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
+        job.start()
+        return job
+
+    def applyFollowUp(self, scene, followUp):
+        """Keep the follow-up for the report and return its table node (main thread)."""
+        from aiportal.measure.followup import add_follow_up_table
+
+        self.followUp = followUp
+        return add_follow_up_table(scene, followUp)
+
     def compare(self, priorSegmentation, priorVolume, currentSegmentation, currentVolume):
         """Follow-up: lesions matched by position (same frame of reference), change and RECIST response."""
-        from aiportal.measure.followup import add_follow_up_table, compare_studies
-
-        self.followUp = compare_studies(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
-        return add_follow_up_table(currentSegmentation.GetScene(), self.followUp)
+        job = self.startCompare(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
+        job.wait()
+        return self.applyFollowUp(currentSegmentation.GetScene(), job.finish())
 
     def reportText(self) -> str:
         from aiportal.measure.report import report_text
 
         return report_text(self.measurements, self.followUp)
 
-    def saveReport(self, folder: Path, segmentation, volume) -> list:
-        """measurements.csv/json, follow-up tables (when compared) and one PNG key image per lesion."""
-        from aiportal.measure.followup import write_follow_up
-        from aiportal.measure.key_images import write_key_images
-        from aiportal.measure.report import write_measurements
+    def startSaveReport(self, folder: Path, segmentation, volume):
+        """Start writing measurements.csv/json, follow-up tables (when compared) and one PNG key image per lesion."""
+        from aiportal.measure.jobs import save_report_job
 
-        folder.mkdir(parents=True, exist_ok=True)
-        written = write_measurements(self.measurements, self.skipped, folder)
-        if self.followUp is not None:
-            written += write_follow_up(self.followUp, folder)
-        keyImages = write_key_images(volume, segmentation, self.measurements, folder / "key_images")
-        written += [key.path for key in keyImages]
-        return written
+        job = save_report_job(folder, self.measurements, self.skipped, self.followUp, segmentation, volume)
+        job.start()
+        return job
+
+    def saveReport(self, folder: Path, segmentation, volume) -> list:
+        """The files of :meth:`startSaveReport`, waited for."""
+        job = self.startSaveReport(folder, segmentation, volume)
+        job.wait()
+        return job.finish()
 
 
 #

@@ -27,7 +27,7 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
     sys.path.append(_repositoryRoot)
 
 from aiportal.background import FunctionJob
-from aiportal.desktop_jobs import JobFollower, desktop_jobs
+from aiportal.desktop_jobs import JobFollower, desktop_jobs, follow
 from aiportal.desktop_requirements import ensure_feature
 from aiportal.export.exporter import ExportOptions, ExportResult
 from aiportal.export.job import ExportJob
@@ -165,8 +165,7 @@ class SegmentationJobPoller(JobFollower):
 def followJob(job, onProgress: Callable[[float, str], None], onDone: Callable, finish=None) -> JobFollower:
     """Start a background job and follow it from a timer (export, server check)."""
     job.start()
-    return JobFollower(job, desktop_jobs(slicer.mrmlScene), onProgress, onDone, finish).drive(
-        qt.QTimer(), POLL_INTERVAL_MS)
+    return follow(job, slicer.mrmlScene, qt.QTimer(), onProgress, onDone, finish, POLL_INTERVAL_MS)
 
 
 #

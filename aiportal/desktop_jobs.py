@@ -151,3 +151,9 @@ class JobFollower:
             return False
         self._on_done(result, None)
         return False
+
+
+def follow(job, scene, timer, on_progress: Callable[[float, str], None], on_done: Callable[[Any, str | None], None],
+           finish: Callable[[Any], Any] | None = None, interval_ms: int = 100) -> JobFollower:
+    """Follow a started ``job`` of ``scene`` from ``timer`` (a ``qt.QTimer`` in the modules)."""
+    return JobFollower(job, desktop_jobs(scene), on_progress, on_done, finish).drive(timer, interval_ms)

@@ -83,13 +83,14 @@ class InstallPlan:
         return "".join(f"{name}=={version}\n" for name, version in sorted(self.constraints.items()))
 
 
-def installed_versions() -> dict[str, str]:
-    """Every distribution of this Python, by canonical name."""
+def installed_versions(names) -> dict[str, str]:
+    """The installed version of each of ``names`` that this Python has, by canonical name."""
     found = {}
-    for distribution in importlib.metadata.distributions():
-        name = distribution.metadata["Name"]
-        if name:
-            found.setdefault(canonicalize_name(name), distribution.version)
+    for name in names:
+        try:
+            found[canonicalize_name(name)] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
     return found
 
 
@@ -102,8 +103,11 @@ def plan_feature(feature: str, installed: Mapping[str, str] | None = None) -> In
     """What to install for ``feature`` in the Python whose packages are ``installed`` (name -> version)."""
     if feature not in FEATURES:
         raise ValueError(f"unknown feature {feature!r}; one of {', '.join(FEATURES)}")
-    installed = {canonicalize_name(name): version for name, version in
-                 (installed_versions() if installed is None else installed).items()}
+    if not FEATURES[feature]:
+        return InstallPlan(feature, ())
+    if installed is None:
+        installed = installed_versions({need.name for need in FEATURES[feature]} | BUNDLED_PACKAGES)
+    installed = {canonicalize_name(name): version for name, version in installed.items()}
     constraints = {name: version for name, version in installed.items() if name in BUNDLED_PACKAGES}
     install: list[str] = []
     for need in FEATURES[feature]:
