@@ -103,7 +103,7 @@ class App:
 
 slicer.app = App()
 slicer.util.confirmOkCancelDisplay = lambda text, *args, **kwargs: calls.append(["ask", text]) or True
-# what would start pip: Slicer 5.10's pip_install runs _executePythonModule("pip", args); 5.12's pip_ensure calls pip_install
+# what would start pip: 5.10: pip_install -> _executePythonModule("pip", args); 5.12: pip_ensure -> pip_install
 slicer.util._executePythonModule = lambda module, args: calls.append(
     ["pip", module, list(args), open(args[args.index("-c") + 1]).read() if "-c" in args else ""])
 if hasattr(slicer, "packaging"):

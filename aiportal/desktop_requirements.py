@@ -12,6 +12,7 @@ GUI-free: the modules call :func:`ensure_feature` with Slicer's own ``slicer`` m
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import tempfile
 from collections.abc import Callable, Mapping
@@ -87,10 +88,8 @@ def installed_versions(names) -> dict[str, str]:
     """The installed version of each of ``names`` that this Python has, by canonical name."""
     found = {}
     for name in names:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[canonicalize_name(name)] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 

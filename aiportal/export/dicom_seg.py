@@ -39,7 +39,7 @@ def with_utf8(sop_class, **arguments):
     highdicom 0.28 takes the character set as an argument; 0.27, which Slicer 5.12 bundles (and the
     desktop modules must not replace), does not, and pydicom encodes with the attribute set afterwards.
     """
-    if "specific_character_set" in inspect.signature(sop_class).parameters:
+    if "specific_character_set" in inspect.signature(hd.base.SOPClass).parameters:  # every SOP class passes it on
         return sop_class(**arguments, specific_character_set=UTF8)
     dataset = sop_class(**arguments)
     dataset.SpecificCharacterSet = UTF8
