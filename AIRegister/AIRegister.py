@@ -339,11 +339,13 @@ class AIRegisterTest(ScriptedLoadableModuleTest):
         self.test_AIRegister1()
 
     def test_AIRegister1(self):
-        """A copy of MRHead moved by a known rigid motion is registered back; bad input is refused."""
+        """The project's CT phantom moved by a known shift is registered back (as Testing/test_desktop_jobs.py does)."""
         self.delayDisplay("Starting the test")
 
         import numpy as np
-        import SampleData
+
+        from aiportal.io.volumes import ijk_to_ras_matrix, volume_node_from_array
+        from aiportal.sample import make_ct_phantom
 
         logic = AIRegisterLogic()
         parameterNode = logic.getParameterNode()
@@ -351,14 +353,11 @@ class AIRegisterTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             logic.process(None, None)
 
-        fixed = SampleData.downloadSample("MRHead")
-        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "MRHead moved")
-        angle = np.radians(5.0)  # known motion: 5 degrees about S and 4 mm along R, in the moving volume's header
-        motion = np.array([[np.cos(angle), -np.sin(angle), 0, 4], [np.sin(angle), np.cos(angle), 0, 0],
-                           [0, 0, 1, 0], [0, 0, 0, 1]])
-        ijkToRas = vtk.vtkMatrix4x4()
-        fixed.GetIJKToRASMatrix(ijkToRas)
-        moving.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(motion @ slicer.util.arrayFromVTKMatrix(ijkToRas)))
+        phantom = make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
+        fixed = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        motion = np.eye(4)
+        motion[:3, 3] = (6.0, -4.0, 0.0)  # a known shift in the moving volume's header
+        moving = volume_node_from_array(slicer.mrmlScene, phantom.hu, motion @ ijk_to_ras_matrix(fixed), "moved")
         transformNode = logic.process(fixed, moving, "rigid", "fade")
         recovered = slicer.util.arrayFromTransformMatrix(transformNode)
         self.assertLess(np.abs(recovered @ motion - np.eye(4))[:3, 3].max(), 1.0)  # moving -> fixed undoes it
