@@ -466,6 +466,8 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         """Run as few or as many tests as needed here."""
         self.setUp()
         self.test_AIMeasure1()
+        self.setUp()
+        self.test_AIMeasurePhantom()
 
     def test_AIMeasure1(self):
         """A painted disc is measured (axes, table), and a shortened manual line is flagged and corrected."""
@@ -481,7 +483,7 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "image")
         voxels = np.zeros((5, 64, 64), dtype=np.int16)
         k, j, i = np.ogrid[:5, :64, :64]
-        voxels[(j - 32) ** 2 + (i - 32) ** 2 <= 100] = 100  # radius 10 voxels on every slice
+        voxels[np.broadcast_to((j - 32) ** 2 + (i - 32) ** 2 <= 100, voxels.shape)] = 100  # radius 10, each slice
         slicer.util.updateVolumeFromArray(volume, voxels)
         labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
         slicer.util.updateVolumeFromArray(labels, (voxels > 0).astype(np.uint8))
@@ -498,4 +500,25 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         self.assertFalse(check.ok)
         logic.applySuggestion(line, check)
         self.assertTrue(logic.checkLine(line, segmentation, volume).ok)
+        self.delayDisplay("Test passed")
+
+    def test_AIMeasurePhantom(self):
+        """The project's CT phantom, segmented by classic-ct, measured in the background as Testing/test_desktop_jobs.py
+        does: the panel's job gives what the direct call gives."""
+        from aiportal.io.volumes import volume_node_from_array
+        from aiportal.measure.report import measure_segmentation
+        from aiportal.sample import make_ct_phantom
+        from aiportal.segment import SegmentationJob
+
+        phantom = make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
+        volume = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        volume.SetAttribute("DICOM.Modality", "CT")
+        segmentation = SegmentationJob(volume, "classic-ct", executor="thread").run().segmentation_node
+        logic = AIMeasureLogic()
+        table = logic.process(segmentation, volume)
+        direct, skipped = measure_segmentation(segmentation, volume)
+        self.assertTrue(direct)
+        self.assertEqual(table.GetNumberOfRows(), len(direct))
+        self.assertEqual([m.long_axis_mm for m in logic.measurements], [m.long_axis_mm for m in direct])
+        self.assertEqual(logic.skipped, skipped)
         self.delayDisplay("Test passed")

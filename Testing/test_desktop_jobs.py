@@ -7,13 +7,14 @@ nodes, never the scene's; the slow model-environment probe runs on the worker th
 
 from __future__ import annotations
 
-import os
+import functools
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import alive, gone_within, wait_for_pids
 
 from aiportal.background import FunctionJob
 from aiportal.desktop_jobs import JobFollower, desktop_jobs
@@ -36,24 +37,25 @@ def test_backends(monkeypatch):
     return catalogs
 
 
-@pytest.fixture
-def phantom_volume(runtime):
-    from aiportal.io.volumes import volume_node_from_array
+@functools.cache
+def small_phantom():
     from aiportal.sample import make_ct_phantom
 
-    phantom = make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
-    node = volume_node_from_array(runtime.scene, phantom.hu, phantom.ijk_to_ras, "phantom")
+    return make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
+
+
+def phantom_node(scene):
+    """The project's CT phantom (small) as a volume node of ``scene``."""
+    from aiportal.io.volumes import volume_node_from_array
+
+    node = volume_node_from_array(scene, small_phantom().hu, small_phantom().ijk_to_ras, "phantom")
     node.SetAttribute("DICOM.Modality", "CT")
     return node
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")  # a killed, not yet reaped child is a zombie: gone
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
+@pytest.fixture
+def phantom_volume(runtime):
+    return phantom_node(runtime.scene)
 
 
 def _started_sleepy_job(runtime, volume, catalog, pid_file: Path):
@@ -62,19 +64,9 @@ def _started_sleepy_job(runtime, volume, catalog, pid_file: Path):
     job = SegmentationJob(volume, "test-threshold", params={"pid_file": str(pid_file)}, runtime=runtime,
                           catalog=catalog)
     job.start()
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child, grandchild = map(int, pid_file.read_text().split())
-    assert _alive(child) and _alive(grandchild)
-    return job, (child, grandchild)
-
-
-def _gone_within(pids, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return not any(map(_alive, pids))
+    pids = wait_for_pids(pid_file)
+    assert all(map(alive, pids))
+    return job, pids
 
 
 def test_closing_the_scene_cancels_the_model_and_applies_nothing(runtime, phantom_volume, test_backends, tmp_path):
@@ -86,7 +78,7 @@ def test_closing_the_scene_cancels_the_model_and_applies_nothing(runtime, phanto
 
     runtime.scene.Clear(0)  # File > Close scene
     assert job.wait(10).state == "cancelled"
-    assert _gone_within(pids, 2.0), "a process of the cancelled run is still there"
+    assert gone_within(pids, 2.0), "a process of the cancelled run is still there"
     assert not follower.poll() and outcome == [(None, None)]
     assert runtime.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
@@ -106,7 +98,7 @@ def test_a_result_made_for_a_closed_scene_lands_in_no_scene(runtime, phantom_vol
     assert runtime.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
     # the same job shape in an open scene is applied, once
-    job = SegmentationJob(phantom_volume_again(runtime), "test-threshold", runtime=runtime,
+    job = SegmentationJob(phantom_node(runtime.scene), "test-threshold", runtime=runtime,
                           catalog=test_backends["ThresholdBackend"], executor="thread")
     job.start()
     follower = JobFollower(job, jobs, lambda *_: None, lambda result, error: outcome.append((result, error)))
@@ -116,21 +108,13 @@ def test_a_result_made_for_a_closed_scene_lands_in_no_scene(runtime, phantom_vol
     assert runtime.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
 
 
-def phantom_volume_again(runtime):
-    from aiportal.io.volumes import volume_node_from_array
-    from aiportal.sample import make_ct_phantom
-
-    phantom = make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
-    return volume_node_from_array(runtime.scene, phantom.hu, phantom.ijk_to_ras, "phantom")
-
-
 def test_quitting_waits_until_every_model_process_is_gone(runtime, phantom_volume, test_backends, tmp_path):
     jobs = desktop_jobs(runtime.scene)
     job, pids = _started_sleepy_job(runtime, phantom_volume, test_backends["SleepyBackend"], tmp_path / "pids")
     jobs.track(job)
     jobs.application_quitting()  # what aboutToQuit() calls in the modules
     assert job.poll().state == "cancelled" and not jobs.running()
-    assert _gone_within(pids, 0.5), "quitting returned while a model process was still running"
+    assert gone_within(pids, 0.5), "quitting returned while a model process was still running"
 
 
 def test_the_model_environment_probe_runs_on_the_worker_thread(runtime, phantom_volume, test_backends, monkeypatch):
