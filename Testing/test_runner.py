@@ -164,7 +164,7 @@ def test_cancel_token_checked_while_waiting_for_a_child_from_another_thread(ct, 
         time.sleep(0.05)
     cancel.cancel()
     thread.join(5)
-    assert not thread.isalive() and isinstance(outcome[0], CancelledError)
+    assert not thread.is_alive() and isinstance(outcome[0], CancelledError)
 
 
 def test_missing_model_environment_says_how_to_create_it(monkeypatch, tmp_path):
