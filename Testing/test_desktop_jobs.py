@@ -69,9 +69,21 @@ def _started_sleepy_job(runtime, volume, catalog, pid_file: Path):
     return job, pids
 
 
-def test_closing_the_scene_cancels_the_model_and_applies_nothing(runtime, phantom_volume, test_backends, tmp_path):
+def test_closing_the_scene_cancels_the_model_and_applies_nothing(runtime, phantom_volume, test_backends, tmp_path,
+                                                                 monkeypatch):
+    import aiportal.models.envs as envs
+
+    probed_on = []
+    python_for = envs.python_for
+
+    def recording_python_for(name):  # finding a model environment may import torch in a child (up to 120 s)
+        probed_on.append(threading.current_thread())
+        return python_for(name)
+
+    monkeypatch.setattr(envs, "python_for", recording_python_for)
     jobs = desktop_jobs(runtime.scene)
     job, pids = _started_sleepy_job(runtime, phantom_volume, test_backends["SleepyBackend"], tmp_path / "pids")
+    assert probed_on and threading.main_thread() not in probed_on  # the probe ran on the job's worker thread
     outcome = []
     follower = JobFollower(job, jobs, lambda *_: None, lambda result, error: outcome.append((result, error)))
     assert follower.poll() and not outcome  # running
@@ -115,26 +127,6 @@ def test_quitting_waits_until_every_model_process_is_gone(runtime, phantom_volum
     jobs.application_quitting()  # what aboutToQuit() calls in the modules
     assert job.poll().state == "cancelled" and not jobs.running()
     assert gone_within(pids, 0.5), "quitting returned while a model process was still running"
-
-
-def test_the_model_environment_probe_runs_on_the_worker_thread(runtime, phantom_volume, test_backends, monkeypatch):
-    import sys
-
-    import aiportal.models.envs as envs
-    from aiportal.segment import SegmentationJob
-
-    probed_on = []
-
-    def slow_python_for(name):  # finding a model environment may import torch in a child (up to 120 s)
-        probed_on.append(threading.current_thread())
-        return sys.executable
-
-    monkeypatch.setattr(envs, "python_for", slow_python_for)
-    job = SegmentationJob(phantom_volume, "test-threshold", runtime=runtime, catalog=test_backends["ThresholdBackend"])
-    assert probed_on == []  # creating the job (on the main thread) does not probe
-    job.start()
-    assert job.wait(60).state == "done"
-    assert probed_on and probed_on[0] is not threading.main_thread()
 
 
 def test_registration_reads_copies_made_when_the_job_is_made(runtime, phantom_volume):
