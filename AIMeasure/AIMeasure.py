@@ -313,10 +313,11 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 raise ValueError(_("Choose an output folder."))
             folder = p.outputFolder
             job = self.logic.startSaveReport(Path(folder), p.inputSegmentation, p.inputVolume)
-            self._runInBackground(job, None, lambda written: setattr(
-                self.ui.statusLabel, "text", _("Wrote {count} files in {folder}").format(count=len(written),
-                                                                                         folder=folder)),
-                _("Failed to save the report."))
+            self._runInBackground(job, None, lambda written: self._showWritten(written, folder),
+                                  _("Failed to save the report."))
+
+    def _showWritten(self, written: list, folder) -> None:
+        self.ui.statusLabel.text = _("Wrote {count} files in {folder}").format(count=len(written), folder=folder)
 
 
 #
