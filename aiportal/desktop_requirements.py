@@ -1,8 +1,8 @@
 """What each desktop feature needs from Slicer's Python, and how to get it without breaking Slicer.
 
 3D Slicer ships its own Python with pinned packages (numpy, scipy, SimpleITK, pydicom, requests,
-pillow, and on 5.12 highdicom and pyjpegls). The desktop modules need a few more (psutil, highdicom
-on 5.10), installed on first use. A package Slicer bundles is never replaced: installs run with a
+pillow, and on 5.12 highdicom and pyjpegls). The desktop modules need few more (psutil; highdicom
+where Slicer lacks it), installed on first use. A package Slicer bundles is never replaced: installs run with a
 constraints file that pins every bundled package to the version installed, and a feature whose
 packages need another version of a bundled one is refused with a message that says why.
 
