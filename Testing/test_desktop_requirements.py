@@ -79,7 +79,7 @@ def test_features_that_need_only_bundled_packages_install_nothing(version):
 
 _PROBE = r'''
 import json, sys, types
-reference, module_file, feature, missing = sys.argv[1:5]
+reference, module_file, feature, missing, testing = sys.argv[1:6]
 slicer = types.ModuleType("slicer")
 slicer.__path__ = [reference + "/Base/Python/slicer"]
 sys.modules["slicer"] = slicer
@@ -95,7 +95,7 @@ class App:
     applicationVersion = "reference"
 
     def testingEnabled(self):
-        return False
+        return testing == "testing"
 
     def translate(self, context, text):
         return text
@@ -128,10 +128,11 @@ print(json.dumps({"outcome": outcome, "calls": calls}))
 '''
 
 
-def run_module_function(version: str, feature: str, missing: str = "") -> dict:
+def run_module_function(version: str, feature: str, missing: str = "", testing: bool = False) -> dict:
     """AISegmentPortal.ensurePythonRequirements(feature) on Slicer ``version``'s own util/packaging code."""
     done = subprocess.run([sys.executable, "-c", _PROBE, str(REFERENCE / f"slicer-{version}"),
-                           str(REPO / "AISegmentPortal" / "AISegmentPortal.py"), feature, missing],
+                           str(REPO / "AISegmentPortal" / "AISegmentPortal.py"), feature, missing,
+                           "testing" if testing else ""],
                           capture_output=True, text=True, cwd=REPO, timeout=60,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr
@@ -148,6 +149,12 @@ def test_module_installs_a_missing_package_once_asked_keeping_the_bundled_ones(v
     assert module == "pip" and args[0] == "install" and args[-1] == "aiportal-absent-test-package>=1.0"
     # every package Slicer bundles that this Python has stays at its version
     assert "-c" in args and "numpy==" in constraints and "requests==" in constraints
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_test_run_never_changes_slicers_python(version):
+    result = run_module_function(version, "segment", missing="aiportal-absent-test-package", testing=True)
+    assert result == {"outcome": "ok", "calls": []}
 
 
 @pytest.mark.parametrize("version", VERSIONS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import logging
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 
 from aiportal.errors import AIPortalError
+
+logger = logging.getLogger(__name__)
 
 #: Packages Slicer 5.10 and 5.12 install into their Python (SuperBuild/External_python-*.cmake and the
 #: packages built from source); never upgraded or downgraded by the extension.
@@ -139,6 +142,11 @@ def _refusal(need: Need, installed: Mapping[str, str]) -> str:
             "use 3D Slicer 5.12 or later for this, or the `aiportal` command line in a Python environment of its own")
 
 
+def _testing(slicer_module: Any) -> bool:
+    app = getattr(slicer_module, "app", None)
+    return bool(app is not None and hasattr(app, "testingEnabled") and app.testingEnabled())
+
+
 def slicer_version_text(slicer_module: Any) -> str:
     app = getattr(slicer_module, "app", None)
     return str(getattr(app, "applicationVersion", "") or "unknown")
@@ -165,6 +173,8 @@ def ensure_feature(feature: str, slicer_module: Any, requester: str,
         packaging = getattr(slicer_module, "packaging", None)
         if packaging is not None and hasattr(packaging, "pip_ensure"):
             packaging.pip_ensure(list(plan.install), constraints=str(constraints), requester=requester)
+        elif _testing(slicer_module):  # as pip_ensure does: a test run never changes Slicer's Python
+            logger.info("Testing mode: not installing %s", ", ".join(plan.install))
         else:
             util = slicer_module.util
             ask = confirm or (lambda text, details: util.confirmOkCancelDisplay(text, requester,
