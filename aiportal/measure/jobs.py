@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiportal.background import FunctionJob
-from aiportal.runtime import privatescene_copies
+from aiportal.runtime import private_scene_copies
 
 
 def measure_job(segmentation_node, volume_node, segment_id: str | None = None, lymph_node: bool = False) -> FunctionJob:
@@ -18,7 +18,7 @@ def measure_job(segmentation_node, volume_node, segment_id: str | None = None, l
     from aiportal.measure.recist import measure_segment
     from aiportal.measure.report import measure_segmentation
 
-    scene, segmentation, volume = privatescene_copies(segmentation_node, volume_node)
+    scene, segmentation, volume = private_scene_copies(segmentation_node, volume_node)
 
     def compute(progress, cancel):
         progress(0.0, "measuring")
@@ -33,7 +33,7 @@ def compare_job(prior_segmentation, prior_volume, current_segmentation, current_
     """The follow-up (:class:`~aiportal.measure.followup.FollowUp`) of two studies."""
     from aiportal.measure.followup import compare_studies
 
-    scene, *copies = privatescene_copies(prior_segmentation, prior_volume, current_segmentation, current_volume)
+    scene, *copies = private_scene_copies(prior_segmentation, prior_volume, current_segmentation, current_volume)
 
     def compute(progress, cancel):
         progress(0.0, "matching lesions")
@@ -49,7 +49,7 @@ def save_report_job(folder: Path, measurements: list, skipped: dict, follow_up, 
     from aiportal.measure.key_images import write_key_images
     from aiportal.measure.report import write_measurements
 
-    scene, segmentation, volume = privatescene_copies(segmentation_node, volume_node)
+    scene, segmentation, volume = private_scene_copies(segmentation_node, volume_node)
     folder = Path(folder)
 
     def compute(progress, cancel):
