@@ -217,3 +217,17 @@ def test_fix_texts_name_the_command_that_works_where_they_are_read(monkeypatch):
     monkeypatch.delenv("AIPORTAL_PYTHON_LITEMEDSAM", raising=False)
     with pytest.raises(ModelError, match=r"`PythonSlicer -m aiportal.cli models setup litemedsam`"):
         envs.python_for("litemedsam")
+
+
+def test_a_cancelled_export_writes_nothing(runtime, phantom_volume, tmp_path):
+    from aiportal.export.exporter import ExportOptions
+    from aiportal.export.job import ExportJob
+    from aiportal.segment import SegmentationJob
+
+    node = SegmentationJob(phantom_volume, "classic-ct", runtime=runtime, executor="thread").run().segmentation_node
+    job = ExportJob(node, phantom_volume, [], tmp_path / "out", ExportOptions(formats=("nrrd", "json", "stl")))
+    job.cancel()  # the user pressed "Cancel export" (or closed the scene) before its first step
+    job.start()
+    assert job.wait(60).state == "cancelled"
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".")]  # no staging folder left

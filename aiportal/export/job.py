@@ -4,7 +4,8 @@ The segmentation and its volume are copied into a private scene when the job is 
 scene's thread); :func:`~aiportal.export.exporter.export_to_folder` then runs on the copies in a
 worker thread, reading the DICOM source files there too. :meth:`ExportJob.finish`, back on the
 scene's thread, gives each scene segment the tracking UID its SEG used (stable across re-exports,
-as when exporting in place).
+as when exporting in place). Cancel stops at the next progress step; the output folder is left as it
+was (the export is staged and moved in only when complete).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ class ExportJob(BackgroundJob):
             self._report(0.0, "reading the DICOM source series")
             source = source_from_files(self._source_files)
         return export_to_folder(self._segmentation, self._volume, source, self.out_dir, self.options,
-                                progress=self._report)
+                                progress=self._report_or_stop)
+
+    def _report_or_stop(self, fraction: float, stage: str) -> None:
+        """Progress, and the export's safe points: a cancelled export stops there and writes nothing."""
+        self._cancel.check(f"export to {self.out_dir}")
+        self._report(fraction, stage)
 
     def start(self) -> None:
         super().start(f"exporting to {self.out_dir}")
