@@ -24,6 +24,12 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from aiportal.desktop_jobs import desktop_jobs, follow
+from aiportal.desktop_requirements import ensure_feature
+
+#: How often the main thread polls a running measurement for progress.
+POLL_INTERVAL_MS = 100
+
 
 #
 # AIMeasure
@@ -40,7 +46,7 @@ class AIMeasure(ScriptedLoadableModule):
         self.parent.title = _("AI Measure")
         self.parent.categories = [_("AI Portal"), translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AI Segment Portal contributors"]
+        self.parent.contributors = ["AI Segment Portal maintainers (AI Segment Portal project)"]
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
 Measure segmented lesions: exact RECIST 1.1 long/short axes, maximum 3D diameter and volume; a
@@ -51,6 +57,8 @@ See the <a href="https://github.com/ai-segment-portal/SlicerAIPortal#aimeasure">
         self.parent.acknowledgementText = _("""
 Developed by the AI Segment Portal contributors, on 3D Slicer's scripted module template.
 """)
+        # No measurement may outlive the application
+        slicer.app.connect("aboutToQuit()", lambda: desktop_jobs(slicer.mrmlScene).application_quitting())
 
 
 #
@@ -100,6 +108,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._observedLine = None
         self._lastCheck = None
+        self._follower = None  # the running measurement, comparison or report
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -138,6 +147,8 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        if self._follower is not None:
+            self._follower.cancel()  # its result is never applied
         self.removeObservers()
 
     def enter(self) -> None:
@@ -211,14 +222,38 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """The segment picked in the panel; None means every segment."""
         return self.ui.segmentSelector.currentSegmentID() or None
 
+    def _runInBackground(self, job, finish, onResult, failure: str) -> None:
+        """Follow a started job; ``finish(job)`` applies its result to the scene, ``onResult`` shows it."""
+        if self._follower is not None and self._follower.running:
+            self._follower.cancel()
+
+        def onDone(result, error):
+            if error is not None:
+                self.ui.statusLabel.text = failure
+                slicer.util.errorDisplay(failure + "\n\n" + error)
+            elif result is None:
+                self.ui.statusLabel.text = _("Cancelled.")
+            else:
+                onResult(result)
+
+        def onProgress(fraction, stage):
+            self.ui.statusLabel.text = stage
+
+        self._follower = follow(job, slicer.mrmlScene, qt.QTimer(), onProgress, onDone, finish, POLL_INTERVAL_MS)
+
     def onApplyButton(self) -> None:
-        """Measure the picked segment (or all) and show the table and the axis lines."""
+        """Measure the picked segment (or all) in the background, then show the table and the axis lines."""
         with slicer.util.tryWithErrorDisplay(_("Failed to compute measurements."), waitCursor=True):
             p = self._parameterNode
-            table = self.logic.process(p.inputSegmentation, p.inputVolume, self._selectedSegmentID(), p.lymphNode)
-            self.ui.resultsTableView.setMRMLTableNode(table)
-            self.ui.statusLabel.text = "\n".join(self.logic.warnings()) or _("Measured {count} lesion(s).").format(
-                count=len(self.logic.measurements))
+            segmentation = p.inputSegmentation
+            job = self.logic.startMeasure(segmentation, p.inputVolume, self._selectedSegmentID(), p.lymphNode)
+            self._runInBackground(job, lambda done: self.logic.applyMeasurements(segmentation, *done.finish()),
+                                  self._showMeasurements, _("Failed to compute measurements."))
+
+    def _showMeasurements(self, table) -> None:
+        self.ui.resultsTableView.setMRMLTableNode(table)
+        self.ui.statusLabel.text = "\n".join(self.logic.warnings()) or _("Measured {count} lesion(s).").format(
+            count=len(self.logic.measurements))
 
     # -- copilot ---------------------------------------------------------------------------------
     def _observeLine(self, lineNode) -> None:
@@ -257,9 +292,15 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onCompareButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Failed to compare the studies."), waitCursor=True):
             p = self._parameterNode
-            table = self.logic.compare(p.priorSegmentation, p.priorVolume, p.inputSegmentation, p.inputVolume)
-            self.ui.followUpTableView.setMRMLTableNode(table)
-            self.ui.responseLabel.text = table.GetDescription()
+            scene = p.inputSegmentation.GetScene()
+            job = self.logic.startCompare(p.priorSegmentation, p.priorVolume, p.inputSegmentation, p.inputVolume)
+            self._runInBackground(job, lambda done: self.logic.applyFollowUp(scene, done.finish()),
+                                  self._showFollowUp, _("Failed to compare the studies."))
+
+    def _showFollowUp(self, table) -> None:
+        self.ui.followUpTableView.setMRMLTableNode(table)
+        self.ui.responseLabel.text = table.GetDescription()
+        self.ui.statusLabel.text = _("Compared.")
 
     def onCopyToReport(self) -> None:
         qt.QApplication.clipboard().setText(self.logic.reportText())
@@ -270,9 +311,13 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             if not p.outputFolder or str(p.outputFolder) in ("", "."):
                 raise ValueError(_("Choose an output folder."))
-            written = self.logic.saveReport(Path(p.outputFolder), p.inputSegmentation, p.inputVolume)
-            self.ui.statusLabel.text = _("Wrote {count} files in {folder}").format(count=len(written),
-                                                                                   folder=p.outputFolder)
+            folder = p.outputFolder
+            job = self.logic.startSaveReport(Path(folder), p.inputSegmentation, p.inputVolume)
+            self._runInBackground(job, None, lambda written: self._showWritten(written, folder),
+                                  _("Failed to save the report."))
+
+    def _showWritten(self, written: list, folder) -> None:
+        self.ui.statusLabel.text = _("Wrote {count} files in {folder}").format(count=len(written), folder=folder)
 
 
 #
@@ -298,26 +343,40 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AIMeasureParameterNode(super().getParameterNode())
 
-    def process(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
+    def startMeasure(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
         """
-        Measure one segment (or all) of inputSegmentation on inputVolume, place the axis lines and
-        return the results table node.
+        Start measuring one segment (or all) of inputSegmentation on inputVolume in a worker thread (on copies
+        made now) and return the job; ``applyMeasurements(inputSegmentation, *job.finish())`` on the main thread.
         """
-        from aiportal.measure.recist import add_axis_lines, measure_lesions
-        from aiportal.measure.report import add_measurement_table, measure_segmentation
+        from aiportal.measure.jobs import measure_job
 
         if not inputSegmentation or not inputVolume:
             raise ValueError(_("Select a segmentation and a volume."))
-        if segmentID:  # each separate lesion of the segment; vessels are refused (see warnings())
-            lesions = measure_lesions(inputSegmentation, segmentID, inputVolume, lymph_node=lymphNode)
-            self.measurements, self.skipped = lesions.measurements, lesions.refused
-        else:
-            self.measurements, self.skipped = measure_segmentation(inputSegmentation, inputVolume)
+        ensure_feature("measure", slicer, requester=_("AI Measure"))
+        job = measure_job(inputSegmentation, inputVolume, segmentID, lymphNode)
+        job.start()
+        return job
+
+    def applyMeasurements(self, inputSegmentation, measurements: list, skipped: dict):
+        """Place the axis lines of the measurements and return the results table node (main thread)."""
+        from aiportal.measure.recist import add_axis_lines
+        from aiportal.measure.report import add_measurement_table
+
+        self.measurements, self.skipped = measurements, skipped
         scene = inputSegmentation.GetScene()
         for measurement in self.measurements:
             add_axis_lines(scene, measurement, inputSegmentation)
         table = scene.GetFirstNodeByName("RECIST measurements")
         return add_measurement_table(scene, self.measurements, table_node=table if table else None)
+
+    def process(self, inputSegmentation, inputVolume, segmentID: str | None = None, lymphNode: bool = False):
+        """
+        Measure one segment (or all) of inputSegmentation on inputVolume, place the axis lines and
+        return the results table node: the panel's job, waited for.
+        """
+        job = self.startMeasure(inputSegmentation, inputVolume, segmentID, lymphNode)
+        job.wait()
+        return self.applyMeasurements(inputSegmentation, *job.finish())
 
     def warnings(self) -> list[str]:
         """What the reader must know about the last measurement: lesions split, speckle dropped, refusals."""
@@ -361,31 +420,46 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
 
         apply_suggestion(lineNode, check)
 
+    def startCompare(self, priorSegmentation, priorVolume, currentSegmentation, currentVolume):
+        """Start the follow-up comparison in a worker thread (on copies made now); ``applyFollowUp`` its result."""
+        from aiportal.measure.jobs import compare_job
+
+        ensure_feature("measure", slicer, requester=_("AI Measure"))
+        job = compare_job(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
+        job.start()
+        return job
+
+    def applyFollowUp(self, scene, followUp):
+        """Keep the follow-up for the report and return its table node (main thread)."""
+        from aiportal.measure.followup import add_follow_up_table
+
+        self.followUp = followUp
+        return add_follow_up_table(scene, followUp)
+
     def compare(self, priorSegmentation, priorVolume, currentSegmentation, currentVolume):
         """Follow-up: lesions matched by position (same frame of reference), change and RECIST response."""
-        from aiportal.measure.followup import add_follow_up_table, compare_studies
-
-        self.followUp = compare_studies(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
-        return add_follow_up_table(currentSegmentation.GetScene(), self.followUp)
+        job = self.startCompare(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
+        job.wait()
+        return self.applyFollowUp(currentSegmentation.GetScene(), job.finish())
 
     def reportText(self) -> str:
         from aiportal.measure.report import report_text
 
         return report_text(self.measurements, self.followUp)
 
-    def saveReport(self, folder: Path, segmentation, volume) -> list:
-        """measurements.csv/json, follow-up tables (when compared) and one PNG key image per lesion."""
-        from aiportal.measure.followup import write_follow_up
-        from aiportal.measure.key_images import write_key_images
-        from aiportal.measure.report import write_measurements
+    def startSaveReport(self, folder: Path, segmentation, volume):
+        """Start writing measurements.csv/json, follow-up tables (when compared) and one PNG key image per lesion."""
+        from aiportal.measure.jobs import save_report_job
 
-        folder.mkdir(parents=True, exist_ok=True)
-        written = write_measurements(self.measurements, self.skipped, folder)
-        if self.followUp is not None:
-            written += write_follow_up(self.followUp, folder)
-        keyImages = write_key_images(volume, segmentation, self.measurements, folder / "key_images")
-        written += [key.path for key in keyImages]
-        return written
+        job = save_report_job(folder, self.measurements, self.skipped, self.followUp, segmentation, volume)
+        job.start()
+        return job
+
+    def saveReport(self, folder: Path, segmentation, volume) -> list:
+        """The files of :meth:`startSaveReport`, waited for."""
+        job = self.startSaveReport(folder, segmentation, volume)
+        job.wait()
+        return job.finish()
 
 
 #
@@ -408,6 +482,8 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         """Run as few or as many tests as needed here."""
         self.setUp()
         self.test_AIMeasure1()
+        self.setUp()
+        self.test_AIMeasurePhantom()
 
     def test_AIMeasure1(self):
         """A painted disc is measured (axes, table), and a shortened manual line is flagged and corrected."""
@@ -423,7 +499,7 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "image")
         voxels = np.zeros((5, 64, 64), dtype=np.int16)
         k, j, i = np.ogrid[:5, :64, :64]
-        voxels[(j - 32) ** 2 + (i - 32) ** 2 <= 100] = 100  # radius 10 voxels on every slice
+        voxels[np.broadcast_to((j - 32) ** 2 + (i - 32) ** 2 <= 100, voxels.shape)] = 100  # radius 10, each slice
         slicer.util.updateVolumeFromArray(volume, voxels)
         labels = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
         slicer.util.updateVolumeFromArray(labels, (voxels > 0).astype(np.uint8))
@@ -440,4 +516,25 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         self.assertFalse(check.ok)
         logic.applySuggestion(line, check)
         self.assertTrue(logic.checkLine(line, segmentation, volume).ok)
+        self.delayDisplay("Test passed")
+
+    def test_AIMeasurePhantom(self):
+        """The project's CT phantom, segmented by classic-ct, measured in the background as Testing/test_desktop_jobs.py
+        does: the panel's job gives what the direct call gives."""
+        from aiportal.io.volumes import volume_node_from_array
+        from aiportal.measure.report import measure_segmentation
+        from aiportal.sample import make_ct_phantom
+        from aiportal.segment import SegmentationJob
+
+        phantom = make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
+        volume = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        volume.SetAttribute("DICOM.Modality", "CT")
+        segmentation = SegmentationJob(volume, "classic-ct", executor="thread").run().segmentation_node
+        logic = AIMeasureLogic()
+        table = logic.process(segmentation, volume)
+        direct, skipped = measure_segmentation(segmentation, volume)
+        self.assertTrue(direct)
+        self.assertEqual(table.GetNumberOfRows(), len(direct))
+        self.assertEqual([m.long_axis_mm for m in logic.measurements], [m.long_axis_mm for m in direct])
+        self.assertEqual(logic.skipped, skipped)
         self.delayDisplay("Test passed")

@@ -25,7 +25,8 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
-from aiportal.register import apply_to_scene, register_volumes, show_fusion
+from aiportal.desktop_jobs import desktop_jobs, follow
+from aiportal.desktop_requirements import ensure_feature
 from aiportal.register.job import RegistrationJob
 from aiportal.runtime import get_runtime
 from aiportal.segmentation import segment_mask
@@ -48,7 +49,7 @@ class AIRegister(ScriptedLoadableModule):
         self.parent.title = _("AI Register")
         self.parent.categories = [_("AI Portal"), translate("qSlicerAbstractCoreModule", "Registration")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AI Segment Portal contributors"]
+        self.parent.contributors = ["AI Segment Portal maintainers (AI Segment Portal project)"]
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
 Register a prior study to the current one, review the fusion and carry segments across for
@@ -58,6 +59,8 @@ See the <a href="https://github.com/ai-segment-portal/SlicerAIPortal#airegister"
         self.parent.acknowledgementText = _("""
 Developed by the AI Segment Portal contributors, on 3D Slicer's scripted module template.
 """)
+        # No registration may outlive the application
+        slicer.app.connect("aboutToQuit()", lambda: desktop_jobs(slicer.mrmlScene).application_quitting())
 
 
 #
@@ -99,8 +102,7 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job = None
-        self._timer = None
+        self._follower = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -131,6 +133,8 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
+        if self._follower is not None:
+            self._follower.cancel()  # its result is never applied
         self.removeObservers()
 
     def enter(self) -> None:
@@ -148,6 +152,9 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         """Called just before the scene is closed."""
+        # The running registration is cancelled (aiportal.desktop_jobs): its volumes are about to disappear
+        if self._follower is not None:
+            self._follower.cancel()
         # Parameter node will be reset, do not use it anymore
         self.setParameterNode(None)
 
@@ -203,39 +210,38 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         """Start the registration in the background, or cancel the running one."""
-        if self._job is not None:
-            self._job.cancel()
+        if self._follower is not None and self._follower.running:
+            self._follower.cancel()
             self.ui.statusLabel.text = _("Cancelling...")
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
-            self._job = self.logic.startJob(
+            fusionMode = self._parameterNode.fusionMode  # read now: the parameter node may be gone when it ends
+            job = self.logic.startJob(
                 self._parameterNode.fixedVolume, self._parameterNode.movingVolume,
                 self._parameterNode.registrationType,
                 fixedMask=(self.ui.fixedMaskSelector.currentNode(), self.ui.fixedMaskSelector.currentSegmentID()),
                 movingMask=(self.ui.movingMaskSelector.currentNode(), self.ui.movingMaskSelector.currentSegmentID()))
-            self._timer = qt.QTimer()
-            self._timer.setInterval(POLL_INTERVAL_MS)
-            self._timer.connect("timeout()", self._poll)
-            self._timer.start()
+            self._follower = follow(job, slicer.mrmlScene, qt.QTimer(), self._onProgress, self._onDone,
+                                    finish=lambda done: done.finish(get_runtime(), fusion_mode=fusionMode)[1],
+                                    interval_ms=POLL_INTERVAL_MS)
             self.ui.applyButton.text = _("Cancel")
             self.ui.inputsCollapsibleButton.enabled = False
 
-    def _poll(self) -> None:
-        status = self._job.poll()
-        self.ui.progressBar.value = round(100 * status.fraction)
-        self.ui.statusLabel.text = status.stage
-        if status.state in ("queued", "running"):
-            return
-        self._timer.stop()
-        job, self._job = self._job, None
+    def _onProgress(self, fraction: float, stage: str) -> None:
+        self.ui.progressBar.value = round(100 * fraction)
+        self.ui.statusLabel.text = stage
+
+    def _onDone(self, result, error: str | None) -> None:
+        """The registration ended: result (applied to the scene it was started for), error, or neither."""
         self.ui.applyButton.text = _("Apply")
         self.ui.inputsCollapsibleButton.enabled = True
-        if status.state == "cancelled":
+        if error is not None:
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(_("Failed to register the volumes.") + "\n\n" + error)
+        elif result is None:
             self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
             self.ui.progressBar.value = 0
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to register the volumes."), waitCursor=True):
-            result = job.finish(get_runtime(), fusion_mode=self._parameterNode.fusionMode)[1]
+        else:
             done = _("Done: metric {metric:.4g} after {iterations} iterations in {seconds:.1f} s.")
             self.ui.statusLabel.text = done.format(metric=result.final_metric, iterations=result.iterations,
                                                    seconds=result.elapsed_s)
@@ -270,12 +276,13 @@ class AIRegisterLogic(ScriptedLoadableModuleLogic):
         """
         if not fixedVolume or not movingVolume:
             raise ValueError(_("Select a fixed and a moving volume."))
+        ensure_feature("register", slicer, requester=_("AI Register"))
         masks = {}
         for key, (segmentationNode, segmentId), volume in (("fixed_mask", fixedMask, fixedVolume),
                                                           ("moving_mask", movingMask, movingVolume)):
             if segmentationNode and segmentId:  # read here, on the main thread, before the worker starts
                 masks[key] = segment_mask(segmentationNode, segmentId, volume)
-        job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType, **masks)
+        job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType, **masks)  # copies the volumes
         job.start()
         return job
 
@@ -302,11 +309,11 @@ class AIRegisterLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select a fixed and a moving volume."))
         logging.info("AIRegister: %s registration of %s to %s", registrationType, movingVolume.GetName(),
                      fixedVolume.GetName())
-        runtime = get_runtime()
-        result = register_volumes(fixedVolume, movingVolume, kind=registrationType,
-                                  progress=progressCallback or (lambda fraction, stage: None))
-        transformNode = apply_to_scene(runtime, result, fixedVolume, movingVolume)
-        show_fusion(runtime, result, fixedVolume, movingVolume, mode=fusionMode)
+        ensure_feature("register", slicer, requester=_("AI Register"))
+        # the same job the panel runs, waited for here
+        job = RegistrationJob(fixedVolume, movingVolume, kind=registrationType)
+        transformNode, _result = job.run(progressCallback or (lambda fraction, stage: None),
+                                         runtime=get_runtime(), fusion_mode=fusionMode)
         return transformNode
 
 
@@ -332,11 +339,13 @@ class AIRegisterTest(ScriptedLoadableModuleTest):
         self.test_AIRegister1()
 
     def test_AIRegister1(self):
-        """A copy of MRHead moved by a known rigid motion is registered back; bad input is refused."""
+        """The project's CT phantom moved by a known shift is registered back (as Testing/test_desktop_jobs.py does)."""
         self.delayDisplay("Starting the test")
 
         import numpy as np
-        import SampleData
+
+        from aiportal.io.volumes import ijk_to_ras_matrix, volume_node_from_array
+        from aiportal.sample import make_ct_phantom
 
         logic = AIRegisterLogic()
         parameterNode = logic.getParameterNode()
@@ -344,14 +353,11 @@ class AIRegisterTest(ScriptedLoadableModuleTest):
         with self.assertRaises(ValueError):
             logic.process(None, None)
 
-        fixed = SampleData.downloadSample("MRHead")
-        moving = slicer.modules.volumes.logic().CloneVolume(slicer.mrmlScene, fixed, "MRHead moved")
-        angle = np.radians(5.0)  # known motion: 5 degrees about S and 4 mm along R, in the moving volume's header
-        motion = np.array([[np.cos(angle), -np.sin(angle), 0, 4], [np.sin(angle), np.cos(angle), 0, 0],
-                           [0, 0, 1, 0], [0, 0, 0, 1]])
-        ijkToRas = vtk.vtkMatrix4x4()
-        fixed.GetIJKToRASMatrix(ijkToRas)
-        moving.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(motion @ slicer.util.arrayFromVTKMatrix(ijkToRas)))
+        phantom = make_ct_phantom(shape=(24, 64, 64), spacing=(8.0, 5.0, 5.0))
+        fixed = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        motion = np.eye(4)
+        motion[:3, 3] = (6.0, -4.0, 0.0)  # a known shift in the moving volume's header
+        moving = volume_node_from_array(slicer.mrmlScene, phantom.hu, motion @ ijk_to_ras_matrix(fixed), "moved")
         transformNode = logic.process(fixed, moving, "rigid", "fade")
         recovered = slicer.util.arrayFromTransformMatrix(transformNode)
         self.assertLess(np.abs(recovered @ motion - np.eye(4))[:3, 3].max(), 1.0)  # moving -> fixed undoes it

@@ -1,5 +1,4 @@
 import dataclasses
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -27,8 +26,11 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
-from aiportal.export.exporter import ExportOptions, ExportResult, export_to_folder
-from aiportal.io.dicom_series import SourceSeries, source_from_files
+from aiportal.background import FunctionJob
+from aiportal.desktop_jobs import JobFollower, desktop_jobs, follow
+from aiportal.desktop_requirements import ensure_feature
+from aiportal.export.exporter import ExportOptions, ExportResult
+from aiportal.export.job import ExportJob
 from aiportal.models.catalog import get_catalog
 from aiportal.prompts import box_from_roi_node
 from aiportal.remote import RemoteSegmentationJob
@@ -46,7 +48,6 @@ VIEW_BUTTON_OBJECT_NAME = "AISegmentPortalThreeDViewButton"
 #: How often the main thread polls a running job for progress.
 POLL_INTERVAL_MS = 100
 
-_REQUIREMENTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "Resources", "requirements.txt")
 
 
 #
@@ -64,7 +65,7 @@ class AISegmentPortal(ScriptedLoadableModule):
         self.parent.title = _("AI Segment Portal")
         self.parent.categories = [_("AI Portal"), translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["AI Segment Portal contributors"]
+        self.parent.contributors = ["AI Segment Portal maintainers (AI Segment Portal project)"]
         # _() function marks text as translatable to other languages
         self.parent.helpText = _("""
 Segment a volume with a model from the catalog. The run happens in the background with live
@@ -79,6 +80,8 @@ Developed by the AI Segment Portal contributors, on 3D Slicer's scripted module 
 
         # The view buttons need the main window's layout manager, which exists only after startup
         slicer.app.connect("startupCompleted()", installThreeDViewButtons)
+        # No job may outlive the application: a model's process runs in a session of its own
+        slicer.app.connect("aboutToQuit()", cancelDesktopJobs)
 
 
 #
@@ -86,26 +89,19 @@ Developed by the AI Segment Portal contributors, on 3D Slicer's scripted module 
 #
 
 
-def ensurePythonRequirements(requirementsPath: str, requester: str) -> None:
-    """Install the pip packages listed in requirementsPath that Slicer's Python lacks.
+def ensurePythonRequirements(feature: str) -> None:
+    """Install the Python packages ``feature`` needs that Slicer's Python lacks; raise when it cannot run here.
 
-    Asks the user first and shows progress (``slicer.packaging``, Slicer 5.12 or later).
+    Nothing is asked when everything is installed. Otherwise the user is asked once: Slicer 5.12+
+    installs with ``slicer.packaging.pip_ensure``, older versions with ``slicer.util.pip_install``; a
+    package Slicer bundles is never changed (see :mod:`aiportal.desktop_requirements`).
     """
-    try:
-        from slicer import packaging as slicerPackaging
-    except ImportError:
-        slicerPackaging = None
-    if slicerPackaging is None or not hasattr(slicerPackaging, "pip_ensure"):
-        with open(requirementsPath) as requirementsFile:
-            packages = [line.strip() for line in requirementsFile if line.strip() and not line.startswith("#")]
-        raise RuntimeError(
-            _(
-                "{requester} needs 3D Slicer 5.12 or later to install its Python packages "
-                "(this is Slicer {version}). Install them from the Python console instead:\n"
-                "slicer.util.pip_install({packages})"
-            ).format(requester=requester, version=slicer.app.applicationVersion, packages=repr(" ".join(packages)))
-        )
-    slicerPackaging.pip_ensure(slicerPackaging.load_requirements(requirementsPath), requester=requester)
+    ensure_feature(feature, slicer, requester=_("AI Segment Portal"))
+
+
+def cancelDesktopJobs() -> None:
+    """Cancel every running job of every module and wait until it stopped (the application quits)."""
+    desktop_jobs(slicer.mrmlScene).application_quitting()
 
 
 #
@@ -143,58 +139,33 @@ class AISegmentPortalParameterNode:
 #
 
 
-class SegmentationJobPoller:
+class SegmentationJobPoller(JobFollower):
     """Follows a running segmentation job from the main thread and finishes it there.
 
-    The job computes in a worker thread; MRML may only be changed from the main thread, so a
-    timer polls the job and calls ``finish()`` (which fills the segmentation node) once it is done.
+    The job computes in a child process watched by a worker thread; MRML may only be changed from the
+    main thread, so a timer polls the job and calls ``finish()`` (which fills the segmentation node)
+    once it is done — only if the scene it was started for is still open (closing it cancels the job).
     """
 
     def __init__(
         self,
-        job: SegmentationJob,
+        job: "SegmentationJob | RemoteSegmentationJob",
         onProgress: Callable[[float, str], None],
         onDone: Callable[["SegmentationResult | None", str | None], None],
     ) -> None:
         """onDone(result, error): result on success, error text on failure, both None when cancelled."""
-        self.job = job
-        self._onProgress = onProgress
-        self._onDone = onDone
-        self._timer = qt.QTimer()
-        self._timer.setInterval(POLL_INTERVAL_MS)
-        self._timer.connect("timeout()", self._poll)
-        self._timer.start()
-
-    @property
-    def running(self) -> bool:
-        return self._timer.isActive()
-
-    def cancel(self) -> None:
-        """Ask the job to stop; onDone is called once it has."""
-        self.job.cancel()
+        super().__init__(job, desktop_jobs(slicer.mrmlScene), onProgress, onDone)
+        self.drive(qt.QTimer(), POLL_INTERVAL_MS)
 
     def stop(self) -> None:
-        """Cancel the job and stop following it (no more callbacks)."""
-        self.job.cancel()
-        self._timer.stop()
+        """Cancel the job; its result is never applied."""
+        self.cancel()
 
-    def _poll(self) -> None:
-        status = self.job.poll()
-        self._onProgress(status.fraction, status.stage)
-        if status.state in ("queued", "running"):
-            return
-        self._timer.stop()
-        if status.state == "cancelled":
-            self._onDone(None, None)
-            return
-        try:
-            # Builds the segmentation when done; re-raises the worker's error (with its traceback) when failed
-            result = self.job.finish()
-        except Exception as error:
-            logging.exception("AI segmentation failed")
-            self._onDone(None, str(error) or type(error).__name__)
-            return
-        self._onDone(result, None)
+
+def followJob(job, onProgress: Callable[[float, str], None], onDone: Callable, finish=None) -> JobFollower:
+    """Start a background job and follow it from a timer (export, server check)."""
+    job.start()
+    return follow(job, slicer.mrmlScene, qt.QTimer(), onProgress, onDone, finish, POLL_INTERVAL_MS)
 
 
 #
@@ -215,6 +186,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._poller = None
+        self._exportFollower = None
+        self._connectionFollower = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -255,8 +228,9 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        if self._poller is not None:
-            self._poller.stop()
+        for follower in (self._poller, self._exportFollower, self._connectionFollower):
+            if follower is not None:
+                follower.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -401,15 +375,29 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return True
 
     def onTestConnection(self) -> None:
-        """Check the server address and key: its health and the models it offers."""
-        with slicer.util.tryWithErrorDisplay(_("The server cannot be used."), waitCursor=True):
+        """Check the server address and key (its health and models) in the background."""
+        if self._connectionFollower is not None and self._connectionFollower.running:
+            return
+        with slicer.util.tryWithErrorDisplay(_("The server cannot be used.")):
             client = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
-            models = client.models()  # needs a valid key, unlike /health
+            self.ui.serverStatusLabel.text = _("Connecting to {url}...").format(url=client.base_url)
+            self._connectionFollower = followJob(
+                FunctionJob(lambda progress, cancel: client.models(), "connecting"),  # needs a valid key
+                lambda fraction, stage: None, self._onConnectionChecked)
+
+    def _onConnectionChecked(self, models: list | None, error: str | None) -> None:
+        if error is not None:
+            self.ui.serverStatusLabel.text = _("Not connected.")
+            slicer.util.errorDisplay(_("The server cannot be used.") + "\n\n" + error)
+        elif models is not None:
             self.ui.serverStatusLabel.text = _("Connected: {count} models ({names}).").format(
                 count=len(models), names=", ".join(m["id"] for m in models[:5]))
 
     def onExportButton(self) -> None:
-        """Export the output segmentation in the checked formats into the chosen folder."""
+        """Export the output segmentation in the checked formats into the chosen folder, in the background."""
+        if self._exportFollower is not None and self._exportFollower.running:
+            self._exportFollower.cancel()
+            return
         segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None
         volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
         if not segmentationNode or not volumeNode or not self.ui.exportFolderLineEdit.currentPath:
@@ -427,12 +415,23 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             coordinates=self.ui.exportCoordinatesComboBox.currentText,
             volume_true_surfaces=self.ui.exportVolumeTrueSurfacesCheckBox.checked,
         )
+        folder = self.ui.exportFolderLineEdit.currentPath
         with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            result = self.logic.exportResults(segmentationNode, volumeNode, self.ui.exportFolderLineEdit.currentPath,
-                                              options)
+            job = self.logic.createExportJob(segmentationNode, volumeNode, folder, options)
+            self._exportFollower = followJob(job, self._onJobProgress,
+                                             lambda result, error: self._onExportDone(result, error, folder))
+            self.ui.exportButton.text = _("Cancel export")
+
+    def _onExportDone(self, result: ExportResult | None, error: str | None, folder: str) -> None:
+        self.ui.exportButton.text = _("Export")
+        if error is not None:
+            self.ui.statusLabel.text = _("Export failed.")
+            slicer.util.errorDisplay(_("Export failed.") + "\n\n" + error)
+        elif result is None:
+            self.ui.statusLabel.text = _("Export cancelled: nothing was written.")
+        else:
             self.ui.statusLabel.text = "\n".join(
-                [_("Exported {count} file(s) to {folder}.").format(count=len(result.files),
-                                                                   folder=self.ui.exportFolderLineEdit.currentPath),
+                [_("Exported {count} file(s) to {folder}.").format(count=len(result.files), folder=folder),
                  *result.notes])
 
     def _onJobProgress(self, fraction: float, stage: str) -> None:
@@ -635,9 +634,9 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return AISegmentPortalParameterNode(super().getParameterNode())
 
-    def ensureDependencies(self) -> None:
-        """Install the Python packages Slicer lacks (asks the user first; skipped in testing mode)."""
-        ensurePythonRequirements(_REQUIREMENTS_PATH, requester=_("AI Segment Portal"))
+    def ensureDependencies(self, feature: str = "segment") -> None:
+        """Install the Python packages ``feature`` needs that Slicer lacks (asks the user once)."""
+        ensurePythonRequirements(feature)
 
     def createJob(
         self,
@@ -651,7 +650,7 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         """A job for inputVolume (on the server when one is given), once the Python packages are installed."""
         if not inputVolume:
             raise ValueError(_("Select an input volume."))
-        self.ensureDependencies()
+        self.ensureDependencies("remote" if server is not None else "segment")
         params = {}
         if "box" in get_catalog().get(modelId).prompts:
             if not promptROI:
@@ -695,12 +694,31 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         job.start()
         return job
 
-    def sourceSeries(self, volumeNode: vtkMRMLScalarVolumeNode) -> SourceSeries | None:
-        """The DICOM source of a volume loaded by Slicer's DICOM module (None for a file-based volume)."""
+    def sourceFiles(self, volumeNode: vtkMRMLScalarVolumeNode) -> list[str]:
+        """The DICOM files of a volume loaded by Slicer's DICOM module (none for a file-based volume)."""
         uids = (volumeNode.GetAttribute("DICOM.instanceUIDs") or "").split()
-        if not uids:
-            return None
-        return source_from_files([slicer.dicomDatabase.fileForInstance(uid) for uid in uids])
+        return [slicer.dicomDatabase.fileForInstance(uid) for uid in uids]
+
+    def createExportJob(
+        self,
+        segmentationNode: vtkMRMLSegmentationNode,
+        volumeNode: vtkMRMLScalarVolumeNode,
+        outputFolder: str,
+        options: ExportOptions,
+    ) -> ExportJob:
+        """
+        A job that exports the segmentation (seg.nrrd, statistics, DICOM SEG + SR, STL/OBJ) and audits the export.
+        The nodes are copied now (main thread); the job writes from the copies in a worker thread.
+        Nothing in outputFolder is overwritten.
+        :param segmentationNode: segmentation made on volumeNode
+        :param volumeNode: its source volume; DICOM SEG/SR need it loaded from DICOM
+        :param outputFolder: folder to write into (created if missing)
+        :param options: formats and their settings
+        """
+        self.ensureDependencies("export")
+        if {"seg", "sr"} & set(options.formats):
+            self.ensureDependencies("dicom-export")
+        return ExportJob(segmentationNode, volumeNode, self.sourceFiles(volumeNode), outputFolder, options)
 
     def exportResults(
         self,
@@ -709,15 +727,8 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         outputFolder: str,
         options: ExportOptions,
     ) -> ExportResult:
-        """
-        Export the segmentation (seg.nrrd, statistics, DICOM SEG + SR, STL/OBJ) and audit the export.
-        Can be used without GUI widget. Nothing in outputFolder is overwritten.
-        :param segmentationNode: segmentation made on volumeNode
-        :param volumeNode: its source volume; DICOM SEG/SR need it loaded from DICOM
-        :param outputFolder: folder to write into (created if missing)
-        :param options: formats and their settings
-        """
-        return export_to_folder(segmentationNode, volumeNode, self.sourceSeries(volumeNode), outputFolder, options)
+        """The same export as :meth:`createExportJob`, waiting for it. Can be used without GUI widget."""
+        return self.createExportJob(segmentationNode, volumeNode, outputFolder, options).run()
 
     def process(
         self,
@@ -762,17 +773,21 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_AISegmentPortal1()
         self.setUp()
+        self.test_AISegmentPortalSceneClose()
+        self.setUp()
         self.test_AISegmentPortalViewButtons()
 
     def test_AISegmentPortal1(self):
-        """Segment the CTChest sample with the classical CT model; every catalog label must be found."""
+        """Segment the project's CT phantom with classic-ct and export it (as Testing/test_desktop_jobs.py does)."""
+        import tempfile
+
+        from aiportal.io.volumes import volume_node_from_array
+        from aiportal.sample import make_ct_phantom
 
         self.delayDisplay("Starting the test")
-
-        import SampleData
-
-        inputVolume = SampleData.downloadSample("CTChest")
-        self.delayDisplay("Loaded test data set")
+        phantom = make_ct_phantom(shape=(40, 96, 96), spacing=(5.0, 3.5, 3.5))
+        inputVolume = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        inputVolume.SetAttribute("DICOM.Modality", "CT")
 
         stages = []
         logic = AISegmentPortalLogic()
@@ -792,8 +807,6 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.model.id, DEFAULT_MODEL_ID)
         self.assertEqual(result.provenance.model_id, DEFAULT_MODEL_ID)
 
-        import tempfile
-
         with tempfile.TemporaryDirectory() as folder:
             exported = logic.exportResults(segmentationNode, inputVolume, folder,
                                            ExportOptions(formats=("nrrd", "json", "stl")))
@@ -801,8 +814,25 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
             self.assertIn("segmentation.seg.nrrd", names)
             self.assertTrue(any(name.endswith(".stl") for name in names))
             for file in exported.files:
-                self.assertTrue(os.path.isfile(os.path.join(folder, file.name)), file.name)
+                self.assertTrue(os.path.exists(os.path.join(folder, file.name)), file.name)
 
+        self.delayDisplay("Test passed")
+
+    def test_AISegmentPortalSceneClose(self):
+        """Closing the scene cancels a running segmentation, and its result lands nowhere."""
+        from aiportal.io.volumes import volume_node_from_array
+        from aiportal.sample import make_ct_phantom
+
+        phantom = make_ct_phantom(shape=(40, 96, 96), spacing=(5.0, 3.5, 3.5))
+        inputVolume = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        outcome = []
+        poller = SegmentationJobPoller(AISegmentPortalLogic().startJob(inputVolume, DEFAULT_MODEL_ID, "cpu"),
+                                       lambda fraction, stage: None, lambda result, error: outcome.append(result))
+        slicer.mrmlScene.Clear(0)
+        while poller.running:
+            slicer.app.processEvents()
+        self.assertEqual(outcome, [None])
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), 0)
         self.delayDisplay("Test passed")
 
     def test_AISegmentPortalViewButtons(self):

@@ -195,7 +195,8 @@ def test_totalseg_missing_weights_say_what_and_how(tmp_path, shared_data):
     message = str(caught.value)
     assert "Dataset297_TotalSegmentator_total_3mm_1559subj" in message
     assert "totalseg_download_weights -t total_fast" in message
-    assert totalsegmentator.IMPORT_COMMAND in message and str(tmp_path / "nnunet" / "results") in message
+    assert "`aiportal models import-weights <zip or folder>`" in message  # outside Slicer: the console script
+    assert str(tmp_path / "nnunet" / "results") in message
     assert not list(tmp_path.rglob("Dataset*"))  # nothing was downloaded or created
 
     licensed = totalsegmentator.TotalSegmentatorBackend("tissue_types")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from processes import alive, gone_within, wait_for_pids
 
 from aiportal.errors import CancelledError, InputError, ModelError
 from aiportal.models.backend import ModelInput
@@ -41,16 +41,6 @@ def _input(ct) -> ModelInput:
 
     node = ct[1]
     return ModelInput(array_from_volume(node)[:8], ijk_to_ras_matrix(node), "CT", "example_ct_sm (8 slices)")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a killed child not yet reaped by its parent is a zombie: gone for every practical purpose
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split(")")[-1].split()[0] == "Z")
 
 
 def test_child_result_equals_in_process_result_and_tqdm_is_progress(ct):
@@ -99,18 +89,14 @@ def test_cancel_kills_the_whole_process_tree_within_two_seconds_and_imports_noth
     job = SegmentationJob(node, "test-threshold", params={"pid_file": str(pid_file)}, runtime=runtime,
                           catalog=catalog)
     job.start()
-    deadline = time.monotonic() + 60
-    while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    child, grandchild = map(int, pid_file.read_text().split())
-    assert _alive(child) and _alive(grandchild)
+    child, grandchild = wait_for_pids(pid_file)
+    assert alive(child) and alive(grandchild)
     cancelled_at = time.monotonic()
     job.cancel()
     status = job.wait(10)
     assert status.state == "cancelled"
-    while (_alive(child) or _alive(grandchild)) and time.monotonic() - cancelled_at < 2.0:
-        time.sleep(0.02)
-    assert not _alive(child) and not _alive(grandchild), "a process of the cancelled run is still there"
+    remaining = 2.0 - (time.monotonic() - cancelled_at)
+    assert gone_within((child, grandchild), remaining), "a process of the cancelled run is still there"
     with pytest.raises(CancelledError):
         job.finish()
     assert runtime.scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == segmentations_before
@@ -139,7 +125,7 @@ def test_time_out_stops_the_child(ct, tmp_path):
                                      {"pid_file": str(tmp_path / "pids")}, model_id="sleepy")
     child, grandchild = map(int, (tmp_path / "pids").read_text().split())
     time.sleep(0.2)
-    assert not _alive(child) and not _alive(grandchild)
+    assert not alive(child) and not alive(grandchild)
     assert time.monotonic() - t0 < 60
 
 

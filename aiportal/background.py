@@ -109,3 +109,23 @@ class BackgroundJob:
         if status.state == "done":
             progress(1.0, "done")
         return self.finish(**finish_options)
+
+
+class FunctionJob(BackgroundJob):
+    """A function of plain inputs (files, arrays, a server address: never scene nodes) in a worker thread.
+
+    ``function(progress, cancel)`` reports with ``progress(fraction, stage)`` and may check ``cancel``;
+    its return value is what :meth:`finish` returns. For short desktop tasks that must not block the
+    main thread (a server check, writing reports from computed measurements).
+    """
+
+    def __init__(self, function, stage: str = "working", keep: Any = None) -> None:
+        super().__init__()
+        self._function, self._stage = function, stage
+        self.keep = keep  # what the function reads (e.g. a private scene of copies), alive as long as the job
+
+    def _compute(self) -> Any:
+        return self._function(self._report, self._cancel)
+
+    def start(self, stage: str | None = None) -> None:
+        super().start(stage or self._stage)

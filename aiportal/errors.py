@@ -2,6 +2,27 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
+#: Set for the child processes of a Slicer session, whose own messages then name the command that works there.
+IN_SLICER_ENV = "AIPORTAL_IN_SLICER"
+
+
+def in_slicer_session() -> bool:
+    """Inside the 3D Slicer application, or in a model process it started (imports nothing)."""
+    slicer = sys.modules.get("slicer")
+    return os.environ.get(IN_SLICER_ENV) == "1" or (hasattr(slicer, "app") and hasattr(slicer, "mrmlScene"))
+
+
+def cli_command(arguments: str) -> str:
+    """How a user runs ``aiportal ARGUMENTS`` from where this runs, for fix texts.
+
+    Inside 3D Slicer there is no ``aiportal`` console script, but Slicer's own Python runs the same
+    CLI: ``PythonSlicer -m aiportal.cli``.
+    """
+    return f"{'PythonSlicer -m aiportal.cli' if in_slicer_session() else 'aiportal'} {arguments}"
+
 
 class AIPortalError(Exception):
     """An error a user can act on.

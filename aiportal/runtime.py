@@ -138,3 +138,22 @@ def get_runtime() -> SlicerRuntime:
         if _runtime is None:
             _runtime = build_headless_runtime()
         return _runtime
+
+
+def private_scene_copies(*nodes):
+    """Deep copies of ``nodes`` in a scene of their own, for a worker thread to read while the scene changes.
+
+    MRML belongs to the main thread: a job copies its inputs here (on the main thread), computes on the
+    copies in its worker thread, and applies the result to the original nodes back on the main thread.
+    None stays None. The copies keep the originals' names and, for segmentations, the segment ids.
+    """
+    scene = slicer.vtkMRMLScene()
+    copies = []
+    for node in nodes:
+        if node is None:
+            copies.append(None)
+            continue
+        copy = scene.AddNewNodeByClass(node.GetClassName(), node.GetName())
+        copy.CopyContent(node, True)  # deep: voxels, geometry, segments and their tags
+        copies.append(copy)
+    return (scene, *copies)

@@ -80,7 +80,9 @@ class SegmentationJob(BackgroundJob):
         self.notes: list[str] = []
         from aiportal.models.envs import python_for
 
-        self._python = python_for(self.model.environment)  # fails now, not after the volume is copied
+        # Finding a model environment's Python may import torch in a child (seconds): the worker thread
+        # does it for a process run, so a desktop's main thread never waits for it.
+        self._python = python_for(self.model.environment) if executor == "thread" else None
         if executor == "thread" and self._python != sys.executable:
             self.executor = "process"  # its libraries live in another environment: only a child can import them
         if self.executor == "process":
@@ -111,9 +113,11 @@ class SegmentationJob(BackgroundJob):
         if self.executor == "thread":
             backend = self._backend_ref.build()
             return backend.run(self._input, dict(self.params, device=self.device), self._report, self._cancel)
+        from aiportal.models.envs import python_for
         from aiportal.models.runner import ChildRun, ChildRunner
 
         report = ChildRun()
+        self._python = self._python or python_for(self.model.environment)
         try:
             return ChildRunner(python=self._python, timeout_s=self.timeout_s).run(
                 self._backend_ref, self._input, self.params, self._report, self._cancel, model_id=self.model.id,

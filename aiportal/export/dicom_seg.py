@@ -32,6 +32,21 @@ TRACKING_UID_TAG = TAG_PREFIX + "tracking_uid"
 MANUFACTURER = "AI Segment Portal"
 UTF8 = "ISO_IR 192"
 
+<<<<<<< HEAD
+=======
+
+def with_utf8(sop_class, **arguments):
+    """``sop_class(**arguments)`` in UTF-8 (names and labels may be non-ASCII; the source's may be empty).
+
+    highdicom 0.28 takes the character set as an argument; 0.27, which Slicer 5.12 bundles (and the
+    desktop modules must not replace), does not, and pydicom encodes with the attribute set afterwards.
+    """
+    if "specific_character_set" in inspect.signature(hd.base.SOPClass).parameters:  # every SOP class passes it on
+        return sop_class(**arguments, specific_character_set=UTF8)
+    dataset = sop_class(**arguments)
+    dataset.SpecificCharacterSet = UTF8
+    return dataset
+>>>>>>> desktop
 # CID 7162 Algorithm Family: classical models are thresholds plus morphology on the image.
 _FAMILIES = {"AI": codes.cid7162.ArtificialIntelligence, "classical": codes.cid7162.MorphologicalOperations}
 
@@ -256,16 +271,23 @@ def plan_seg(
         content_label="SEGMENTATION",
         omit_empty_frames=True,
         transfer_syntax_uid=transfer_syntax_uid,
+<<<<<<< HEAD
         # not the source's (may be empty); names and labels may be non-ASCII
         **utf8_arguments(),
+=======
+>>>>>>> desktop
     )
     return SegPlan(arguments, kept, empty, started)
 
 
 def encode_seg(plan: SegPlan, path) -> SegExport:
     """Encode and save a planned SEG (pure highdicom / pydicom: may run in a forked process)."""
+<<<<<<< HEAD
     seg = hd.seg.Segmentation(**plan.arguments)
     seg.SpecificCharacterSet = UTF8
+=======
+    seg = with_utf8(hd.seg.Segmentation, **plan.arguments)
+>>>>>>> desktop
     descriptions, kept = plan.arguments["segment_descriptions"], plan.kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

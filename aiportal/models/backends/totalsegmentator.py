@@ -34,13 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from aiportal.errors import InputError, ModelError
+from aiportal.errors import InputError, ModelError, cli_command
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import BackendRef, ModelEntry, WeightsSpec
 from aiportal.progress import CancelToken, ProgressCallback
 
-IMPORT_COMMAND = "aiportal models import-weights"  # the CLI face of import_weights()
-LICENSE_COMMAND = "aiportal models totalseg-license"  # the CLI face of set_license()
+IMPORT_ARGUMENTS = "models import-weights"  # the CLI face of import_weights(): cli_command(IMPORT_ARGUMENTS)
+LICENSE_ARGUMENTS = "models totalseg-license"  # the CLI face of set_license()
 LICENSE_URL = "https://backend.totalsegmentator.com/license-academic/"
 RELEASES_URL = "https://github.com/wasserth/TotalSegmentator/releases/download"
 _DATASET_FOLDER = re.compile(r"^Dataset\d{3,}_")
@@ -275,7 +275,7 @@ def check_weights(task: str, mode: str = "default", roi_subset: list[str] | None
                + (f" (or download {RELEASES_URL}/{model.release}/{model.folder_name}.zip)" if model.release else
                   f" after `totalseg_set_license -l <key>` (licence: {LICENSE_URL})")
                + f", copy <folder>/nnunet/results/{model.folder_name} (or the zip) here and run "
-               f"`{IMPORT_COMMAND} <zip or folder>`, which puts it into {weights}")
+               f"`{cli_command(IMPORT_ARGUMENTS)} <zip or folder>`, which puts it into {weights}")
         raise ModelError(
             f"TotalSegmentator weights for task {task!r}"
             + ("" if mode == "default" else f" ({mode})")
@@ -459,7 +459,8 @@ class TotalSegmentatorBackend:
             set_license(str(params["license_key"]), home)
         if _is_licensed(self.task) and not _license_key(home):
             raise ModelError(f"{self.entry.id} needs a TotalSegmentator licence key (none in {_config_path(home)})",
-                             f"request a key at {LICENSE_URL} and store it with `{LICENSE_COMMAND} <key>`")
+                             f"request a key at {LICENSE_URL} and store it with "
+                             f"`{cli_command(LICENSE_ARGUMENTS)} <key>`")
         progress(0.02, "checking TotalSegmentator weights")
         models = check_weights(self.task, self.mode, roi_subset, home)
         prepare_config(home)
