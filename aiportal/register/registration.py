@@ -41,9 +41,11 @@ from aiportal.errors import AIPortalError, InputError
 from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix
 from aiportal.progress import CancelToken, ProgressCallback, no_progress, scaled
 from aiportal.register.auto import (
+    MIN_SHARPNESS,
     PERTURB_DEG,
     PERTURB_MM,
     MetricChoice,
+    alignment_sharpness,
     choose_metric,
     consistency_tolerance_mm,
     corner_disagreement_mm,
@@ -99,6 +101,7 @@ class RegistrationResult:
     metric_choice: MetricChoice | None = None
     consistency_mm: float = float("nan")
     consistency_tolerance_mm: float = float("nan")
+    sharpness: float = float("nan")
     warnings: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
@@ -113,6 +116,8 @@ class RegistrationResult:
             "consistency_check": {"disagreement_mm": round(self.consistency_mm, 3),
                                   "tolerance_mm": round(self.consistency_tolerance_mm, 3),
                                   "passed": bool(self.consistency_mm <= self.consistency_tolerance_mm)},
+            "edge_alignment_check": {"sharpness": round(self.sharpness, 3), "minimum": MIN_SHARPNESS,
+                                     "passed": bool(self.sharpness >= MIN_SHARPNESS)},
             "tre": self.tre.as_dict() if self.tre else None,
             "unregistered_tre": self.unregistered_tre.as_dict() if self.unregistered_tre else None,
             "notes": self.notes, "warnings": self.warnings,
@@ -267,13 +272,20 @@ def register_volumes(
         else:
             linear.skip()
     found = as_affine(transform)
-    # the check the optimisation did not see: the same stage from a start a few degrees and mm away
+    # the check the optimisation did not see: the same stage from a start a few degrees and mm away (the two
+    # finest levels: a perturbation this small needs no coarse capture, and coarse levels of a masked image are thin)
     last = linear_names[-1]
     again = linear.run(last, metric_name, moving_for_metric, stage_start(perturbed(found), last),
-                       note="consistency check", keep_note=False, may_fail=True)
+                       note="consistency check", keep_note=False, may_fail=True, levels=min(levels, 2))
     disagreement = corner_disagreement_mm(fixed, found, as_affine(again)) if again is not None else float("inf")
     tolerance = consistency_tolerance_mm(fixed, moving)
+    sharpness = alignment_sharpness(fixed, moving, found)
     warnings = []
+    if not sharpness >= MIN_SHARPNESS:
+        warnings.append(
+            f"unreliable: the edges of the two images line up no better at this result than 2 voxels beside it "
+            f"(gradient alignment sharpness {sharpness:.2f} < {MIN_SHARPNESS}); the images may not show the same "
+            "anatomy — check the fusion view, add masks or landmarks")
     if disagreement > tolerance:
         warnings.append(
             f"unreliable: re-optimising from {PERTURB_DEG:.0f}° / {PERTURB_MM:.0f} mm away lands "
@@ -303,7 +315,7 @@ def register_volumes(
         final_metric=float(final_metric), iterations=iterations, elapsed_s=elapsed_s,
         bspline_coefficients=coefficients, notes=notes, tre=tre, unregistered_tre=unregistered_tre,
         initialization=initialization, metric_choice=choice, consistency_mm=disagreement,
-        consistency_tolerance_mm=tolerance, warnings=warnings,
+        consistency_tolerance_mm=tolerance, sharpness=sharpness, warnings=warnings,
     )
 
 

@@ -130,9 +130,10 @@ class StageRunner:
         self.done += 1
 
     def run(self, name: str, metric: str, moving: sitk.Image, start: sitk.Transform, *, note: str = "",
-            keep_note: bool = True, may_fail: bool = False) -> sitk.Transform | None:
+            keep_note: bool = True, may_fail: bool = False, levels: int | None = None) -> sitk.Transform | None:
         """The optimised transform (``None`` when ``may_fail`` and the images drifted apart)."""
-        method = make_method(metric, self.levels, self.fixed.GetNumberOfPixels(), self.fixed_mask, self.moving_mask)
+        levels = levels or self.levels
+        method = make_method(metric, levels, self.fixed.GetNumberOfPixels(), self.fixed_mask, self.moving_mask)
         method.SetOptimizerAsRegularStepGradientDescent(
             learningRate=1.0, minStep=1e-4, numberOfIterations=_LINEAR_ITERATIONS, relaxationFactor=0.5,
             gradientMagnitudeTolerance=1e-8,
@@ -141,7 +142,7 @@ class StageRunner:
         method.SetInitialTransform(start, inPlace=False)
         stage_progress = scaled(self.progress, self.done / self.shares, (self.done + 1) / self.shares)
         self.done += 1
-        stage = _Stage(method, name if not note else f"{name} ({note})", self.levels, _LINEAR_ITERATIONS,
+        stage = _Stage(method, name if not note else f"{name} ({note})", levels, _LINEAR_ITERATIONS,
                        stage_progress, self.cancel)
         try:
             transform = stage.run(self.fixed, moving)
