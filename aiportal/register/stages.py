@@ -17,7 +17,8 @@ from aiportal.progress import CancelToken, ProgressCallback, scaled
 _LINEAR_ITERATIONS = 200
 _METRIC_SAMPLES = 50_000
 _BSPLINE_ITERATIONS = 100
-_BSPLINE_MESH_SPACING_MM = 40.0  # control-point spacing: smooth, organ-scale warps, few parameters
+_BSPLINE_SAMPLES = 10_000
+_BSPLINE_MESH_SPACING_MM = 25.0  # control-point spacing: organ-scale warps (bumps of 30-40 mm), few parameters
 
 
 class _StopRequested(Exception):
@@ -67,14 +68,14 @@ class _Stage:
 
 
 def make_method(metric: str, levels: int, fixed_voxels: int, fixed_mask: sitk.Image | None,
-            moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
+                moving_mask: sitk.Image | None, samples: int = _METRIC_SAMPLES) -> sitk.ImageRegistrationMethod:
     method = sitk.ImageRegistrationMethod()
     if metric == "mean_squares":
         method.SetMetricAsMeanSquares()
     else:
         method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     # at most _METRIC_SAMPLES fixed points, always the same ones: fast on big scans and reproducible
-    fraction = min(1.0, _METRIC_SAMPLES / fixed_voxels)
+    fraction = min(1.0, samples / fixed_voxels)
     if fraction < 1.0:
         method.SetMetricSamplingStrategy(method.RANDOM)
         method.SetMetricSamplingPercentage(fraction, seed=1)
@@ -171,7 +172,7 @@ def bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.AffineTran
                   fixed_mask: sitk.Image | None, moving_mask: sitk.Image | None, progress: ProgressCallback,
                   cancel: CancelToken | None) -> Warp:
     """A B-spline warp on top of the fixed ``linear`` result."""
-    method = make_method(metric, levels, fixed.GetNumberOfPixels(), fixed_mask, moving_mask)
+    method = make_method(metric, levels, fixed.GetNumberOfPixels(), fixed_mask, moving_mask, _BSPLINE_SAMPLES)
     mesh = [max(1, int(round(size * spacing / _BSPLINE_MESH_SPACING_MM)))
             for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing(), strict=True)]
     bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
