@@ -59,3 +59,4 @@ def test_unrelated_images_are_flagged_loudly(shared_data, tmp_path):
     assert record["warnings"] and all(w.startswith("unreliable") for w in record["warnings"])
     assert not (record["consistency_check"]["passed"] and record["edge_alignment_check"]["passed"])
     assert record["metric_choice"]["picked"] == "mutual_information"  # intensities do not correlate
+

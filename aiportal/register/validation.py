@@ -24,11 +24,12 @@ class Bump:
     sigma_mm: float
 
 
-#: three overlapping bumps, up to ~12 mm, ~40 mm wide: organ-scale motion (breathing, bowel, positioning)
+#: three overlapping bumps, up to ~12 mm, 50-60 mm wide: organ-scale motion (breathing, bowel, positioning) that
+#: moves most of an abdomen by millimetres, not only a few spots
 DEFAULT_BUMPS = (
-    Bump((0.35, 0.45, 0.40), (9.0, -6.0, 5.0), 40.0),
-    Bump((0.65, 0.55, 0.60), (-7.0, 5.0, -8.0), 35.0),
-    Bump((0.50, 0.40, 0.70), (4.0, 8.0, 6.0), 30.0),
+    Bump((0.35, 0.45, 0.40), (9.0, -6.0, 5.0), 60.0),
+    Bump((0.65, 0.55, 0.60), (-7.0, 5.0, -8.0), 55.0),
+    Bump((0.50, 0.40, 0.70), (4.0, 8.0, 6.0), 50.0),
 )
 
 
