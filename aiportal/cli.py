@@ -241,6 +241,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             from aiportal.register import register_volumes
 
             registration = register_volumes(volume, prior_volume)  # the current study is the fixed one
+            for warning in registration.warnings:
+                print(f"WARNING: registration of the prior volume {warning}")
         follow_up = compare_studies(load_segmentation(args.prior), prior_volume, node, volume,
                                     registration=registration, lymph_nodes=tuple(args.lymph_nodes or ()),
                                     nadir_sum_mm=args.nadir)
