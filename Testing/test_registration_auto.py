@@ -60,3 +60,12 @@ def test_unrelated_images_are_flagged_loudly(shared_data, tmp_path):
     assert not (record["consistency_check"]["passed"] and record["edge_alignment_check"]["passed"])
     assert record["metric_choice"]["picked"] == "mutual_information"  # intensities do not correlate
 
+
+
+def test_dicom_modality_tags_decide_before_the_intensities(runtime, shared_data):
+    from aiportal.register.auto import choose_metric, modality
+
+    ct = load_volume(shared_data / "totalseg" / "example_ct_dicom", runtime).node
+    assert modality(ct) == "CT"  # load_volume keeps the series' Modality
+    choice = choose_metric(ct, ct, None, None, None, None, None)  # the tags decide: no image is looked at
+    assert choice.metric == "mean_squares" and "both CT" in choice.reason and choice.correlation is None

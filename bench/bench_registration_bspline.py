@@ -81,7 +81,7 @@ def run_elastix(fixed_path: Path, moving_path: Path, points: np.ndarray):
     start = time.perf_counter()
     _, result = itk.elastix_registration_method(fixed, moving, parameter_object=parameters, log_to_console=False)
     seconds = time.perf_counter() - start
-    field = itk.transformix_deformation_field(moving, result)
+    field = itk.transformix_deformation_field(moving, result, output_directory=str(fixed_path.parent))
     field_image = sitk.GetImageFromArray(itk.array_from_image(field).astype(np.float64), isVector=True)
     reference = sitk.ReadImage(str(fixed_path))
     field_image.CopyInformation(reference)
