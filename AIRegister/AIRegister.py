@@ -242,9 +242,16 @@ class AIRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled: nothing was changed.")
             self.ui.progressBar.value = 0
         else:
-            done = _("Done: metric {metric:.4g} after {iterations} iterations in {seconds:.1f} s.")
-            self.ui.statusLabel.text = done.format(metric=result.final_metric, iterations=result.iterations,
-                                                   seconds=result.elapsed_s)
+            done = _("Done ({method}): metric {metric:.4g} after {iterations} iterations in {seconds:.1f} s.")
+            text = done.format(method=result.metric, metric=result.final_metric, iterations=result.iterations,
+                               seconds=result.elapsed_s)
+            if result.warnings:  # a result its own check does not trust must not look like a success
+                text = _("WARNING: ") + " ".join(result.warnings) + "\n" + text
+                self.ui.statusLabel.setStyleSheet("color: #c62828; font-weight: bold;")
+            else:
+                self.ui.statusLabel.setStyleSheet("")
+            self.ui.statusLabel.text = text
+            self.ui.statusLabel.toolTip = result.metric_choice.reason if result.metric_choice else ""
 
 
 #

@@ -254,6 +254,8 @@ def cmd_measure(args: argparse.Namespace) -> int:
             from aiportal.register import register_volumes
 
             registration = register_volumes(volume, prior_volume)  # the current study is the fixed one
+            for warning in registration.warnings:
+                print(f"WARNING: registration of the prior volume {warning}")
         follow_up = compare_studies(prior_segmentation, prior_volume, node, volume,
                                     registration=registration, lymph_nodes=tuple(args.lymph_nodes or ()),
                                     nadir_sum_mm=args.nadir)
@@ -287,7 +289,6 @@ def _print_warnings(warnings: list[str]) -> None:
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    import numpy as np
 
     from aiportal.io.volumes import load_volume, save_volume
     from aiportal.outputs import check_output_folder, staged_output
@@ -311,18 +312,16 @@ def cmd_register(args: argparse.Namespace) -> int:
         save_transform(apply_to_scene(runtime, result, fixed, moving, observe=False), staging / "transform.h5")
         if not args.no_resample:
             save_volume(resample(runtime, result, fixed, moving), staging / "moving_registered.nrrd")
-        (staging / "registration.json").write_text(json.dumps({
-            "fixed": str(args.fixed), "moving": str(args.moving), "kind": result.kind, "metric": result.metric,
-            "final_metric": result.final_metric, "iterations": result.iterations,
-            "elapsed_s": round(result.elapsed_s, 3), "moving_to_fixed_ras": np.asarray(result.matrix_ras).tolist(),
-            "tre": result.tre.as_dict() if result.tre else None,
-            "unregistered_tre": result.unregistered_tre.as_dict() if result.unregistered_tre else None,
-            "notes": result.notes}, indent=2))
-    print(f"{result.kind} registration of {args.moving} to {args.fixed}: metric {result.final_metric:.5g} "
-          f"after {result.iterations} iterations in {result.elapsed_s:.1f} s")
+        (staging / "registration.json").write_text(json.dumps(
+            {"fixed": str(args.fixed), "moving": str(args.moving), **result.summary()}, indent=2))
+    picked = f" ({result.metric_choice.reason})" if result.metric_choice else ""
+    print(f"{result.kind} registration of {args.moving} to {args.fixed}: {result.metric}{picked}, metric "
+          f"{result.final_metric:.5g} after {result.iterations} iterations in {result.elapsed_s:.1f} s")
     if result.tre:
         print(f"landmark TRE: mean {result.tre.mean_mm:.2f} mm, max {result.tre.max_mm:.2f} mm over "
               f"{len(result.tre.per_point_mm)} points (before: {result.unregistered_tre.mean_mm:.2f} mm)")
+    for warning in result.warnings:
+        print(f"WARNING: {warning}")
     print(f"wrote {args.out / 'transform.h5'} (moving → fixed, Slicer's transform-to-parent)")
     return 0
 

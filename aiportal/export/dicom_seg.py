@@ -32,8 +32,6 @@ TRACKING_UID_TAG = TAG_PREFIX + "tracking_uid"
 MANUFACTURER = "AI Segment Portal"
 UTF8 = "ISO_IR 192"
 
-<<<<<<< HEAD
-=======
 
 def with_utf8(sop_class, **arguments):
     """``sop_class(**arguments)`` in UTF-8 (names and labels may be non-ASCII; the source's may be empty).
@@ -46,16 +44,10 @@ def with_utf8(sop_class, **arguments):
     dataset = sop_class(**arguments)
     dataset.SpecificCharacterSet = UTF8
     return dataset
->>>>>>> desktop
+
+
 # CID 7162 Algorithm Family: classical models are thresholds plus morphology on the image.
 _FAMILIES = {"AI": codes.cid7162.ArtificialIntelligence, "classical": codes.cid7162.MorphologicalOperations}
-
-
-def utf8_arguments() -> dict:
-    """specific_character_set=UTF8 for a highdicom SOP class where highdicom takes it (>= 0.28). Slicer 5.12 bundles
-    highdicom 0.27.0, which does not: there the caller sets SpecificCharacterSet on the dataset before saving."""
-    takes_it = "specific_character_set" in inspect.signature(hd.base.SOPClass).parameters
-    return {"specific_character_set": UTF8} if takes_it else {}
 
 
 @dataclass
@@ -271,23 +263,13 @@ def plan_seg(
         content_label="SEGMENTATION",
         omit_empty_frames=True,
         transfer_syntax_uid=transfer_syntax_uid,
-<<<<<<< HEAD
-        # not the source's (may be empty); names and labels may be non-ASCII
-        **utf8_arguments(),
-=======
->>>>>>> desktop
     )
     return SegPlan(arguments, kept, empty, started)
 
 
 def encode_seg(plan: SegPlan, path) -> SegExport:
     """Encode and save a planned SEG (pure highdicom / pydicom: may run in a forked process)."""
-<<<<<<< HEAD
-    seg = hd.seg.Segmentation(**plan.arguments)
-    seg.SpecificCharacterSet = UTF8
-=======
     seg = with_utf8(hd.seg.Segmentation, **plan.arguments)
->>>>>>> desktop
     descriptions, kept = plan.arguments["segment_descriptions"], plan.kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -29,11 +29,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from aiportal.errors import InputError
-<<<<<<< HEAD
-from aiportal.export.dicom_seg import MANUFACTURER, UTF8, SegExport, coded, utf8_arguments
-=======
 from aiportal.export.dicom_seg import MANUFACTURER, SegExport, coded, with_utf8
->>>>>>> desktop
 from aiportal.export.dicom_source import ExportSource
 from aiportal.export.statistics import Quantity, SegmentStatistics
 from aiportal.models.catalog import Code
@@ -278,12 +274,7 @@ def write_sr(
         instance_number=1,
         manufacturer=manufacturer,
         series_description=series_description or (f"AI measurements ({model_id})" if model_id else "Measurements")[:64],
-<<<<<<< HEAD
-        **utf8_arguments(),
-=======
->>>>>>> desktop
     )
-    sr.SpecificCharacterSet = UTF8
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(path)

@@ -336,6 +336,8 @@ def _load_any(
         node.SetAttribute("DICOM.instanceUIDs", source.instance_uids_text)
     if source.series_uid:
         node.SetAttribute("DICOM.SeriesInstanceUID", source.series_uid)
+    if source.modality:  # registration's auto metric compares modalities (aiportal.register.auto)
+        node.SetAttribute("DICOM.Modality", source.modality)
     _apply_dicom_window(node, source)
     place_in_study(runtime, node, source, folder.name)
     return LoadedVolume(node=node, source=source, warnings=list(image.warnings), path=path)

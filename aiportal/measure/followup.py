@@ -200,6 +200,8 @@ def compare_studies(prior_segmentation, prior_volume, current_segmentation, curr
         notes.append(f"empty current segment(s), read as disappeared lesions: {', '.join(current_empty)}")
     if current and not any(change.status == MATCHED for change in lesions):
         notes.append("no lesion matched: if the studies are not in one frame of reference, register them first")
+    for warning in getattr(registration, "warnings", None) or ():  # a doubtful registration moves every lesion
+        notes.append(f"registration {warning}")
     assessment = classify_response(
         baseline, baseline if nadir_sum_mm is None else nadir_sum_mm, current_sum,
         new_lesions=any(change.status == NEW for change in lesions),

@@ -37,10 +37,25 @@ import numpy as np
 import SimpleITK as sitk
 import vtk
 
-from aiportal.errors import AIPortalError, CancelledError, InputError
+from aiportal.errors import AIPortalError, InputError
 from aiportal.io.volumes import array_from_volume, ijk_to_ras_matrix
 from aiportal.progress import CancelToken, ProgressCallback, no_progress, scaled
+from aiportal.register.auto import (
+    MIN_SHARPNESS,
+    PERTURB_DEG,
+    PERTURB_MM,
+    MetricChoice,
+    alignment_sharpness,
+    choose_metric,
+    consistency_tolerance_mm,
+    corner_disagreement_mm,
+    corners,
+    data_mask,
+    fitted_moving,
+    perturbed,
+)
 from aiportal.register.landmarks import LandmarkPairs, TargetRegistrationError, transform_tre
+from aiportal.register.stages import StageRunner, as_affine, bspline_stage, stage_start
 
 if TYPE_CHECKING:
     from aiportal.runtime import SlicerRuntime
@@ -57,10 +72,6 @@ FIXED_REFERENCE = "fixedVolume"
 MOVING_REFERENCE = "movingVolume"
 _ATTRIBUTE_PREFIX = "AIPortal.Registration."
 
-_LINEAR_ITERATIONS = 200
-_METRIC_SAMPLES = 50_000
-_BSPLINE_ITERATIONS = 100
-_BSPLINE_MESH_SPACING_MM = 40.0  # control-point spacing: smooth, organ-scale warps, few parameters
 
 
 @dataclass
@@ -86,6 +97,31 @@ class RegistrationResult:
     notes: list[str] = field(default_factory=list)
     tre: TargetRegistrationError | None = None
     unregistered_tre: TargetRegistrationError | None = None
+    initialization: str = "geometry"
+    metric_choice: MetricChoice | None = None
+    consistency_mm: float = float("nan")
+    consistency_tolerance_mm: float = float("nan")
+    sharpness: float = float("nan")
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """JSON-ready: what was run, what auto picked and why, the independent check and its warnings."""
+        return {
+            "kind": self.kind, "metric": self.metric, "initialization": self.initialization,
+            "metric_choice": None if self.metric_choice is None else {
+                "picked": self.metric_choice.metric, "reason": self.metric_choice.reason,
+                "intensity_correlation": self.metric_choice.correlation},
+            "final_metric": self.final_metric, "iterations": self.iterations, "elapsed_s": round(self.elapsed_s, 3),
+            "moving_to_fixed_ras": np.asarray(self.matrix_ras).tolist(),
+            "consistency_check": {"disagreement_mm": round(self.consistency_mm, 3),
+                                  "tolerance_mm": round(self.consistency_tolerance_mm, 3),
+                                  "passed": bool(self.consistency_mm <= self.consistency_tolerance_mm)},
+            "edge_alignment_check": {"sharpness": round(self.sharpness, 3), "minimum": MIN_SHARPNESS,
+                                     "passed": bool(self.sharpness >= MIN_SHARPNESS)},
+            "tre": self.tre.as_dict() if self.tre else None,
+            "unregistered_tre": self.unregistered_tre.as_dict() if self.unregistered_tre else None,
+            "notes": self.notes, "warnings": self.warnings,
+        }
 
 
 def image_from_node(node, array: np.ndarray | None = None) -> sitk.Image:
@@ -135,16 +171,10 @@ def _mask_image(mask, node, role: str) -> sitk.Image | None:
     return image_from_node(node, mask.astype(np.uint8))
 
 
-def _corners(image: sitk.Image) -> np.ndarray:
-    size = np.array(image.GetSize()) - 1
-    indices = [(i, j, k) for i in (0, size[0]) for j in (0, size[1]) for k in (0, size[2])]
-    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in idx]) for idx in indices])
-
-
 def _check_overlap(fixed: sitk.Image, moving: sitk.Image, initial: sitk.Transform) -> None:
     """Refuse pairs whose physical boxes do not meet: the metric would have nothing to compare."""
-    mapped = np.array([initial.TransformPoint(tuple(p)) for p in _corners(fixed)])
-    moving_corners = _corners(moving)
+    mapped = np.array([initial.TransformPoint(tuple(p)) for p in corners(fixed)])
+    moving_corners = corners(moving)
     low = np.maximum(mapped.min(axis=0), moving_corners.min(axis=0))
     high = np.minimum(mapped.max(axis=0), moving_corners.max(axis=0))
     if np.any(low >= high):
@@ -162,75 +192,6 @@ def _linear_to_ras(linear: sitk.AffineTransform) -> np.ndarray:
     fixed_to_moving[:3, :3] = matrix
     fixed_to_moving[:3, 3] = center + np.array(linear.GetTranslation()) - matrix @ center
     return _FLIP @ np.linalg.inv(fixed_to_moving) @ _FLIP
-
-
-class _StopRequested(Exception):
-    """Raised inside an iteration callback to abort a registration that did not stop when asked."""
-
-
-class _Stage:
-    """One optimisation run: maps its iteration events onto progress and handles cancel."""
-
-    def __init__(self, method: sitk.ImageRegistrationMethod, name: str, levels: int, iterations: int,
-                 progress: ProgressCallback, cancel: CancelToken | None):
-        self.method, self.name, self.levels, self.iterations = method, name, levels, iterations
-        self.progress, self.cancel = progress, cancel
-        self.cancelled = False
-        self.total_iterations = 0
-        method.AddCommand(sitk.sitkIterationEvent, self._on_iteration)
-
-    def _on_iteration(self) -> None:
-        if self.cancel is not None and self.cancel.cancelled:
-            if self.cancelled:
-                # the optimiser ignored the stop (LBFGSB does): an exception in the callback aborts Execute
-                raise _StopRequested
-            self.cancelled = True
-            self.method.StopRegistration()
-            return
-        self.total_iterations += 1
-        level = self.method.GetCurrentLevel()
-        within = min(self.method.GetOptimizerIteration() / self.iterations, 1.0)
-        self.progress((level + within) / self.levels, f"{self.name} level {level + 1}/{self.levels}")
-
-    def run(self, fixed: sitk.Image, moving: sitk.Image) -> sitk.Transform:
-        try:
-            transform = self.method.Execute(fixed, moving)
-        except RuntimeError as error:  # SimpleITK wraps the callback's exception (and prints its traceback)
-            if self.cancelled:
-                raise CancelledError("the registration") from error
-            raise
-        if self.cancelled:
-            raise CancelledError("the registration")
-        if not np.isfinite(self.method.GetMetricValue()) or self.method.GetMetricValue() > 1e300:
-            # ITK reports "no valid points" as the largest double: the images drifted apart
-            raise AIPortalError(
-                f"The {self.name} registration lost the overlap between the images",
-                "use mutual information for different contrasts, or initialise by moments or with masks",
-            )
-        return transform
-
-
-def _method(metric: str, levels: int, fixed_voxels: int, fixed_mask: sitk.Image | None,
-            moving_mask: sitk.Image | None) -> sitk.ImageRegistrationMethod:
-    method = sitk.ImageRegistrationMethod()
-    if metric == "mean_squares":
-        method.SetMetricAsMeanSquares()
-    else:
-        method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
-    # at most _METRIC_SAMPLES fixed points, always the same ones: fast on big scans and reproducible
-    fraction = min(1.0, _METRIC_SAMPLES / fixed_voxels)
-    if fraction < 1.0:
-        method.SetMetricSamplingStrategy(method.RANDOM)
-        method.SetMetricSamplingPercentage(fraction, seed=1)
-    if fixed_mask is not None:
-        method.SetMetricFixedMask(fixed_mask)
-    if moving_mask is not None:
-        method.SetMetricMovingMask(moving_mask)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetShrinkFactorsPerLevel([2**level for level in reversed(range(levels))])
-    method.SetSmoothingSigmasPerLevel([float(level) for level in reversed(range(levels))])
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-    return method
 
 
 def _initial_transform(fixed: sitk.Image, moving: sitk.Image, initialization: str) -> sitk.Euler3DTransform:
@@ -259,8 +220,10 @@ def register_volumes(
     """Find the transform that aligns ``moving_node`` to ``fixed_node``; nothing is added to the scene.
 
     ``kind`` runs stages: rigid; rigid then affine; rigid, affine then a B-spline warp on top.
-    ``metric="auto"`` uses Mattes mutual information (any pair of contrasts); ``mean_squares`` is
-    more precise when both volumes have the same contrast.
+    ``metric="auto"`` aligns with Mattes mutual information (any pair of contrasts), then refines with
+    mean squares when the two share a contrast (:mod:`aiportal.register.auto`); ``result.metric_choice`` says
+    what it picked and why. Every result is re-optimised from a perturbed start; disagreement beyond the
+    tolerance (and landmarks worse than before) lands in ``result.warnings``.
     Masks are boolean (k, j, i) arrays on their volume's grid (e.g. from ``segment_mask``); the
     metric only samples inside them. ``initialization="none"`` starts from the scanner coordinates.
     ``landmarks`` (corresponding points, e.g. from :func:`~aiportal.register.landmarks.read_landmark_pairs`) only
@@ -281,72 +244,79 @@ def register_volumes(
     fixed_mask_image = _mask_image(fixed_mask, fixed_node, "fixed")
     moving_mask_image = _mask_image(moving_mask, moving_node, "moving")
     metric_name = "mutual_information" if metric == "auto" else metric
+    if metric == "auto":  # resampling padding is no image: keep it out of the metric unless masks were given
+        if fixed_mask is None:
+            fixed_mask_image = data_mask(fixed)
+        if moving_mask is None:
+            moving_mask_image = data_mask(moving)
 
     initial = _initial_transform(fixed, moving, initialization)
     _check_overlap(fixed, moving, initial)
     # affine starts from the rigid answer: its 12 parameters drift when optimised from the initialisation alone
-    stage_names = ["rigid", "affine", "bspline"][: ("rigid", "affine", "bspline").index(kind) + 1]
-    share = 1.0 / len(stage_names)
+    linear_names = ["rigid", "affine"][: 1 + (kind != "rigid")]
+    # progress: each linear stage, auto's refinement, the consistency check and the warp get equal shares
+    shares = len(linear_names) + (metric == "auto") + 1 + (kind == "bspline")
+    linear = StageRunner(fixed, levels, fixed_mask_image, moving_mask_image, progress, cancel, shares)
     transform: sitk.Transform = initial
-    iterations, notes, final_metric = 0, [], float("nan")
-    for index, name in enumerate(name for name in stage_names if name != "bspline"):
-        if name == "affine":
-            transform = _as_affine(transform)
-        method = _method(metric_name, levels, fixed.GetNumberOfPixels(), fixed_mask_image, moving_mask_image)
-        method.SetOptimizerAsRegularStepGradientDescent(
-            learningRate=1.0, minStep=1e-4, numberOfIterations=_LINEAR_ITERATIONS, relaxationFactor=0.5,
-            gradientMagnitudeTolerance=1e-8,
-        )
-        method.SetOptimizerScalesFromPhysicalShift()  # balance rotation (rad) against translation (mm)
-        method.SetInitialTransform(transform, inPlace=False)
-        stage_progress = scaled(progress, index * share, (index + 1) * share)
-        stage = _Stage(method, name, levels, _LINEAR_ITERATIONS, stage_progress, cancel)
-        transform = stage.run(fixed, moving)
-        iterations += stage.total_iterations
-        notes.append(f"{name}: {method.GetOptimizerStopConditionDescription()}")
-        final_metric = method.GetMetricValue()
-    linear = _as_affine(transform)
-    matrix_ras = _linear_to_ras(linear)
-    transform, coefficients = linear, None
+    for name in linear_names:
+        transform = linear.run(name, metric_name, moving, transform if name == "rigid" else as_affine(transform))
+    choice, moving_for_metric = None, moving
+    if metric == "auto":
+        choice = choose_metric(fixed_node, moving_node, fixed, moving, transform, fixed_mask_image,
+                               moving_mask_image)
+        if choice.metric == "mean_squares":
+            metric_name = "mean_squares"
+            moving_for_metric = fitted_moving(fixed, moving, transform, fixed_mask_image, moving_mask_image)
+            transform = linear.run(linear_names[-1], metric_name, moving_for_metric,
+                                   stage_start(as_affine(transform), linear_names[-1]), note="auto refine")
+        else:
+            linear.skip()
+    found = as_affine(transform)
+    # the check the optimisation did not see: the same stage from a start a few degrees and mm away (the two
+    # finest levels: a perturbation this small needs no coarse capture, and coarse levels of a masked image are thin)
+    last = linear_names[-1]
+    again = linear.run(last, metric_name, moving_for_metric, stage_start(perturbed(found), last),
+                       note="consistency check", keep_note=False, may_fail=True, levels=min(levels, 2))
+    disagreement = corner_disagreement_mm(fixed, found, as_affine(again)) if again is not None else float("inf")
+    tolerance = consistency_tolerance_mm(fixed, moving)
+    sharpness = alignment_sharpness(fixed, moving, found)
+    warnings = []
+    if not sharpness >= MIN_SHARPNESS:
+        warnings.append(
+            f"unreliable: the edges of the two images line up no better at this result than 2 voxels beside it "
+            f"(gradient alignment sharpness {sharpness:.2f} < {MIN_SHARPNESS}); the images may not show the same "
+            "anatomy — check the fusion view, add masks or landmarks")
+    if disagreement > tolerance:
+        warnings.append(
+            f"unreliable: re-optimising from {PERTURB_DEG:.0f}° / {PERTURB_MM:.0f} mm away lands "
+            f"{disagreement:.1f} mm (corners) from this result (tolerance {tolerance:.1f} mm); the images may not "
+            "show the same anatomy or overlap too little — check the fusion view, add masks or landmarks")
+    matrix_ras = _linear_to_ras(found)
+    transform, coefficients, iterations, notes = found, None, linear.iterations, linear.notes
+    final_metric = linear.final_metric
 
     if kind == "bspline":
-        bspline_method = _method(metric_name, levels, fixed.GetNumberOfPixels(), fixed_mask_image, moving_mask_image)
-        mesh = [max(1, int(round(size * spacing / _BSPLINE_MESH_SPACING_MM)))
-                for size, spacing in zip(fixed.GetSize(), fixed.GetSpacing(), strict=True)]
-        bspline = sitk.BSplineTransformInitializer(fixed, mesh, order=3)
-        bspline_method.SetMovingInitialTransform(linear)  # warp on top of the fixed affine result
-        # one control grid for all levels: LBFGSB cannot follow a grid refined between levels
-        bspline_method.SetInitialTransform(bspline, inPlace=True)
-        bspline_method.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=_BSPLINE_ITERATIONS)
-        stage_progress = scaled(progress, 1.0 - share, 1.0)
-        stage = _Stage(bspline_method, "bspline", levels, _BSPLINE_ITERATIONS, stage_progress, cancel)
-        stage.run(fixed, moving)
-        iterations += stage.total_iterations
-        notes.append(f"bspline: {bspline_method.GetOptimizerStopConditionDescription()}")
-        final_metric = bspline_method.GetMetricValue()
-        coefficients = [sitk.GetArrayFromImage(image) for image in bspline.GetCoefficientImages()]
-        transform = sitk.CompositeTransform([linear, bspline])  # ITK applies the last one first
+        warp = bspline_stage(fixed, moving_for_metric, found, metric_name, levels, fixed_mask_image,
+                              moving_mask_image, scaled(progress, 1.0 - 1.0 / shares, 1.0), cancel)
+        iterations += warp.iterations
+        notes.append(warp.note)
+        final_metric, coefficients = warp.final_metric, warp.coefficients
+        transform = sitk.CompositeTransform([found, warp.transform])  # ITK applies the last one first
     elapsed_s = time.perf_counter() - start
     tre = unregistered_tre = None
     if landmarks is not None:
         tre, unregistered_tre = transform_tre(transform, landmarks), transform_tre(sitk.Transform(), landmarks)
+        if tre.mean_mm > unregistered_tre.mean_mm:
+            warnings.append(f"landmarks: mean TRE {tre.mean_mm:.1f} mm after registration, worse than "
+                            f"{unregistered_tre.mean_mm:.1f} mm before — the result is wrong or the landmarks are")
     progress(1.0, "registration done")
     return RegistrationResult(
         kind=kind, metric=metric_name, matrix_ras=matrix_ras, itk_transform=transform,
         final_metric=float(final_metric), iterations=iterations, elapsed_s=elapsed_s,
         bspline_coefficients=coefficients, notes=notes, tre=tre, unregistered_tre=unregistered_tre,
+        initialization=initialization, metric_choice=choice, consistency_mm=disagreement,
+        consistency_tolerance_mm=tolerance, sharpness=sharpness, warnings=warnings,
     )
-
-
-def _as_affine(transform: sitk.Transform) -> sitk.AffineTransform:
-    """The optimised linear transform (Euler or affine, possibly wrapped by Execute) as one affine."""
-    if isinstance(transform, sitk.CompositeTransform):
-        transform = transform.GetBackTransform()
-    affine = sitk.AffineTransform(3)
-    affine.SetMatrix(transform.GetMatrix())
-    affine.SetTranslation(transform.GetTranslation())
-    affine.SetCenter(transform.GetCenter())
-    return affine
 
 
 def resample(runtime: SlicerRuntime, result: RegistrationResult, fixed_node, moving_node, *,
