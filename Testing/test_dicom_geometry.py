@@ -182,3 +182,15 @@ def test_run_record_and_cli_line_say_which_grid(shared_data, tmp_path):
     with pytest.raises(InputError, match="unevenly spaced slices"):  # acquired geometry: not fit to measure
         run_segmentation(PipelineRequest(series, "classic-ct", tmp_path / "acquired", executor="thread",
                                          options=ExportOptions(formats=("json",)), geometry="acquired"))
+
+
+def test_a_volume_under_a_transform_is_noted_by_the_model_run(runtime, shared_data):
+    """Slicer's DICOM module puts a tilted series under an acquisition transform: the run says what it saw."""
+    from aiportal.segment import SegmentationJob
+
+    loaded = load_volume(shared_data / TILTED, runtime, geometry="acquired")
+    assert SegmentationJob(loaded.node, "classic-ct", runtime=runtime, executor="thread").notes == []
+    transform = runtime.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "Acquisition transform")
+    loaded.node.SetAndObserveTransformNodeID(transform.GetID())
+    (note,) = SegmentationJob(loaded.node, "classic-ct", runtime=runtime, executor="thread").notes
+    assert "under transform Acquisition transform: the model ran on its voxels before that transform" in note

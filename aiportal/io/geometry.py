@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-from scipy import ndimage
 
 # Positions in DICOM files are decimal strings with ~6 significant digits.
 POSITION_TOLERANCE_MM = 1e-3
@@ -173,9 +172,17 @@ def regular_grid(stack: SliceStack, slice_spacing: float | None = None) -> Regul
 
 
 def _placed(slice_2d: np.ndarray, offset_ji: np.ndarray, shape: tuple[int, int], fill: float) -> np.ndarray:
-    """An acquired slice on the grid's in-plane raster: shifted by its offset, bilinear, ``fill`` outside."""
-    return ndimage.affine_transform(slice_2d.astype(np.float32, copy=False), np.eye(2), offset=-offset_ji,
-                                    output_shape=shape, order=1, cval=fill, prefilter=False)
+    """An acquired slice on the grid's in-plane raster: shifted by its (non-negative) offset, bilinear,
+    ``fill`` outside. A pure shift, so two blends of shifted views (much faster than a general resampler)."""
+    (j0, i0), (fj, fi) = np.divmod(np.asarray(offset_ji, dtype=float), 1.0)
+    padded = np.pad(slice_2d.astype(np.float32), 1, constant_values=fill)
+    rows = (1.0 - fj) * padded[1:] + fj * padded[:-1]  # row t: input rows t and t-1
+    both = (1.0 - fi) * rows[:, 1:] + fi * rows[:, :-1]  # (rows+1, columns+1), from output (j0, i0) on
+    out = np.full(shape, fill, dtype=np.float32)
+    j0, i0 = int(j0), int(i0)
+    height, width = min(both.shape[0], shape[0] - j0), min(both.shape[1], shape[1] - i0)
+    out[j0:j0 + height, i0:i0 + width] = both[:height, :width]
+    return out
 
 
 def resample_to_grid(array: np.ndarray, grid: RegularGrid, fill: float) -> np.ndarray:
@@ -196,7 +203,10 @@ def resample_to_grid(array: np.ndarray, grid: RegularGrid, fill: float) -> np.nd
                 cache[index] = _placed(array[index], grid.acquired_offsets_ji[index], plane, fill)
         for index in [i for i in cache if i < below]:  # the stack is walked in order: drop what is passed
             del cache[index]
-        value = cache[below] * (1.0 - weight) + cache[above] * weight
+        if weight < 1e-6 or weight > 1 - 1e-6:  # on an acquired slice (always, for uniform tilted stacks)
+            value = cache[above if weight > 0.5 else below]
+        else:
+            value = cache[below] * (1.0 - weight) + cache[above] * weight
         out[k] = np.rint(value) if np.issubdtype(array.dtype, np.integer) else value
     return out
 
