@@ -178,7 +178,8 @@ def test_run_record_and_cli_line_say_which_grid(shared_data, tmp_path):
     record = json.loads((tmp_path / "out" / "run.json").read_text())
     assert record["geometry"]["grid"] == "regular" and record["geometry"]["shape_ijk"] == [512, 512, 20]
     assert any(w.startswith("Resampled from 15 unevenly spaced slices") for w in record["warnings"])
-    assert geometry_line(result.geometry).startswith("geometry: resampled from 15 slices onto a regular grid")
+    assert geometry_line(result.geometry).startswith(
+        "geometry: resampled from 15 unevenly spaced slices onto a regular grid of 512x512x20 voxels")
     with pytest.raises(InputError, match="unevenly spaced slices"):  # acquired geometry: not fit to measure
         run_segmentation(PipelineRequest(series, "classic-ct", tmp_path / "acquired", executor="thread",
                                          options=ExportOptions(formats=("json",)), geometry="acquired"))

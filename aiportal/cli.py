@@ -168,7 +168,8 @@ def geometry_line(geometry: dict) -> str:
     """One line saying which grid the outputs are on, when a DICOM series was not used as it is."""
     if not geometry:
         return ""
-    what = f"{geometry['acquired_slices']} " + ("tilted " if geometry.get("tilt_degrees") else "") + "slices"
+    what = (f"{geometry['acquired_slices']} " + ("tilted " if geometry.get("tilt_degrees") else "")
+            + ("" if geometry.get("uniform_spacing", True) else "unevenly spaced ") + "slices")
     tilt = f" at {geometry['tilt_degrees']:.1f}°" if geometry.get("tilt_degrees") else ""
     if geometry.get("resampled"):
         i, j, k = geometry["shape_ijk"]
@@ -176,7 +177,7 @@ def geometry_line(geometry: dict) -> str:
         return (f"geometry: resampled from {what}{tilt} onto a regular grid of {i}x{j}x{k} voxels ({spacing} mm); "
                 "outputs are on this grid")
     if geometry.get("tilt_degrees") or not geometry.get("uniform_spacing", True):
-        measured = "" if geometry.get("measurable", True) else " (unevenly spaced: not fit for measurement)"
+        measured = "" if geometry.get("measurable", True) else " (not fit for measurement)"
         return f"geometry: the {what}{tilt} as acquired{measured}; outputs are on the acquired slices"
     return ""
 
@@ -206,7 +207,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if line := geometry_line(result.geometry):
         print(f"  {line}")
     for name, volume_ml in result.volumes_ml.items():
-        print(f"  {name:<12} {volume_ml:>10.1f} mL")
+        print(f"  {name:<12} {volume_ml:>10.1f} mL" if volume_ml is not None else f"  {name:<12} not measured")
     if result.absent_labels:
         print(f"  not found: {', '.join(result.absent_labels)}")
     for file in result.files:

@@ -51,7 +51,7 @@ class PipelineResult:
     run_id: str
     model_id: str
     model_version: str
-    volumes_ml: dict[str, float]
+    volumes_ml: dict[str, float | None]  # None: not measurable on the geometry the run used
     absent_labels: list[str]
     files: list[dict[str, Any]]
     notes: list[str]  # the loader's warnings, the model's notes (device fallback...), the export's notes
@@ -142,8 +142,9 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
             # non-orthogonal IJK→RAS whose k column is longer than the slice spacing
             voxel_ml = abs(float(np.linalg.det(ijk_to_ras_matrix(loaded.node)[:3, :3]))) / 1000.0
             segmentation = node.GetSegmentation()
-            volumes = {segmentation.GetSegment(segment_id).GetName(): round(count * voxel_ml, 3)
-                       for segment_id, count in segment_voxel_counts(node).items()} if loaded.measurable else {}
+            # None: not measured (unevenly spaced slices kept as acquired have no true voxel size)
+            volumes = {segmentation.GetSegment(segment_id).GetName(): round(count * voxel_ml, 3) if loaded.measurable
+                       else None for segment_id, count in segment_voxel_counts(node).items()}
         reference = loaded.source.reference() if loaded.source else {}
         provenance = asdict(result.provenance)
         run_record = {"input": label, "source": reference or None, "geometry": loaded.geometry or None,

@@ -71,13 +71,17 @@ def _missing_uids(datasets: list[pydicom.Dataset]) -> list[str]:
     return [keyword for keyword in _REQUIRED_UIDS if any(not str(ds.get(keyword, "") or "") for ds in datasets)]
 
 
-def _check_registration(datasets: list[pydicom.Dataset], volume_node, where: str) -> None:
-    """Refuse unless header k lies at voxel (0, 0, k) of the volume (never a mis-registered SEG)."""
+def _refuse_transformed(volume_node) -> None:
     if volume_node.GetParentTransformNode() is not None:
         raise InputError(
             f"Volume {volume_node.GetName()} is under a transform, so it no longer lies where its DICOM images are",
             "harden or remove the transform, or export the segmentation of the untransformed volume",
         )
+
+
+def _check_registration(datasets: list[pydicom.Dataset], volume_node, where: str) -> None:
+    """Refuse unless header k lies at voxel (0, 0, k) of the volume (never a mis-registered SEG)."""
+    _refuse_transformed(volume_node)
     columns, rows, slices = volume_node.GetImageData().GetDimensions()
     if len(datasets) != slices or any((ds.Rows, ds.Columns) != (rows, columns) for ds in datasets):
         raise InputError(
@@ -103,11 +107,7 @@ def _check_registration(datasets: list[pydicom.Dataset], volume_node, where: str
 
 def _check_regular_grid(grid: RegularGrid, volume_node, where: str) -> None:
     """Refuse unless the volume is the regular grid the series was resampled onto."""
-    if volume_node.GetParentTransformNode() is not None:
-        raise InputError(
-            f"Volume {volume_node.GetName()} is under a transform, so it no longer lies where its DICOM images are",
-            "harden or remove the transform, or export the segmentation of the untransformed volume",
-        )
+    _refuse_transformed(volume_node)
     dimensions = volume_node.GetImageData().GetDimensions()
     matrix = _RAS_TO_LPS @ ijk_to_ras_matrix(volume_node)
     if tuple(dimensions) != tuple(grid.shape[::-1]) or np.abs(matrix - grid.ijk_to_lps).max() > _POSITION_TOLERANCE_MM:
