@@ -167,9 +167,16 @@ def test_seg_of_a_tilted_series_references_the_acquired_slices(runtime, shared_d
     dice = 2 * (frames & on_acquired).sum() / (frames.sum() + on_acquired.sum())
     assert dice > 0.98, dice
 
-    other = load_volume(shared_data / TILTED, runtime, geometry="acquired").node  # not the grid it was made on
+    acquired = load_volume(shared_data / TILTED, runtime, geometry="acquired")  # not the grid it was made on
     with pytest.raises(InputError, match="not the regular grid"):
-        export_source(loaded.source, other)
+        export_source(loaded.source, acquired.node)
+    # on the acquired (non-orthogonal) grid itself, a SEG holds the labels exactly as segmented
+    segmentation = import_label_map(LabelMapResult(layers=[on_acquired.astype(np.uint8)]), [BODY], acquired.node,
+                                    provenance, runtime=runtime)
+    source = export_source(acquired.source, acquired.node)
+    path = write_seg(segmentation, acquired.node, source, tmp_path / "acquired.dcm").path
+    frames = hd.seg.segread(path).get_pixels_by_source_instance(source.sop_instance_uids, segment_numbers=[1])
+    assert np.array_equal(frames[..., 0] > 0, on_acquired)
 
 
 def test_run_record_and_cli_line_say_which_grid(shared_data, tmp_path):
