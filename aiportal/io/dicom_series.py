@@ -5,9 +5,11 @@ its exact IJK→RAS geometry goes through :func:`read_dicom_series`. It keeps th
 (:class:`SourceSeries`) so that DICOM SEG/SR exports can reference the images they came from.
 
 Rules (see the DICOM field report, §8): slices are sorted by their position along the slice
-normal, never by file name or InstanceNumber; geometry problems (gantry tilt, uneven spacing,
-missing slices) are reported as warnings; anything that would give a wrong volume is an
-:class:`~aiportal.errors.InputError` that names the input and the fix.
+normal, never by file name or InstanceNumber; a gantry-tilted or unevenly spaced series (tilt,
+missing slices, a change of spacing) is resampled onto a regular grid by default and said so
+(:mod:`aiportal.io.geometry`; its acquired slices on request); anything that would give a wrong
+volume is an :class:`~aiportal.errors.InputError` that names the input and the fix. Pixels are
+decoded in :mod:`aiportal.io.dicom_pixels`.
 """
 
 from __future__ import annotations
