@@ -202,3 +202,16 @@ def test_a_volume_under_a_transform_is_noted_by_the_model_run(runtime, shared_da
     loaded.node.SetAndObserveTransformNodeID(transform.GetID())
     (note,) = SegmentationJob(loaded.node, "classic-ct", runtime=runtime, executor="thread").notes
     assert "under transform Acquisition transform: the model ran on its voxels before that transform" in note
+
+
+def test_rounding_is_no_tilt():
+    """A shift far below a pixel over the stack (rounded positions) keeps the acquired grid; a real tilt does not."""
+    from aiportal.io.geometry import SliceStack
+
+    def stack(shift_per_slice: float) -> SliceStack:
+        positions = np.array([[0.0, shift_per_slice * k, 2.0 * k] for k in range(40)])
+        return SliceStack(positions, np.array([1.0, 0, 0]), np.array([0, 1.0, 0]), (0.9, 0.9), 64, 64)
+
+    assert not stack(0.0005).is_tilted and not stack(0.0005).needs_regular_grid()
+    tilted = stack(2.0 * np.tan(np.radians(5.0)))
+    assert tilted.is_tilted and tilted.needs_regular_grid() and abs(tilted.tilt_degrees - 5.0) < 1e-6

@@ -27,6 +27,8 @@ _RUN_RELATIVE_TOLERANCE = 0.02
 #: "regular": tilted or unevenly spaced series resampled onto a regular grid (the default);
 #: "acquired": the slices as acquired.
 Geometry = Literal["regular", "acquired"]
+# An in-plane shift over the whole stack below this (pixels) is rounding, not a tilt.
+_TILT_TOLERANCE_VOXELS = 0.05
 # Resampling is skipped when no slice is off the mean-spacing stack by more than this (voxels).
 _RESAMPLE_TOLERANCE_VOXELS = 0.01
 
@@ -73,7 +75,9 @@ class SliceStack:
 
     @property
     def is_tilted(self) -> bool:
-        return self.count > 1 and self.in_plane_shift_mm > POSITION_TOLERANCE_MM * self.count
+        """Slices shift in-plane along the stack by more than rounding and a twentieth of a pixel."""
+        tolerance = max(POSITION_TOLERANCE_MM * self.count, _TILT_TOLERANCE_VOXELS * min(self.pixel_spacing))
+        return self.count > 1 and self.in_plane_shift_mm > tolerance
 
     @property
     def is_uniform(self) -> bool:
