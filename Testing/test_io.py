@@ -222,7 +222,7 @@ def test_two_series_are_refused_then_selected(shared_data, tmp_path):
     assert ct3 in message and monai in message and "3 files" in message and "4 files" in message
 
     assert read_dicom_series(tmp_path, series_uid=ct3).array.shape == (3, 512, 512)
-    assert read_dicom_series(tmp_path, series_uid=monai).array.shape == (4, 16, 16)
+    assert read_dicom_series(tmp_path, series_uid=monai, geometry="acquired").array.shape == (4, 16, 16)
     with pytest.raises(InputError, match="1.2.3.4 is not in") as error:
         read_dicom_series(tmp_path, series_uid="1.2.3.4")
     assert ct3 in str(error.value) and monai in str(error.value)
@@ -236,7 +236,7 @@ def test_dicomdir_folder_lists_its_series(shared_data):
     with pytest.raises(InputError, match="6 image series"):
         read_dicom_series(folder)
     brain = next(s for s in summaries if s.description == "Routine Brain")
-    assert read_dicom_series(folder, series_uid=brain.series_uid).array.shape == (4, 16, 16)
+    assert read_dicom_series(folder, series_uid=brain.series_uid, geometry="acquired").array.shape == (4, 16, 16)
     pilot = next(s for s in summaries if s.description == "T/S/C RF FAST PILOT")
     with pytest.raises(InputError, match="mixes image orientations"):  # tri-plane localizer
         read_dicom_series(folder, series_uid=pilot.series_uid)
@@ -267,10 +267,12 @@ def test_shuffled_file_names_give_the_same_volume(shared_data, tmp_path):
 
 
 def test_non_uniform_spacing_is_reported(shared_data):
-    image = read_dicom_series(shared_data / MONAI_CT)
-    spacing = next(w for w in image.warnings if w.startswith("Non-uniform slice spacing"))
-    assert "1.25" in spacing and "202.5" in spacing and "mean spacing 68.33" in spacing
-    assert any(w.startswith("Missing slices") for w in image.warnings)
+    """Kept as acquired on request, at the mean step and said so (default: a regular grid, see
+    test_dicom_geometry.py)."""
+    image = read_dicom_series(shared_data / MONAI_CT, geometry="acquired")
+    assert any(w.startswith("Missing slices: about 161 slice(s)") for w in image.warnings)
+    spacing = next(w for w in image.warnings if w.startswith("Acquired geometry"))
+    assert "stacked at the mean step" in spacing and "wrong" in spacing
     assert image.ijk_to_ras[2, 2] == pytest.approx((105.519997 + 99.480003) / 3)
 
 
@@ -279,7 +281,9 @@ def test_missing_slice_is_reported(shared_data, tmp_path):
     copy_files(files[:9] + files[10:], tmp_path)
     image = read_dicom_series(tmp_path)
     assert any("about 1 slice(s) missing in 1 gap(s)" in w for w in image.warnings)
-    assert image.array.shape[0] == 19
+    assert image.array.shape[0] == 20  # the gap is filled on the regular grid
+    assert any(w.startswith("1 of the 20 slices of the regular grid lie in gaps") for w in image.warnings)
+    assert read_dicom_series(tmp_path, geometry="acquired").array.shape[0] == 19
 
 
 def test_gantry_tilt_is_reported_with_its_angle(shared_data, tmp_path):
@@ -291,11 +295,13 @@ def test_gantry_tilt_is_reported_with_its_angle(shared_data, tmp_path):
         dataset.ImagePositionPatient = [x, y + math.tan(math.radians(tilt)) * (z + 766.5), z]
         dataset.save_as(tmp_path / path.name)
     image = read_dicom_series(tmp_path)
-    (warning,) = [w for w in image.warnings if "Gantry tilt" in w]
-    assert f"Gantry tilt of {tilt:.2f} degrees" in warning
+    (warning,) = [w for w in image.warnings if "tilted" in w]
+    assert warning.startswith(f"Resampled from 20 tilted slices at {tilt:.1f}° onto a regular grid")
     original = read_dicom_series(shared_data / EXAMPLE_CT)
-    assert not any("Gantry tilt" in w for w in original.warnings)
-    np.testing.assert_array_equal(image.array, original.array)
+    assert not any("tilt" in w for w in original.warnings)
+    shift_rows = math.ceil(math.tan(math.radians(tilt)) * 38.0 / 0.9765625)  # 19 steps of 2 mm
+    assert image.array.shape == (20, 512 + shift_rows, 512)
+    np.testing.assert_array_equal(read_dicom_series(tmp_path, geometry="acquired").array, original.array)
 
 
 def test_duplicate_positions_are_an_error(shared_data, tmp_path):

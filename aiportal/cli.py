@@ -160,6 +160,28 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _geometry(args: argparse.Namespace) -> str:
+    return "acquired" if getattr(args, "acquired_geometry", False) else "regular"
+
+
+def geometry_line(geometry: dict) -> str:
+    """One line saying which grid the outputs are on, when a DICOM series was not used as it is."""
+    if not geometry:
+        return ""
+    what = (f"{geometry['acquired_slices']} " + ("tilted " if geometry.get("tilt_degrees") else "")
+            + ("" if geometry.get("uniform_spacing", True) else "unevenly spaced ") + "slices")
+    tilt = f" at {geometry['tilt_degrees']:.1f}°" if geometry.get("tilt_degrees") else ""
+    if geometry.get("resampled"):
+        i, j, k = geometry["shape_ijk"]
+        spacing = "x".join(f"{v:.4g}" for v in geometry["spacing_mm"])
+        return (f"geometry: resampled from {what}{tilt} onto a regular grid of {i}x{j}x{k} voxels ({spacing} mm); "
+                "outputs are on this grid")
+    if geometry.get("tilt_degrees") or not geometry.get("uniform_spacing", True):
+        measured = "" if geometry.get("measurable", True) else " (not fit for measurement)"
+        return f"geometry: the {what}{tilt} as acquired{measured}; outputs are on the acquired slices"
+    return ""
+
+
 def cmd_segment(args: argparse.Namespace) -> int:
     if getattr(args, "pacs", None):  # pull from the PACS, run this same command on it, push the SEG + SR
         from aiportal.pacs.cli import segment_from_pacs
@@ -178,13 +200,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
                               params=_model_params(args), boxes=args.box or [], boxes_ras=args.box_ras or [],
                               box_labels=args.box_labels or [],
                               series_uid=args.series, timeout_s=args.timeout, device=args.device,
-                              overwrite=args.overwrite, input_label=str(args.input), nan_as=args.nan_as)
+                              overwrite=args.overwrite, input_label=str(args.input), nan_as=args.nan_as,
+                              geometry=_geometry(args))
     result = run_segmentation(request, progress=TerminalProgress())
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{result.model_id} on {args.input}: {len(result.volumes_ml)} segments in {result.model_elapsed_s:.1f} s")
+    if line := geometry_line(result.geometry):
+        print(f"  {line}")
     for name, volume_ml in result.volumes_ml.items():
-        print(f"  {name:<12} {volume_ml:>10.1f} mL")
+        print(f"  {name:<12} {volume_ml:>10.1f} mL" if volume_ml is not None else f"  {name:<12} not measured")
     if result.absent_labels:
         print(f"  not found: {', '.join(result.absent_labels)}")
     for file in result.files:
@@ -204,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     check_output_folder(args.out, expected_outputs(options.formats), args.overwrite)
     progress = TerminalProgress()
     progress(0.0, f"loading {args.source}")
-    loaded = load_volume(args.source, series_uid=args.series, nan_as=args.nan_as)
+    loaded = load_volume(args.source, series_uid=args.series, nan_as=args.nan_as, geometry=_geometry(args))
     _print_warnings(loaded.warnings)
     node = load_segmentation(args.segmentation)
     require_same_grid(node, str(args.segmentation), loaded.node, str(args.source))
@@ -439,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--model", default="classic-ct", help="model id (see `aiportal info`)")
     segment.add_argument("--out", type=Path, required=True, help="output folder")
     segment.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    segment.add_argument("--acquired-geometry", action="store_true",
+                         help="keep a gantry-tilted or unevenly spaced DICOM series as acquired instead of "
+                              "resampling it onto a regular grid (the default)")
     segment.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     segment.add_argument("--box", nargs=6, type=int, action="append", metavar=("I0", "J0", "K0", "I1", "J1", "K1"),
                          help="box prompt in voxel indices (inclusive; K0 = K1: a 2D box propagated); repeatable")
@@ -460,6 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("segmentation", type=Path, help="a .seg.nrrd made on the source image")
     export.add_argument("--source", type=Path, required=True, help="the source DICOM series folder or image file")
     export.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
+    export.add_argument("--acquired-geometry", action="store_true",
+                        help="the segmentation was made on the DICOM series as acquired (segment --acquired-geometry)")
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(export, default_formats="seg,sr")

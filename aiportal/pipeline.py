@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from aiportal.errors import CancelledError
 from aiportal.export.exporter import ExportOptions
 from aiportal.progress import ProgressCallback, no_progress, scaled
@@ -43,6 +45,7 @@ class PipelineRequest:
     input_label: str = ""  # how run.json and the audit name the input (a server never records a client's file name)
     via: str = "cli"  # the face that ran it, kept in the audit record
     nan_as: float | None = None  # NaN/Inf voxels: refused (None) or replaced by this value, with a warning
+    geometry: str = "regular"  # DICOM: "regular" resamples tilted / unevenly spaced series; "acquired" keeps them
 
 
 @dataclass
@@ -50,7 +53,7 @@ class PipelineResult:
     run_id: str
     model_id: str
     model_version: str
-    volumes_ml: dict[str, float]
+    volumes_ml: dict[str, float | None]  # None: not measurable on the geometry the run used
     absent_labels: list[str]
     files: list[dict[str, Any]]
     notes: list[str]  # the loader's warnings, the model's notes (device fallback...), the export's notes
@@ -58,6 +61,7 @@ class PipelineResult:
     model_elapsed_s: float = 0.0
     study_uid: str = ""
     series_uid: str = ""
+    geometry: dict[str, Any] = field(default_factory=dict)  # which grid the outputs are on (DICOM input)
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,12 +82,25 @@ def _model_params(request: PipelineRequest, volume_node) -> dict[str, Any]:
     return params
 
 
+def _check_measurable(loaded, label: str, options: ExportOptions) -> None:
+    """Refuse statistics and surfaces on unevenly spaced slices kept as acquired (they would be wrong)."""
+    from aiportal.errors import InputError
+
+    measured = [fmt for fmt in options.formats if fmt in ("json", "csv", "sr", "stl", "obj")]
+    if not loaded.measurable and measured:
+        raise InputError(
+            f"{label} has unevenly spaced slices, and the acquired geometry places them at the mean step, so the "
+            f"{', '.join(measured)} output(s) would have wrong volumes and distances",
+            "drop --acquired-geometry (the default resamples onto a regular grid), or export only --formats nrrd",
+        )
+
+
 def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_progress,
                      cancelled: Callable[[], bool] = lambda: False, runtime=None) -> PipelineResult:
     """Load, segment, audit and export; raises AIPortalError (or CancelledError) with the reason."""
     from aiportal.audit import AuditLog, ai_run_fields
     from aiportal.export.exporter import check_export_possible, export_to_folder
-    from aiportal.io.volumes import load_volume
+    from aiportal.io.volumes import ijk_to_ras_matrix, load_volume
     from aiportal.runtime import build_headless_runtime
     from aiportal.segment import SegmentationJob
     from aiportal.segmentation import segment_voxel_counts
@@ -98,7 +115,9 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
     try:
         progress(0.0, f"loading {label}")
         with SCENE_LOCK:
-            loaded = load_volume(request.input_path, runtime, series_uid=request.series_uid, nan_as=request.nan_as)
+            loaded = load_volume(request.input_path, runtime, series_uid=request.series_uid, nan_as=request.nan_as,
+                                 geometry=request.geometry)  # type: ignore[arg-type]
+            _check_measurable(loaded, label, request.options)
             check_export_possible(loaded.source, loaded.node, request.options)  # before a model that may run long
             modality = loaded.source.modality if loaded.source else None
             job = SegmentationJob(loaded.node, request.model_id, params=_model_params(request, loaded.node),
@@ -123,14 +142,17 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
         with SCENE_LOCK:
             result = job.finish()
             node = result.segmentation_node
-            spacing = loaded.node.GetSpacing()
-            voxel_ml = spacing[0] * spacing[1] * spacing[2] / 1000.0
+            # |det|, not the product of the column norms: a tilted stack kept as acquired has a
+            # non-orthogonal IJK→RAS whose k column is longer than the slice spacing
+            voxel_ml = abs(float(np.linalg.det(ijk_to_ras_matrix(loaded.node)[:3, :3]))) / 1000.0
             segmentation = node.GetSegmentation()
-            volumes = {segmentation.GetSegment(segment_id).GetName(): round(count * voxel_ml, 3)
-                       for segment_id, count in segment_voxel_counts(node).items()}
+            # None: not measured (unevenly spaced slices kept as acquired have no true voxel size)
+            volumes = {segmentation.GetSegment(segment_id).GetName(): round(count * voxel_ml, 3) if loaded.measurable
+                       else None for segment_id, count in segment_voxel_counts(node).items()}
         reference = loaded.source.reference() if loaded.source else {}
         provenance = asdict(result.provenance)
-        run_record = {"input": label, "source": reference or None, "model": result.model.id,
+        run_record = {"input": label, "source": reference or None, "geometry": loaded.geometry or None,
+                      "model": result.model.id,
                       "provenance": provenance, "elapsed_s": round(result.elapsed_s, 3), "volumes_ml": volumes,
                       "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
         fields = ai_run_fields(result, label, reference)
@@ -150,7 +172,8 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
                     "series_uid": f.series_uid} for f in exported.files],
             notes=loaded.warnings + result.notes + exported.notes, elapsed_s=round(time.monotonic() - started, 3),
             model_elapsed_s=round(result.elapsed_s, 3),
-            study_uid=reference.get("study_uid", ""), series_uid=reference.get("series_uid", ""))
+            study_uid=reference.get("study_uid", ""), series_uid=reference.get("series_uid", ""),
+            geometry=loaded.geometry)
     finally:
         if own_runtime:
             with SCENE_LOCK:

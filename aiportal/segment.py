@@ -49,6 +49,18 @@ def _volume_snapshot(volume_node) -> tuple[np.ndarray, np.ndarray]:
     return array_from_volume(volume_node), ijk_to_ras_matrix(volume_node)
 
 
+def _transform_notes(volume_node) -> list[str]:
+    """The model sees a volume's voxels before any parent transform: say so when there is one (Slicer's
+    DICOM module puts a gantry-tilted or unevenly spaced series under an acquisition-geometry transform)."""
+    transform = volume_node.GetParentTransformNode()
+    if transform is None:
+        return []
+    return [f"{volume_node.GetName()} is under transform {transform.GetName()}: the model ran on its voxels before "
+            "that transform (for a gantry-tilted or unevenly spaced DICOM series: as stacked, not where they were "
+            "acquired); harden the transform first (Data module), or load the series with the portal's loader, "
+            "which resamples it onto a regular grid"]
+
+
 class SegmentationJob(BackgroundJob):
     """One model run on one volume: start, poll, cancel, finish — or run to completion."""
 
@@ -91,6 +103,7 @@ class SegmentationJob(BackgroundJob):
             self.device, device_note = resolve_device(device, self.model.devices)
             self.notes += [device_note] if device_note else []
         self.params = dict(params or {})
+        self.notes += _transform_notes(volume_node)
         self.volume_node = volume_node
         self.segmentation_node = segmentation_node
         array, ijk_to_ras = _volume_snapshot(volume_node)

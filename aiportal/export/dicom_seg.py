@@ -3,6 +3,7 @@
 Every segment carries its name, SNOMED codes (from its terminology), the algorithm that made it
 (from its provenance), a tracking id and UID and its colour. Pixels come from the segmentation
 resampled on the source volume's grid, slice k paired with source header k of
+(a tilted or unevenly spaced series resampled onto a regular grid: mapped back onto its acquired slices)
 :class:`~aiportal.export.dicom_source.ExportSource` (whose order was checked against the volume).
 """
 
@@ -22,6 +23,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from aiportal import __version__, terminology
 from aiportal.errors import AIPortalError, InputError
 from aiportal.export.dicom_source import ExportSource
+from aiportal.io.geometry import labels_to_acquired
 from aiportal.models.catalog import Code, ModelEntry, get_catalog
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag, software_versions
 from aiportal.segmentation import REVIEW_TAG, segment_mask, segment_number_map, segment_voxel_counts, shape_kji
@@ -243,10 +245,14 @@ def plan_seg(
             "segment something first, or choose non-empty segments",
         )
 
+    pixels = _pixel_array(segmentation_node, volume_node, kept, shape, [d.SegmentLabel for d in descriptions],
+                          segmentation_type)
+    if source.regular_grid is not None:  # resampled (tilted / uneven) series: frames on the acquired slices
+        first = source.datasets[0]
+        pixels = labels_to_acquired(pixels, source.regular_grid, int(first.Rows), int(first.Columns))
     arguments = dict(
         source_images=source.datasets,
-        pixel_array=_pixel_array(segmentation_node, volume_node, kept, shape, [d.SegmentLabel for d in descriptions],
-                                 segmentation_type),
+        pixel_array=pixels,
         segmentation_type=segmentation_type,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),

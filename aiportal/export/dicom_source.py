@@ -17,6 +17,7 @@ from pydicom.uid import generate_uid
 
 from aiportal.errors import InputError
 from aiportal.io.dicom_series import SourceSeries
+from aiportal.io.geometry import RegularGrid
 from aiportal.io.volumes import ijk_to_ras_matrix
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -35,6 +36,9 @@ class ExportSource:
     volume_node_id: str  # the volume whose k axis these headers were checked against
     changes: list[str] = field(default_factory=list)  # what was filled in; empty when used as is
     corrected_folder: Path | None = None  # where the corrected copy was written, if one was
+    # The regular grid the volume was resampled onto (tilted / unevenly spaced series): the SEG's
+    # labels are then mapped back onto the acquired slices, which ``datasets`` describe.
+    regular_grid: RegularGrid | None = None
 
     @property
     def study_uid(self) -> str:
@@ -67,13 +71,17 @@ def _missing_uids(datasets: list[pydicom.Dataset]) -> list[str]:
     return [keyword for keyword in _REQUIRED_UIDS if any(not str(ds.get(keyword, "") or "") for ds in datasets)]
 
 
-def _check_registration(datasets: list[pydicom.Dataset], volume_node, where: str) -> None:
-    """Refuse unless header k lies at voxel (0, 0, k) of the volume (never a mis-registered SEG)."""
+def _refuse_transformed(volume_node) -> None:
     if volume_node.GetParentTransformNode() is not None:
         raise InputError(
             f"Volume {volume_node.GetName()} is under a transform, so it no longer lies where its DICOM images are",
             "harden or remove the transform, or export the segmentation of the untransformed volume",
         )
+
+
+def _check_registration(datasets: list[pydicom.Dataset], volume_node, where: str) -> None:
+    """Refuse unless header k lies at voxel (0, 0, k) of the volume (never a mis-registered SEG)."""
+    _refuse_transformed(volume_node)
     columns, rows, slices = volume_node.GetImageData().GetDimensions()
     if len(datasets) != slices or any((ds.Rows, ds.Columns) != (rows, columns) for ds in datasets):
         raise InputError(
@@ -95,6 +103,19 @@ def _check_registration(datasets: list[pydicom.Dataset], volume_node, where: str
                 f"(position {position.round(3).tolist()} mm, volume says {expected[:3].round(3).tolist()} mm)",
                 "load the volume from this series with the portal's DICOM loader, which sorts slices by position",
             )
+
+
+def _check_regular_grid(grid: RegularGrid, volume_node, where: str) -> None:
+    """Refuse unless the volume is the regular grid the series was resampled onto."""
+    _refuse_transformed(volume_node)
+    dimensions = volume_node.GetImageData().GetDimensions()
+    matrix = _RAS_TO_LPS @ ijk_to_ras_matrix(volume_node)
+    if tuple(dimensions) != tuple(grid.shape[::-1]) or np.abs(matrix - grid.ijk_to_lps).max() > _POSITION_TOLERANCE_MM:
+        raise InputError(
+            f"Volume {volume_node.GetName()} is not the regular grid the tilted or unevenly spaced series in {where} "
+            "was resampled onto",
+            "export the segmentation of the volume loaded from that series",
+        )
 
 
 def _new_uids(headers: list[pydicom.Dataset], missing: list[str], where: str) -> tuple[list[dict[str, str]], list[str]]:
@@ -196,10 +217,17 @@ def export_source(
             "convert the series to single-frame images, or save the segmentation as .seg.nrrd",
         )
     datasets = list(loaded_source.headers)  # never edited: UIDs are only filled in the corrected copy
-    _check_registration(datasets, volume_node, where)
+    grid = loaded_source.regular_grid
+    if grid is not None:
+        _check_regular_grid(grid, volume_node, where)
+    else:
+        _check_registration(datasets, volume_node, where)
+    mapped = ([f"DICOM SEG: the labels on the regular grid are mapped back (nearest neighbour) onto the "
+               f"{len(datasets)} acquired slices it references"] if grid is not None else [])
     missing = _missing_uids(datasets)
     if not missing:
-        return ExportSource(datasets=datasets, files=list(loaded_source.files), volume_node_id=volume_node.GetID())
+        return ExportSource(datasets=datasets, files=list(loaded_source.files), volume_node_id=volume_node.GetID(),
+                            changes=mapped, regular_grid=grid)
     if not assign_missing_uids:
         raise InputError(
             f"The DICOM series in {where} has empty {', '.join(missing)} (anonymised?), so a SEG/SR cannot "
@@ -209,4 +237,7 @@ def export_source(
         )
     if corrected_copy_folder is None:
         raise ValueError("assign_missing_uids needs corrected_copy_folder: the copy with the new UIDs goes there")
-    return _write_corrected_copy(loaded_source, volume_node.GetID(), missing, Path(corrected_copy_folder), where)
+    corrected = _write_corrected_copy(loaded_source, volume_node.GetID(), missing, Path(corrected_copy_folder), where)
+    corrected.regular_grid = grid
+    corrected.changes = mapped + corrected.changes
+    return corrected

@@ -5,15 +5,16 @@ its exact IJK→RAS geometry goes through :func:`read_dicom_series`. It keeps th
 (:class:`SourceSeries`) so that DICOM SEG/SR exports can reference the images they came from.
 
 Rules (see the DICOM field report, §8): slices are sorted by their position along the slice
-normal, never by file name or InstanceNumber; geometry problems (gantry tilt, uneven spacing,
-missing slices) are reported as warnings; anything that would give a wrong volume is an
-:class:`~aiportal.errors.InputError` that names the input and the fix.
+normal, never by file name or InstanceNumber; a gantry-tilted or unevenly spaced series (tilt,
+missing slices, a change of spacing) is resampled onto a regular grid by default and said so
+(:mod:`aiportal.io.geometry`; its acquired slices on request); anything that would give a wrong
+volume is an :class:`~aiportal.errors.InputError` that names the input and the fix. Pixels are
+decoded in :mod:`aiportal.io.dicom_pixels`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from aiportal.errors import InputError
+from aiportal.io.dicom_pixels import apply_rescale, cut_short, damaged, int_or_none, stack_pixels
+from aiportal.io.geometry import POSITION_TOLERANCE_MM, Geometry, RegularGrid, SliceStack, place_on_grid
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
 
 #: LPS (DICOM patient coordinates) → RAS (Slicer world coordinates).
@@ -33,10 +36,8 @@ NON_IMAGE_MODALITIES = frozenset({"SEG", "SR", "RTSTRUCT", "RTPLAN", "RTDOSE", "
 
 _DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 # Positions and cosines in DICOM files are decimal strings with ~6 significant digits.
-_POSITION_TOLERANCE_MM = 1e-3
+_POSITION_TOLERANCE_MM = POSITION_TOLERANCE_MM
 _ORIENTATION_TOLERANCE = 1e-4
-# Spacing may vary this much (relative) before it is reported as non-uniform.
-_SPACING_RELATIVE_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,9 @@ class SourceSeries:
     # A multi-frame file then appears once per frame in ``files`` and ``headers``.
     frames: list[int | None] = field(default_factory=list)
     key: str = ""  # the grouping key (equals series_uid when the files have one)
+    # The regular grid the volume was resampled onto (tilt, uneven spacing); None: the volume's k
+    # axis is the acquired slices. A SEG then maps its labels back onto the acquired slices.
+    regular_grid: RegularGrid | None = None
 
     @property
     def sop_instance_uids(self) -> list[str]:
@@ -109,6 +113,7 @@ class ImageData:
     ijk_to_ras: np.ndarray  # 4x4 float64, maps (i, j, k, 1) -> RAS mm
     source: SourceSeries | None
     warnings: list[str] = field(default_factory=list)
+    geometry: dict = field(default_factory=dict)  # which grid the voxels are on, for run records
 
 
 @dataclass
@@ -126,25 +131,6 @@ def _text(header: pydicom.Dataset, keyword: str) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _int_or_none(header: pydicom.Dataset, keyword: str) -> int | None:
-    value = header.get(keyword)
-    try:
-        return int(value) if value not in (None, "") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _damaged(path: Path, input_path: Path, what: str) -> InputError:
-    return InputError(
-        f"DICOM file {path} in {input_path} is damaged: {what}",
-        "copy or export the series again, or remove that file",
-    )
-
-
-def _cut_short(caught: list[warnings.WarningMessage]) -> bool:
-    return any("End of file" in str(w.message) for w in caught)
-
-
 def _read_header(path: Path, input_path: Path) -> pydicom.Dataset | None:
     """The header of a DICOM file, None for a non-DICOM file; InputError for a damaged one."""
     # pydicom reads a file cut inside its header without complaint; only reaching the end of the
@@ -158,9 +144,9 @@ def _read_header(path: Path, input_path: Path) -> pydicom.Dataset | None:
         except InvalidDicomError:
             return None
         except Exception as error:  # pydicom raises many types on garbled headers
-            raise _damaged(path, input_path, f"{type(error).__name__}: {error}") from error
-    if _cut_short(caught) or (at_end and _expects_pixels(header)):
-        raise _damaged(path, input_path, "the file ends before its pixel data (cut short?)")
+            raise damaged(path, input_path, f"{type(error).__name__}: {error}") from error
+    if cut_short(caught) or (at_end and _expects_pixels(header)):
+        raise damaged(path, input_path, "the file ends before its pixel data (cut short?)")
     return header
 
 
@@ -262,7 +248,7 @@ def _summary(key: str, members: list[_File]) -> SeriesSummary:
         series_uid=_text(header, "SeriesInstanceUID"),
         modality=_text(header, "Modality"),
         description=_text(header, "SeriesDescription"),
-        series_number=_int_or_none(header, "SeriesNumber"),
+        series_number=int_or_none(header, "SeriesNumber"),
         number_of_files=len(members),
         key=key,
         is_image=_is_image(header),
@@ -329,6 +315,10 @@ class _Slice:
     pixel_spacing: np.ndarray  # (between rows, between columns) in mm
     rescale: tuple[float, float]  # (slope, intercept)
 
+    @property
+    def path(self) -> Path:
+        return self.item.path
+
     def name(self, folder: Path) -> str:
         frame = f" frame {self.frame + 1}" if self.frame is not None else ""
         return f"{_relative(self.item.path, folder)}{frame}"
@@ -365,7 +355,7 @@ def _slices(folder: Path, members: list[_File]) -> list[_Slice]:
     slices = []
     for item in members:
         header = item.header
-        frames = _int_or_none(header, "NumberOfFrames") or 1
+        frames = int_or_none(header, "NumberOfFrames") or 1
         if "PerFrameFunctionalGroupsSequence" in header:
             per_frame = header.PerFrameFunctionalGroupsSequence
             shared = header.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in header else None
@@ -438,162 +428,34 @@ def _check_consistent(folder: Path, slices: list[_Slice]) -> None:
             )
 
 
-def _sort_and_place(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], np.ndarray, list[str]]:
-    """Slices sorted along the normal, the IJK→RAS matrix, and warnings about the geometry."""
+def _sort(folder: Path, slices: list[_Slice]) -> tuple[list[_Slice], SliceStack]:
+    """Slices sorted along the normal (duplicates refused), and where they lie."""
     first = slices[0]
     row_cosine = first.orientation[:3] / np.linalg.norm(first.orientation[:3])
     column_cosine = first.orientation[3:] / np.linalg.norm(first.orientation[3:])
     normal = np.cross(row_cosine, column_cosine)
-    normal /= np.linalg.norm(normal)
     distances = np.array([s.position @ normal for s in slices])
     order = np.argsort(distances, kind="stable")
     slices = [slices[i] for i in order]
     distances = distances[order]
-    positions = np.array([s.position for s in slices])
-    notes: list[str] = []
-
-    if len(slices) > 1:
-        steps = np.diff(distances)
-        duplicates = np.flatnonzero(steps < _POSITION_TOLERANCE_MM)
-        if duplicates.size:
-            pairs = ", ".join(
-                f"{slices[i].name(folder)} and {slices[i + 1].name(folder)} at {distances[i]:.3f} mm"
-                for i in duplicates[:5]
-            )
-            raise InputError(
-                f"Series in {folder} has {duplicates.size} duplicate slice position(s): {pairs}",
-                "remove duplicate files, or split the series (several phases, echoes or time points share positions)",
-            )
-        slice_spacing = float((distances[-1] - distances[0]) / (len(slices) - 1))
-        notes += _spacing_warnings(steps, slice_spacing)
-        notes += _tilt_warnings(positions, normal, distances)
-    else:
-        header = first.item.header
-        slice_spacing = float(header.get("SpacingBetweenSlices") or header.get("SliceThickness") or 1.0)
-
-    row_spacing, column_spacing = first.pixel_spacing
-    ijk_to_lps = np.eye(4)
-    ijk_to_lps[:3, 0] = row_cosine * column_spacing  # i runs along a row (next column)
-    ijk_to_lps[:3, 1] = column_cosine * row_spacing  # j runs down a column (next row)
-    ijk_to_lps[:3, 2] = normal * slice_spacing
-    ijk_to_lps[:3, 3] = positions[0]
-    return slices, LPS_TO_RAS @ ijk_to_lps, notes
-
-
-def _spacing_warnings(steps: np.ndarray, mean_spacing: float) -> list[str]:
-    warnings = []
-    low, high = float(steps.min()), float(steps.max())
-    if high - low > _SPACING_RELATIVE_TOLERANCE * mean_spacing:
-        warnings.append(
-            f"Non-uniform slice spacing: from {low:.4g} to {high:.4g} mm; the volume uses the mean spacing "
-            f"{mean_spacing:.4g} mm, so some slices are shown up to "
-            f"{_max_misplacement(steps, mean_spacing):.3g} mm away from where they were acquired"
+    duplicates = np.flatnonzero(np.diff(distances) < _POSITION_TOLERANCE_MM)
+    if duplicates.size:
+        pairs = ", ".join(
+            f"{slices[i].name(folder)} and {slices[i + 1].name(folder)} at {distances[i]:.3f} mm"
+            for i in duplicates[:5]
         )
-        typical = float(np.median(steps))
-        gaps = np.flatnonzero(steps > 1.5 * typical)
-        if gaps.size:
-            missing = int(sum(round(steps[i] / typical) - 1 for i in gaps))
-            warnings.append(
-                f"Missing slices: about {missing} slice(s) missing in {gaps.size} gap(s) "
-                f"(largest gap {high:.4g} mm, typical spacing {typical:.4g} mm)"
-            )
-    return warnings
-
-
-def _max_misplacement(steps: np.ndarray, mean_spacing: float) -> float:
-    actual = np.concatenate([[0.0], np.cumsum(steps)])
-    return float(np.max(np.abs(actual - mean_spacing * np.arange(actual.size))))
-
-
-def _tilt_warnings(positions: np.ndarray, normal: np.ndarray, distances: np.ndarray) -> list[str]:
-    """Slices that shift in-plane along the stack were acquired with a tilted gantry."""
-    offsets = positions - positions[0]
-    in_plane = offsets - np.outer(offsets @ normal, normal)
-    shift = float(np.linalg.norm(in_plane[-1]))
-    if np.max(np.linalg.norm(in_plane, axis=1)) <= _POSITION_TOLERANCE_MM * len(positions):
-        return []
-    angle = math.degrees(math.atan2(shift, float(distances[-1] - distances[0])))
-    return [
-        f"Gantry tilt of {angle:.2f} degrees: slices shift {shift:.3g} mm in-plane over the stack; the "
-        "volume stacks them along the slice normal (not resampled), so anatomy appears sheared by that angle"
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Pixels
-
-
-def _decode(folder: Path, item: _File) -> np.ndarray:
-    """The stored pixel values of a file: (rows, columns), or (frames, rows, columns)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            dataset = pydicom.dcmread(item.path)
-        except Exception as error:  # the header was readable during the scan: the file changed
-            raise _damaged(item.path, folder, f"{type(error).__name__}: {error}") from error
-        if _cut_short(caught) or "PixelData" not in dataset:
-            raise _damaged(item.path, folder, "its pixel data is missing or cut short")
-        try:
-            pixels = dataset.pixel_array
-        except Exception as error:  # truncated data, unsupported or broken compression
-            syntax = dataset.file_meta.get("TransferSyntaxUID")
-            raise InputError(
-                f"Cannot decode the pixels of DICOM file {item.path} in {folder} ({type(error).__name__}: {error})",
-                f"install the decoder for {syntax.name} (pylibjpeg-openjpeg, pylibjpeg-libjpeg, pyjpegls), "
-                "or copy or export the series again"
-                if syntax is not None and syntax.is_compressed
-                else "copy or export the series again, or remove that file",
-            ) from error
-    frames = _int_or_none(dataset, "NumberOfFrames") or 1
-    if dataset.get("SamplesPerPixel", 1) != 1 or pixels.ndim != (2 if frames == 1 else 3):
         raise InputError(
-            f"DICOM file {item.path} in {folder} holds colour pixels {pixels.shape}, not grey-scale slices",
-            "load a grey-scale series (CT, MR, PET)",
+            f"Series in {folder} has {duplicates.size} duplicate slice position(s): {pairs}",
+            "remove duplicate files, or split the series (several phases, echoes or time points share positions)",
         )
-    return pixels
-
-
-def _stack(folder: Path, slices: list[_Slice], progress: ProgressCallback, cancel: CancelToken | None) -> np.ndarray:
-    """Stored values of the sorted slices as one (k, j, i) array; each file decoded once."""
-    raw: np.ndarray | None = None
-    multi_frame: dict[Path, np.ndarray] = {}  # decoded multi-frame files, for their other frames
-    for k, piece in enumerate(slices):
-        if cancel is not None:
-            cancel.check("reading the DICOM series")
-        if piece.frame is None:
-            pixels = _decode(folder, piece.item)
-        else:
-            if piece.item.path not in multi_frame:
-                multi_frame[piece.item.path] = _decode(folder, piece.item)
-            pixels = multi_frame[piece.item.path][piece.frame]
-        if raw is None:
-            raw = np.empty((len(slices), *pixels.shape), dtype=pixels.dtype)
-        elif pixels.dtype != raw.dtype:
-            raw = raw.astype(np.result_type(raw.dtype, pixels.dtype))
-        raw[k] = pixels
-        progress((k + 1) / len(slices), "Reading DICOM slices")
-    assert raw is not None  # a series has at least one slice
-    return raw
-
-
-def _apply_rescale(raw: np.ndarray, rescales: list[tuple[float, float]]) -> np.ndarray:
-    """Stored values → modality units (HU for CT), int16 when that is exact, else float32."""
-    integral = all(s == round(s) and b == round(b) for s, b in rescales)
-    if integral:
-        ends = [s * float(v) + b for k, (s, b) in enumerate(rescales) for v in (raw[k].min(), raw[k].max())]
-        low, high = min(ends), max(ends)
-        info = np.iinfo(np.int16)
-        # Integral values beyond int16 (e.g. 16-bit unsigned MR) stay exact in int32.
-        dtype = np.int16 if info.min <= low and high <= info.max else np.int32
-    else:
-        dtype = np.float32
-    out = np.empty(raw.shape, dtype=dtype)
-    for k, (slope, intercept) in enumerate(rescales):  # slice by slice: no volume-sized temporaries
-        if integral:
-            out[k] = raw[k].astype(np.int32) * int(slope) + int(intercept)
-        else:
-            out[k] = raw[k] * slope + intercept
-    return out
+    header = first.item.header
+    tilt = header.get("GantryDetectorTilt")
+    row_spacing, column_spacing = first.pixel_spacing
+    stack = SliceStack(
+        positions=np.array([s.position for s in slices]), row_cosine=row_cosine, column_cosine=column_cosine,
+        pixel_spacing=(float(column_spacing), float(row_spacing)), rows=int(header.get("Rows") or 0),
+        columns=int(header.get("Columns") or 0), header_tilt_degrees=float(tilt) if tilt not in (None, "") else None)
+    return slices, stack
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,7 +504,7 @@ def _source_series(key: str, slices: list[_Slice]) -> SourceSeries:
         files=[s.item.path for s in slices],
         headers=headers,
         frames=[s.frame for s in slices],
-        series_number=_int_or_none(first, "SeriesNumber"),
+        series_number=int_or_none(first, "SeriesNumber"),
         key=key,
     )
 
@@ -670,7 +532,7 @@ def source_from_files(files: list[Path]) -> SourceSeries:
     (key, group), = groups.items()
     slices = _slices(folder, group)
     _check_consistent(folder, slices)
-    slices, _, _ = _sort_and_place(folder, slices)
+    slices, _ = _sort(folder, slices)
     return _source_series(key, slices)
 
 
@@ -679,6 +541,9 @@ def read_dicom_series(
     series_uid: str | None = None,
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
+    *,
+    geometry: Geometry = "regular",
+    slice_spacing: float | None = None,
 ) -> ImageData:
     """Read one DICOM image series (single-frame files or enhanced multi-frame).
 
@@ -687,19 +552,30 @@ def read_dicom_series(
 
     ``series_uid`` selects a series by SeriesInstanceUID or by the key :func:`list_series`
     shows; without it the folder must hold exactly one image series.
+
+    ``geometry="regular"`` (the default) resamples a gantry-tilted or unevenly spaced series onto a
+    regular grid in the patient frame (see :mod:`aiportal.io.geometry`; ``slice_spacing`` in mm,
+    default the smallest acquired gap); ``"acquired"`` keeps the slices as acquired (exact for a
+    uniformly spaced tilted stack, approximate and said so for uneven spacing).
     """
     folder = Path(folder)
     progress(0.0, "Scanning DICOM files")
     folder, key, members = _resolve(folder, series_uid, cancel)
     slices = _slices(folder, members)
     _check_consistent(folder, slices)
-    slices, ijk_to_ras, notes = _sort_and_place(folder, slices)
-    array = _apply_rescale(_stack(folder, slices, progress, cancel), [s.rescale for s in slices])
+    slices, stack = _sort(folder, slices)
+    array = apply_rescale(stack_pixels(folder, slices, progress, cancel), [s.rescale for s in slices])
+    header = slices[0].item.header
+    single_spacing = float(header.get("SpacingBetweenSlices") or header.get("SliceThickness") or 1.0)
+    placed = place_on_grid(stack, array, geometry, slice_spacing, single_spacing)
+    array, ijk_to_lps, grid, notes, summary = placed.array, placed.ijk_to_lps, placed.grid, placed.notes, placed.summary
+    ijk_to_ras = LPS_TO_RAS @ ijk_to_lps
 
     source = _source_series(key, slices)
+    source.regular_grid = grid
     if not source.series_uid or not all(source.sop_instance_uids):
         notes.append(
             f"Series in {folder} has empty UIDs (anonymised): it is grouped as {key}, and DICOM exports "
             "that reference it need new UIDs"
         )
-    return ImageData(array=array, ijk_to_ras=ijk_to_ras, source=source, warnings=notes)
+    return ImageData(array=array, ijk_to_ras=ijk_to_ras, source=source, warnings=notes, geometry=summary)

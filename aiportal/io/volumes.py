@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from vtkmodules.util import numpy_support
 
 from aiportal.errors import AIPortalError, InputError
 from aiportal.io.dicom_series import SourceSeries, read_dicom_series
+from aiportal.io.geometry import Geometry
 from aiportal.io.hierarchy import place_in_study
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
 
@@ -44,6 +45,14 @@ class LoadedVolume:
     source: SourceSeries | None
     warnings: list[str]
     path: Path
+    # DICOM: which grid the voxels are on ("regular" when a tilted or unevenly spaced series was
+    # resampled, "acquired"), the acquired slices, tilt and gaps; see aiportal.io.geometry
+    geometry: dict = field(default_factory=dict)
+
+    @property
+    def measurable(self) -> bool:
+        """False for unevenly spaced slices kept as acquired: volumes and statistics would be wrong."""
+        return self.geometry.get("measurable", True)
 
 
 def volume_file_suffix(path: Path) -> str | None:
@@ -230,14 +239,19 @@ def load_volume(
     progress: ProgressCallback = no_progress,
     cancel: CancelToken | None = None,
     nan_as: float | None = None,
+    geometry: Geometry = "regular",
 ) -> LoadedVolume:
     """Load a DICOM folder or file, NIfTI, NRRD or MetaImage volume into the scene.
+
+    ``geometry`` (DICOM only): "regular" resamples a gantry-tilted or unevenly spaced series onto a
+    regular grid (the default), "acquired" keeps its slices as acquired (see :func:`read_dicom_series`).
 
     The node is placed under a study in the subject hierarchy (:func:`place_in_study`).
     DICOM volumes carry Slicer's ``DICOM.instanceUIDs`` attribute and their :class:`SourceSeries`.
     Voxels that are not numbers (NaN, ±Inf) are refused, or with ``nan_as`` set to that value with a warning.
     """
-    loaded = _load_any(path, runtime, series_uid=series_uid, name=name, progress=progress, cancel=cancel)
+    loaded = _load_any(path, runtime, series_uid=series_uid, name=name, progress=progress, cancel=cancel,
+                       geometry=geometry)
     try:
         nifti = volume_file_suffix(loaded.path) in (".nii", ".nii.gz") and loaded.path.is_file()
         warning = replace_non_finite(loaded.node, str(loaded.path), nan_as,
@@ -303,6 +317,7 @@ def _load_any(
     name: str | None,
     progress: ProgressCallback,
     cancel: CancelToken | None,
+    geometry: Geometry = "regular",
 ) -> LoadedVolume:
     if runtime is None:
         from aiportal.runtime import get_runtime
@@ -322,7 +337,7 @@ def _load_any(
             f"{path} is neither a DICOM file nor a volume file",
             f"pass a DICOM folder or file, or one of {', '.join(VOLUME_FILE_SUFFIXES)}",
         )
-    image = read_dicom_series(path, series_uid, progress=progress, cancel=cancel)
+    image = read_dicom_series(path, series_uid, progress=progress, cancel=cancel, geometry=geometry)
     source = image.source
     assert source is not None  # the DICOM reader always keeps its source
     folder = path if path.is_dir() else path.parent
@@ -340,4 +355,5 @@ def _load_any(
         node.SetAttribute("DICOM.Modality", source.modality)
     _apply_dicom_window(node, source)
     place_in_study(runtime, node, source, folder.name)
-    return LoadedVolume(node=node, source=source, warnings=list(image.warnings), path=path)
+    node.SetAttribute("aiportal.geometry", str(image.geometry.get("grid", "")))
+    return LoadedVolume(node=node, source=source, warnings=list(image.warnings), path=path, geometry=image.geometry)
