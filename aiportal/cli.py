@@ -220,17 +220,27 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from aiportal.outputs import check_output_folder, staged_output
     from aiportal.segmentation import load_segmentation
 
+    vessel_names = [name for name in (args.vessels or "").split(",") if name]
     outputs = ["measurements.json", "measurements.csv", "axes"]
+    outputs += ["vessels.json"] if vessel_names else []
+    outputs += ["segmentation.dcm", "measurements.dcm"] if args.sr else []
     outputs += ["key_images"] if args.key_images else []
     outputs += ["followup.json", "followup.csv"] if args.prior else []
     if args.prior and not args.prior_volume:
         raise AIPortalError("--prior needs --prior-volume (the volume the prior segmentation was made on)",
                             "add --prior-volume PRIOR_CT")
     check_output_folder(args.out, outputs, args.overwrite)
-    volume = load_volume(args.volume, series_uid=args.series).node
+    loaded = load_volume(args.volume, series_uid=args.series)
+    volume = loaded.node
     node = load_segmentation(args.segmentation)
-    measurements, skipped = measure_segmentation(node, volume, segment_names=args.segments or None,
-                                                 lymph_nodes=tuple(args.lymph_nodes or ()))
+    vessels = []
+    if vessel_names:
+        from aiportal.vessels.report import measure_vessels, recist_names_besides
+
+        vessels = measure_vessels(node, volume, vessel_names)
+    recist_names = args.segments or (recist_names_besides(node, vessel_names) if vessel_names else None)
+    measurements, skipped = ([], {}) if vessel_names and not recist_names else measure_segmentation(
+        node, volume, segment_names=recist_names, lymph_nodes=tuple(args.lymph_nodes or ()))
     follow_up = None
     if args.prior:
         from aiportal.measure.followup import compare_studies
@@ -247,6 +257,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     with staged_output(args.out, overwrite=args.overwrite) as staging:
         write_measurements(measurements, skipped, staging)
         write_axis_lines(node.GetScene(), measurements, node, staging / "axes")
+        if vessel_names:
+            from aiportal.vessels.report import write_vessel_markups, write_vessels_json
+
+            write_vessels_json(vessels, staging / "vessels.json")
+            write_vessel_markups(node.GetScene(), vessels, node, staging / "axes")
+        if args.sr:
+            from aiportal.vessels.report import write_measurement_sr
+
+            write_measurement_sr(node, loaded, measurements, vessels, staging,
+                                 assign_missing_uids=args.assign_uids)
         if args.key_images:
             from aiportal.measure.key_images import write_key_images
 
@@ -261,9 +281,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
               f"{m.short_axis_mm:.1f} mm on slice {m.slice_axis}={m.slice_index}; 3D {m.max_3d_diameter_mm:.1f} mm")
     for name, reason in skipped.items():
         print(f"  {name:<20} not measured: {reason}")
+    for vessel in vessels:
+        from aiportal.vessels.report import vessel_summary
+
+        print(f"  {vessel_summary(vessel)}")
+        for warning in vessel.warnings:
+            print(f"  WARNING: {warning}", file=sys.stderr)
     if follow_up is not None:
         print(f"RECIST 1.1 response: {follow_up.assessment.response.value} ({follow_up.assessment.explanation})")
     print(f"wrote {args.out / 'measurements.json'}, measurements.csv and axis lines in {args.out / 'axes'}"
+          + (", vessels.json" if vessel_names else "") + (", SEG + SR" if args.sr else "")
           + (", key images" if args.key_images else "") + (", followup.json/csv" if follow_up else ""))
     return 0
 
@@ -449,6 +476,14 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--register", action="store_true",
                          help="align the prior volume to the current one first (else: same frame of reference)")
     measure.add_argument("--nadir", type=float, help="smallest sum of diameters so far (mm), if below baseline")
+    measure.add_argument("--vessels", metavar="NAME[,NAME...]",
+                         help="segments to measure as vessels: centreline, cross-sections, maximum diameter "
+                              "perpendicular to the centreline (vessels.json); not measured with RECIST")
+    measure.add_argument("--sr", action="store_true",
+                         help="also write segmentation.dcm (SEG) and measurements.dcm (TID 1500 SR with the "
+                              "RECIST axes and vessel diameters); needs a DICOM --volume")
+    measure.add_argument("--assign-uids", action="store_true",
+                         help="with --sr: generate UIDs an anonymised series lacks (corrected copy in source/)")
     measure.add_argument("--out", type=Path, required=True, help="output folder")
     measure.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     measure.set_defaults(handler=cmd_measure)

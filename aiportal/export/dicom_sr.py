@@ -36,6 +36,7 @@ from aiportal.models.catalog import Code
 
 if TYPE_CHECKING:
     from aiportal.measure.recist import RecistMeasurement
+    from aiportal.vessels.analysis import VesselMeasurement
 
 # Procedure reported (CID 100) by source modality.
 _PROCEDURES = {
@@ -153,6 +154,45 @@ def _axes_group(axes: RecistMeasurement, description: hd.seg.SegmentDescription,
     )
 
 
+def _line_3d(points_ras, source: ExportSource) -> hd.sr.CoordinatesForMeasurement3D:
+    return hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+        graphic_data=np.asarray(points_ras, dtype=float) * np.array([-1.0, -1.0, 1.0]),  # RAS -> LPS
+        frame_of_reference_uid=source.frame_of_reference_uid,
+    )
+
+
+def _vessel_group(vessel: VesselMeasurement, description: hd.seg.SegmentDescription,
+                  source: ExportSource) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of a vessel, tracked as its segment: the maximum diameter perpendicular to the
+    centreline (Diameter, derivation Maximum) and the perpendicular diameter there, each with its line
+    (SCOORD3D: the cross-section is oblique), that cross-section's area, and the centreline's path
+    length with the centreline as a polyline."""
+    section = vessel.maximum.section
+    centreline = vessel.centreline.paths[0].points
+    items = [
+        hd.sr.Measurement(name=codes.SCT.Diameter, value=sr_number(section.max_diameter_mm), unit=codes.UCUM.Millimeter,
+                          derivation=codes.SCT.Maximum,
+                          referenced_coordinates=[_line_3d(section.max_diameter_endpoints, source)]),
+        hd.sr.Measurement(name=codes.SCT.PerpendicularAxis, value=sr_number(section.perpendicular_diameter_mm),
+                          unit=codes.UCUM.Millimeter,
+                          referenced_coordinates=[_line_3d(section.perpendicular_endpoints, source)]),
+        hd.sr.Measurement(name=codes.SCT.Area, value=sr_number(section.area_mm2), unit=codes.UCUM.SquareMillimeter),
+        hd.sr.Measurement(name=codes.cid7470.PathLength, value=sr_number(vessel.centerline_length_mm),
+                          unit=codes.UCUM.Millimeter,
+                          referenced_coordinates=[_line_3d(np.vstack([centreline[::10], centreline[-1:]]), source)]),
+    ]
+    regions = description.anatomic_regions
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
+                                                     identifier=str(description.TrackingID)),
+        finding_type=description.segmented_property_type,
+        finding_category=description.segmented_property_category,
+        finding_sites=[hd.sr.FindingSite(regions[0])] if regions else None,
+        measurements=items,
+    )
+
+
 def _group_for_segment(
     measurements: list[hd.sr.Measurement],
     description: hd.seg.SegmentDescription,
@@ -200,6 +240,7 @@ def write_sr(
     series_number: int = 301,
     series_description: str | None = None,
     axes: Sequence[RecistMeasurement] = (),
+    vessels: Sequence[VesselMeasurement] = (),
 ) -> SrExport:
     """Write a TID 1500 Comprehensive 3D SR with the statistics of the segments of ``seg``.
 
@@ -211,7 +252,8 @@ def write_sr(
     that model) and, optionally, a person (``observer_person``, DICOM name form "Family^Given").
     The evidence is the source images and the SEG. The procedure reported defaults to "<modality>
     unspecified body region". ``axes`` (RECIST measurements made on the source volume) add one group per
-    lesion with the long and short axis and their lines.
+    lesion with the long and short axis and their lines; ``vessels`` (vessel analyses) one group per
+    vessel with its maximum diameter perpendicular to the centreline (:func:`_vessel_group`).
     """
     started = time.monotonic()
     # the header is all the SR needs (descriptions, evidence UIDs); decoding thousands of frames' items is not
@@ -235,6 +277,13 @@ def write_sr(
             continue
         groups.append(_axes_group(measured, descriptions[seg.segment_numbers[measured.segment_id]], source))
         count += 2
+    for vessel in vessels:
+        if vessel.segment_id not in seg.segment_numbers or vessel.maximum is None:
+            why = "segment not in the SEG" if vessel.maximum else "no cross-section"
+            skipped.append(f"{vessel.name}: vessel diameters ({why})")
+            continue
+        groups.append(_vessel_group(vessel, descriptions[seg.segment_numbers[vessel.segment_id]], source))
+        count += 4
     if model_id is None:  # the model named in the SEG (the first segment an algorithm made)
         algorithm = next((d.algorithm_identification[0] for d in map(descriptions.get, seg.segment_numbers.values())
                           if d.algorithm_identification), None)
