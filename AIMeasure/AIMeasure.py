@@ -127,6 +127,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
                                                   self.ui.segmentSelector.setCurrentNode)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.vesselButton.connect("clicked(bool)", self.onVesselButton)
         self.ui.manualLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onManualLineChanged)
         self.ui.applySuggestionButton.connect("clicked(bool)", self.onApplySuggestion)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
@@ -203,6 +204,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         inputs = bool(self._parameterNode and self._parameterNode.inputSegmentation and self._parameterNode.inputVolume)
         self.ui.applyButton.enabled = inputs
         self.ui.applyButton.toolTip = _("Measure the segments") if inputs else _("Select a segmentation and a volume")
+        self.ui.vesselButton.enabled = inputs
         self.ui.compareButton.enabled = inputs and bool(self._parameterNode.priorSegmentation
                                                         and self._parameterNode.priorVolume)
         self.ui.applySuggestionButton.enabled = self._lastCheck is not None and not self._lastCheck.ok
@@ -219,6 +221,15 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultsTableView.setMRMLTableNode(table)
             skipped = self.logic.skipped
             self.ui.statusLabel.text = "\n".join(f"{name}: {why}" for name, why in skipped.items()) or _("Measured.")
+
+    def onVesselButton(self) -> None:
+        """Measure the picked segment as a vessel: centreline, largest diameter and its lines."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to measure the vessel."), waitCursor=True):
+            p = self._parameterNode
+            if not self._selectedSegmentID():
+                raise ValueError(_("Pick the vessel's segment."))
+            self.ui.vesselLabel.text = self.logic.measureVessel(p.inputSegmentation, p.inputVolume,
+                                                                self._selectedSegmentID())
 
     # -- copilot ---------------------------------------------------------------------------------
     def _observeLine(self, lineNode) -> None:
@@ -293,6 +304,7 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         self.measurements = []
         self.skipped = {}
         self.followUp = None
+        self.vessel = None
         self._recistCache = {}
 
     def getParameterNode(self):
@@ -318,6 +330,15 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
             add_axis_lines(scene, measurement, inputSegmentation)
         table = scene.GetFirstNodeByName("RECIST measurements")
         return add_measurement_table(scene, self.measurements, table_node=table if table else None)
+
+    def measureVessel(self, inputSegmentation, inputVolume, segmentID: str) -> str:
+        """Measure one segment as a vessel (aiportal.vessels), place its centreline curve and the lines of its
+        largest diameter; return the summary with any warning."""
+        from aiportal.vessels.report import add_vessel_markups, measure_vessel_segment, vessel_summary
+
+        self.vessel = measure_vessel_segment(inputSegmentation, segmentID, inputVolume)
+        add_vessel_markups(inputSegmentation.GetScene(), self.vessel, inputSegmentation)
+        return "\n".join([vessel_summary(self.vessel)] + [_("WARNING: ") + w for w in self.vessel.warnings])
 
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""

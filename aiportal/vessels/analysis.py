@@ -135,6 +135,10 @@ def measure_vessel(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "ve
     warnings = []
     if centreline.components > 1:
         warnings.append(f"{name} has {centreline.components} separate pieces: only the largest is measured")
+    cut = sum("cut by the image border" in s.excluded for s in sections)
+    if cut:
+        warnings.append(f"{name} is cut by the image border ({cut} cross-sections there left out): its largest "
+                        "diameter may lie outside the image")
     counted = [s for s in sections if not s.excluded]
     if not counted and sections:
         warnings.append(f"no cross-section of {name} is free of branches and the image border: its maximum "

@@ -57,6 +57,13 @@ class VesselGrid:
         """The smoothed mask at RAS points (0 outside the grid); ``level`` is the vessel's surface."""
         return ndimage.map_coordinates(self.smooth, self.to_kji(ras), order=1, cval=0.0)
 
+    def distance_to_image_border(self, ras: np.ndarray) -> np.ndarray:
+        """How far (in voxels) RAS points lie inside the image's faces (negative: beyond them)."""
+        lo, hi = self.image_box_kji if self.image_box_kji is not None else (
+            np.zeros(3), np.array(self.mask.shape))
+        kji = self.to_kji(ras)
+        return np.minimum(kji - (lo[:, None] - 0.5), (hi[:, None] - 0.5) - kji).min(axis=0)
+
     def inside_image(self, ras: np.ndarray) -> np.ndarray:
         """Which RAS points lie inside the image the mask was cut from (beyond it, a vessel is cut)."""
         lo, hi = self.image_box_kji if self.image_box_kji is not None else (

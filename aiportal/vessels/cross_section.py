@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 from scipy.spatial import ConvexHull
 from skimage.measure import find_contours, points_in_poly
 
@@ -128,17 +127,16 @@ def measure_cross_section(grid: VesselGrid, center: np.ndarray, normal: np.ndarr
     along = (b - a) / diameter if diameter > 0 else np.array([1.0, 0.0])
     c, d, perpendicular = longest_perpendicular_chord(polygon, along, pixel / 4)
     hull_area = ConvexHull(polygon).volume if len(polygon) > 3 else area
-    # pieces of the plane beyond the image read as outside: the section is cut where it meets them
-    rows, cols = np.clip(np.rint(outline).astype(int), 0, _SAMPLES - 1).T
-    beyond = ~grid.inside_image(flat).reshape(_SAMPLES, _SAMPLES)
-    near_beyond = ndimage.binary_dilation(beyond, iterations=2)[rows, cols].any() if beyond.any() else False
-
     def ras(point: np.ndarray) -> np.ndarray:
-        return center + point[0] * u + point[1] * v
+        return center + point[..., 0, None] * u + point[..., 1, None] * v
+
+    # beyond the image the mask reads as outside: an outline within a voxel of the image's faces
+    # follows the border there, not the vessel's wall
+    near_border = grid.distance_to_image_border(ras(polygon)).min() < 1.0
 
     return CrossSection(
         center=np.asarray(center, dtype=float), normal=normal, area_mm2=area, max_diameter_mm=diameter,
         perpendicular_diameter_mm=perpendicular, max_diameter_endpoints=(ras(a), ras(b)),
         perpendicular_endpoints=(ras(c), ras(d)), solidity=area / hull_area if hull_area > 0 else 1.0,
-        cut_by_image_border=bool(near_beyond), encloses_center=encloses,
+        cut_by_image_border=bool(near_border), encloses_center=encloses,
     )
