@@ -82,20 +82,18 @@ def longest_perpendicular_chord(polygon: np.ndarray, along: np.ndarray,
     across = np.array([-along[1], along[0]])
     s, t = polygon @ along, polygon @ across
     s0, s1, t0, t1 = s[:-1], s[1:], t[:-1], t[1:]
-    offsets = np.arange(s.min() + resolution / 2, s.max(), resolution)
-    best = (polygon[0], polygon[0], 0.0)
-    for offset in offsets:
-        crossing = (s0 - offset) * (s1 - offset) < 0
-        if crossing.sum() < 2:
-            continue
-        f = (offset - s0[crossing]) / (s1[crossing] - s0[crossing])
-        cuts = np.sort(t0[crossing] + f * (t1[crossing] - t0[crossing]))
-        lengths = cuts[1::2] - cuts[0::2]
-        if len(lengths) and lengths.max() > best[2]:
-            n = int(lengths.argmax())
-            best = (offset * along + cuts[2 * n] * across, offset * along + cuts[2 * n + 1] * across,
-                    float(lengths[n]))
-    return best
+    offsets = np.arange(s.min() + resolution / 2, s.max(), resolution)[:, None]
+    crossing = (s0 - offsets) * (s1 - offsets) < 0  # (lines, edges)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cuts = np.where(crossing, t0 + (offsets - s0) / (s1 - s0) * (t1 - t0), np.nan)
+    cuts = np.sort(cuts, axis=1)[:, : 2 * (int(crossing.sum(axis=1).max()) // 2)]  # nan sorts last
+    if cuts.shape[1] == 0:
+        return polygon[0], polygon[0], 0.0
+    lengths = np.nan_to_num(cuts[:, 1::2] - cuts[:, 0::2], nan=-1.0)  # inside segments of each line
+    line, segment = np.unravel_index(int(lengths.argmax()), lengths.shape)
+    offset = float(offsets[line, 0])
+    start, end = cuts[line, 2 * segment], cuts[line, 2 * segment + 1]
+    return offset * along + start * across, offset * along + end * across, float(lengths[line, segment])
 
 
 def measure_cross_section(grid: VesselGrid, center: np.ndarray, normal: np.ndarray,
