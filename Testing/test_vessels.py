@@ -123,7 +123,7 @@ def test_aortic_arch_with_branches_measures_the_ascending_aneurysm_not_the_arch(
 def test_a_round_lesion_is_not_tubular():
     k, j, i = np.indices((40, 40, 40))
     ball = (k - 20) ** 2 + (j - 20) ** 2 + (i - 20) ** 2 <= 15**2
-    assert tubularity(ball, np.diag([1.0, 1.0, 1.0, 1.0])) < 2.0
+    assert tubularity(ball, np.diag([1.0, 1.0, 1.0, 1.0])) < 1.5
 
 
 # TotalSegmentator 2.18's pulmonary report, made from these masks (pulmonary_report.json, diameters in cm):
