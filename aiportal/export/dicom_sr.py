@@ -110,6 +110,27 @@ def pixel_coordinates(dataset: pydicom.Dataset, points_ras) -> np.ndarray:
     return np.column_stack([offsets @ row_cosine / column_spacing + 0.5, offsets @ column_cosine / row_spacing + 0.5])
 
 
+def _line_3d(points_ras, source: ExportSource) -> hd.sr.CoordinatesForMeasurement3D:
+    """A polyline in the frame of reference (SCOORD3D), for lines that are not on one source image."""
+    return hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+        graphic_data=np.asarray(points_ras, dtype=float) * np.array([-1.0, -1.0, 1.0]),  # RAS -> LPS
+        frame_of_reference_uid=source.frame_of_reference_uid,
+    )
+
+
+def _finding(description: hd.seg.SegmentDescription) -> dict:
+    """What ties a measurement group to its SEG segment: tracking identifier and UID, finding and site."""
+    regions = description.anatomic_regions
+    return {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
+                                                        identifier=str(description.TrackingID)),
+        "finding_type": description.segmented_property_type,
+        "finding_category": description.segmented_property_category,
+        "finding_sites": [hd.sr.FindingSite(regions[0])] if regions else None,
+    }
+
+
 def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd.sr.Measurement]:
     """The long and short axis as NUM items, each with its line: SCOORD on the slice's source image
     when the slice is an acquired image (slices along k), else SCOORD3D in the frame of reference."""
@@ -125,11 +146,7 @@ def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd
                 source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID)),
             )
         else:
-            coordinates = hd.sr.CoordinatesForMeasurement3D(
-                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
-                graphic_data=np.asarray(endpoints, dtype=float) * np.array([-1.0, -1.0, 1.0]),
-                frame_of_reference_uid=source.frame_of_reference_uid,
-            )
+            coordinates = _line_3d(endpoints, source)
         measurements.append(hd.sr.Measurement(name=concept, value=sr_number(length), unit=codes.UCUM.Millimeter,
                                               referenced_coordinates=[coordinates]))
     return measurements
@@ -139,26 +156,13 @@ def _axes_group(axes: RecistMeasurement, description: hd.seg.SegmentDescription,
                 source: ExportSource) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501 group of a lesion's RECIST axes, tracked as its segment."""
     on_image = axes.slice_axis == "k" and 0 <= axes.slice_index < len(source.datasets)
-    regions = description.anatomic_regions
     image = source.datasets[axes.slice_index] if on_image else None
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
-                                                     identifier=str(description.TrackingID)),
-        finding_type=description.segmented_property_type,
-        finding_category=description.segmented_property_category,
-        finding_sites=[hd.sr.FindingSite(regions[0])] if regions else None,
+        **_finding(description),
         method=codes.cid6147.RECIST1Point1,
         measurements=_axis_measurements(axes, source),
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))]
         if image is not None else None,
-    )
-
-
-def _line_3d(points_ras, source: ExportSource) -> hd.sr.CoordinatesForMeasurement3D:
-    return hd.sr.CoordinatesForMeasurement3D(
-        graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
-        graphic_data=np.asarray(points_ras, dtype=float) * np.array([-1.0, -1.0, 1.0]),  # RAS -> LPS
-        frame_of_reference_uid=source.frame_of_reference_uid,
     )
 
 
@@ -182,13 +186,8 @@ def _vessel_group(vessel: VesselMeasurement, description: hd.seg.SegmentDescript
                           unit=codes.UCUM.Millimeter,
                           referenced_coordinates=[_line_3d(np.vstack([centreline[::10], centreline[-1:]]), source)]),
     ]
-    regions = description.anatomic_regions
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
-                                                     identifier=str(description.TrackingID)),
-        finding_type=description.segmented_property_type,
-        finding_category=description.segmented_property_category,
-        finding_sites=[hd.sr.FindingSite(regions[0])] if regions else None,
+        **_finding(description),
         measurements=items,
     )
 

@@ -11,17 +11,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import slicer
 
 from aiportal.errors import InputError
+from aiportal.io.markups import write_markups_json
 from aiportal.io.volumes import ijk_to_ras_matrix
-from aiportal.provenance import TAG_PREFIX
+from aiportal.measure.recist import MEASUREMENT_ATTRIBUTE, SEGMENT_ID_ATTRIBUTE, SEGMENTATION_ID_ATTRIBUTE
 from aiportal.segmentation import segment_ids, segment_mask
 from aiportal.vessels.analysis import DEFAULT_STEP_MM, VesselMeasurement, measure_vessel
-
-SEGMENTATION_ID_ATTRIBUTE = TAG_PREFIX + "SegmentationID"
-SEGMENT_ID_ATTRIBUTE = TAG_PREFIX + "SegmentID"
-MEASUREMENT_ATTRIBUTE = TAG_PREFIX + "Measurement"
 
 
 def measure_vessel_segment(segmentation_node, segment_id: str, volume_node,
@@ -100,14 +96,7 @@ def write_vessel_markups(scene, vessels: list[VesselMeasurement], segmentation_n
     folder.mkdir(exist_ok=True)
     written = []
     for vessel in vessels:
-        for node in add_vessel_markups(scene, vessel, segmentation_node):
-            storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-            storage.SetScene(scene)
-            path = folder / (node.GetName().replace("/", "_") + ".mrk.json")
-            storage.SetFileName(str(path))
-            if not storage.WriteData(node):
-                raise OSError(f"could not write {path}")
-            written.append(path)
+        written += [write_markups_json(node, folder) for node in add_vessel_markups(scene, vessel, segmentation_node)]
     return written
 
 
