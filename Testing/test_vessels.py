@@ -4,9 +4,11 @@ on a real DICOM series (vessels.json, markups, the SR's diameters read back, dci
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import highdicom as hd
 import nibabel
@@ -137,11 +139,17 @@ def _nifti_mask(path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj).transpose(2, 1, 0) > 0, image.affine
 
 
-def pulmonary_comparison(folder) -> list[dict]:
+@functools.lru_cache(maxsize=1)
+def measured_pulmonary_artery(folder: Path):
+    """The pulmonary artery mask of TotalSegmentator's report, its affine and our vessel analysis (made once)."""
+    mask, affine = _nifti_mask(folder / "models" / "pulmonary_artery.nii.gz")
+    return mask, affine, measure_vessel(mask, affine, "pulmonary_artery")
+
+
+def pulmonary_comparison(folder: Path) -> list[dict]:
     """Ours beside TotalSegmentator's per landmark: at their plane, and at our centreline's nearest section."""
     report = json.loads((folder / "pulmonary_report.json").read_text())["landmarks"]
-    mask, affine = _nifti_mask(folder / "models" / "pulmonary_artery.nii.gz")
-    vessel = measure_vessel(mask, affine, "pulmonary_artery")
+    mask, affine, vessel = measured_pulmonary_artery(folder)
     grid = vessel_grid(mask, affine)
     centres = np.array([s.section.center for s in vessel.sections])
     rows = []
@@ -232,3 +240,30 @@ def test_cli_measure_vessels_writes_json_markups_and_sr(shared_data, runtime, tm
     assert np.allclose(stored, aorta["max_diameter_endpoints_ras"], atol=1e-2)
     (length,) = vessel_group.get_measurements(name=codes.cid7470.PathLength)
     assert length.value == pytest.approx(aorta["centerline_length_mm"], abs=0.005)
+
+
+def test_segment_in_the_scene_measures_as_its_array_and_places_its_lines(shared_data, runtime, tmp_path):
+    """Through Slicer (NIfTI loaded into RAS, segment exported on the volume's grid) the pulmonary artery
+    measures exactly as its array does; the lines are placed at the maximum and tied to the segment."""
+    from aiportal.errors import InputError
+    from aiportal.io.volumes import load_volume
+    from aiportal.measure.recist import SEGMENT_ID_ATTRIBUTE
+    from aiportal.segmentation import load_segmentation, segment_ids
+    from aiportal.vessels.report import add_vessel_markups, measure_vessels, vessel_summary
+
+    mask, _, direct = measured_pulmonary_artery(shared_data / "totalseg" / "pulmonary_report")
+    volume = load_volume(shared_data / "totalseg" / "pulmonary_report" / "models" / "pulmonary_artery.nii.gz",
+                         runtime).node
+    path = _segmentation_with(runtime, volume, {"pulmonary_artery": mask}, tmp_path / "pa.seg.nrrd")
+    node = load_segmentation(path, runtime)
+    (vessel,) = measure_vessels(node, volume, ["pulmonary_artery"])
+    assert vessel.max_diameter_mm == pytest.approx(direct.max_diameter_mm, abs=1e-6)
+    assert np.allclose(vessel.maximum.section.center, direct.maximum.section.center, atol=1e-6)
+    curve, longest, across = add_vessel_markups(runtime.scene, vessel, node)
+    assert longest.GetLineLengthWorld() == pytest.approx(vessel.max_diameter_mm, abs=1e-6)
+    assert across.GetLineLengthWorld() == pytest.approx(vessel.maximum.section.perpendicular_diameter_mm, abs=1e-6)
+    assert curve.GetCurveLengthWorld() == pytest.approx(vessel.centerline_length_mm, rel=0.02)
+    assert longest.GetAttribute(SEGMENT_ID_ATTRIBUTE) == segment_ids(node)[0]
+    assert vessel_summary(vessel).startswith(f"pulmonary_artery: max diameter {vessel.max_diameter_mm:.1f} mm")
+    with pytest.raises(InputError, match="No segment named aorta"):
+        measure_vessels(node, volume, ["aorta"])
