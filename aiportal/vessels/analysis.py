@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aiportal.vessels.centerline import Centreline, CentrelinePath, extract_centreline, vessel_grid
-from aiportal.vessels.cross_section import CrossSection, measure_cross_section
+from aiportal.vessels.cross_section import CrossSection, measure_cross_section, plane_basis
 
 DEFAULT_STEP_MM = 1.0
 _MIN_SOLIDITY = 0.8
@@ -28,6 +28,8 @@ class VesselSection:
     arc_mm: float
     section: CrossSection
     excluded: list[str] = field(default_factory=list)  # why it does not count for the maximum
+    radius_mm: float = 0.0  # of the largest sphere inside the vessel there
+    refined: bool = False  # its plane was turned to the least area (see _refined_maximum)
 
     def as_json(self) -> dict:
         s = self.section
@@ -42,6 +44,7 @@ class VesselSection:
             "max_diameter_endpoints_ras": [_rounded(p) for p in s.max_diameter_endpoints],
             "perpendicular_endpoints_ras": [_rounded(p) for p in s.perpendicular_endpoints],
             "solidity": round(s.solidity, 3),
+            "normal_refined": self.refined,
             "excluded": self.excluded,
         }
 
@@ -101,6 +104,66 @@ def _stations(path: CentrelinePath, step_mm: float) -> tuple[np.ndarray, np.ndar
     return centres, positions, tangents, radii
 
 
+def _exclusions(section: CrossSection, radius: float, junctions, margin: float) -> list[str]:
+    """Why a cross-section should not count for the vessel's maximum (empty: it counts)."""
+    excluded = []
+    for junction, junction_radius in junctions:
+        if np.linalg.norm(section.center - junction) < 1.5 * max(junction_radius, radius) + margin:
+            excluded.append("near a branch point")
+            break
+    if section.cut_by_image_border:
+        excluded.append("cut by the image border")
+    if not section.encloses_center:
+        excluded.append("outline does not enclose the centreline")
+    if section.solidity < _MIN_SOLIDITY:
+        excluded.append(f"not one round vessel (solidity {section.solidity:.2f})")
+    return excluded
+
+
+def _least_area_normal(grid, section: CrossSection, half_width: float, tilt: float = np.tan(np.radians(4.0)),
+                       rounds: int = 2) -> CrossSection:
+    """The section through the same centre whose plane has the least area nearby: a plane perpendicular to
+    a tube cuts it in the smallest section, so this corrects the centreline's tangent where it is off
+    (near the ends of the skeleton, at kinks). Parabola through the areas at ±tilt about each in-plane axis."""
+    best = section
+    for _ in range(rounds):
+        u, v = plane_basis(best.normal)
+        step = np.zeros(2)
+        for axis, direction in enumerate((u, v)):
+            areas = []
+            for sign in (-1.0, 1.0):
+                tilted = measure_cross_section(grid, best.center, best.normal + sign * tilt * direction, half_width)
+                areas.append(tilted.area_mm2 if tilted is not None else np.inf)
+            curvature = areas[0] - 2 * best.area_mm2 + areas[1]
+            if np.isfinite(curvature) and curvature > 0:
+                step[axis] = np.clip(tilt * (areas[0] - areas[1]) / (2 * curvature), -2 * tilt, 2 * tilt)
+        if not step.any():
+            break
+        turned = measure_cross_section(grid, best.center, best.normal + step[0] * u + step[1] * v, half_width)
+        if turned is None or turned.area_mm2 >= best.area_mm2:
+            break
+        best = turned
+    return best
+
+
+def _refined_maximum(grid, counted: list[VesselSection], sections: list[VesselSection], junctions,
+                     margin: float, limit: int = 40) -> VesselSection | None:
+    """The counted section with the largest maximum diameter, after turning the candidates' planes to the
+    least area (:func:`_least_area_normal`): refine the current maximum until the maximum is a refined one."""
+    for _ in range(limit):
+        if not counted:
+            return None
+        top = max(counted, key=lambda s: s.section.max_diameter_mm)
+        if top.refined:
+            return top
+        top.section = _least_area_normal(grid, top.section, 2.0 * top.radius_mm + margin)
+        top.refined = True
+        top.excluded = _exclusions(top.section, top.radius_mm, junctions, margin)
+        if top.excluded and top in counted and len(counted) < len(sections):
+            counted.remove(top)
+    return max(counted, key=lambda s: s.section.max_diameter_mm) if counted else None
+
+
 def measure_vessel(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "vessel",
                    step_mm: float = DEFAULT_STEP_MM) -> VesselMeasurement:
     """Centreline, cross-sections every ``step_mm`` along the main path and every branch, and the
@@ -117,21 +180,9 @@ def measure_vessel(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "ve
             continue
         for centre, arc, tangent, radius in zip(*_stations(path, step_mm), strict=True):
             section = measure_cross_section(grid, centre, tangent, 2.0 * radius + margin)
-            if section is None:
-                continue
-            excluded = []
-            for junction, junction_radius in junctions:
-                reach = 1.5 * max(junction_radius, radius) + margin
-                if np.linalg.norm(centre - junction) < reach:
-                    excluded.append("near a branch point")
-                    break
-            if section.cut_by_image_border:
-                excluded.append("cut by the image border")
-            if not section.encloses_center:
-                excluded.append("outline does not enclose the centreline")
-            if section.solidity < _MIN_SOLIDITY:
-                excluded.append(f"not one round vessel (solidity {section.solidity:.2f})")
-            sections.append(VesselSection(number, float(arc), section, excluded))
+            if section is not None:
+                reasons = _exclusions(section, radius, junctions, margin)
+                sections.append(VesselSection(number, float(arc), section, reasons, radius))
     warnings = []
     if centreline.components > 1:
         warnings.append(f"{name} has {centreline.components} separate pieces: only the largest is measured")
@@ -144,7 +195,7 @@ def measure_vessel(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "ve
         warnings.append(f"no cross-section of {name} is free of branches and the image border: its maximum "
                         "diameter is taken over all of them and may be too large")
         counted = sections
-    maximum = max(counted, key=lambda s: s.section.max_diameter_mm) if counted else None
+    maximum = _refined_maximum(grid, counted, sections, junctions, margin)
     if maximum is None:
         warnings.append(f"{name}: no cross-section could be measured")
     return VesselMeasurement(name, centreline.paths[0].length_mm, centreline, sections, maximum, warnings)
