@@ -267,3 +267,21 @@ def test_segment_in_the_scene_measures_as_its_array_and_places_its_lines(shared_
     assert vessel_summary(vessel).startswith(f"pulmonary_artery: max diameter {vessel.max_diameter_mm:.1f} mm")
     with pytest.raises(InputError, match="No segment named aorta"):
         measure_vessels(node, volume, ["aorta"])
+
+
+def test_cli_refuses_sr_without_dicom_and_unknown_vessels_in_one_line(shared_data, runtime, tmp_path, capsys):
+    from aiportal.cli import main
+    from aiportal.io.volumes import load_volume
+
+    nifti = shared_data / "totalseg" / "pulmonary_report" / "models" / "pulmonary_artery.nii.gz"
+    mask, _ = _nifti_mask(nifti)
+    seg_path = _segmentation_with(runtime, load_volume(nifti, runtime).node, {"pulmonary_artery": mask},
+                                  tmp_path / "pa.seg.nrrd")
+    common = ["measure", str(seg_path), "--volume", str(nifti), "--out", str(tmp_path / "out")]
+    assert main([*common, "--vessels", "pulmonary_artery", "--sr"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("aiportal: error: --sr needs a DICOM --volume") and "\n" not in error
+    assert main([*common, "--vessels", "pulmonary_artery,aorta"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert "No segment named aorta" in error and "use one of: pulmonary_artery" in error and "\n" not in error
+    assert not (tmp_path / "out").exists()

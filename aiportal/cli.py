@@ -224,6 +224,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     outputs = ["measurements.json", "measurements.csv", "axes"]
     outputs += ["vessels.json"] if vessel_names else []
     outputs += ["segmentation.dcm", "measurements.dcm"] if args.sr else []
+    outputs += ["source"] if args.sr and args.assign_uids else []
     outputs += ["key_images"] if args.key_images else []
     outputs += ["followup.json", "followup.csv"] if args.prior else []
     if args.prior and not args.prior_volume:
@@ -231,6 +232,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
                             "add --prior-volume PRIOR_CT")
     check_output_folder(args.out, outputs, args.overwrite)
     loaded = load_volume(args.volume, series_uid=args.series)
+    if args.sr and loaded.source is None:
+        raise AIPortalError(f"--sr needs a DICOM --volume: {args.volume} is not a DICOM series",
+                            "give the DICOM series the segmentation was made on, or leave out --sr")
     volume = loaded.node
     node = load_segmentation(args.segmentation)
     vessels = []
