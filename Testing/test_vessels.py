@@ -285,3 +285,10 @@ def test_cli_refuses_sr_without_dicom_and_unknown_vessels_in_one_line(shared_dat
     error = capsys.readouterr().err.strip()
     assert "No segment named aorta" in error and "use one of: pulmonary_artery" in error and "\n" not in error
     assert not (tmp_path / "out").exists()
+
+
+def test_a_thin_vessel_on_thick_slices_is_measured_with_a_warning():
+    short = _STRAIGHT[:400]
+    vessel = measure_vessel(*tube_phantom(short, np.full(len(short), 4.0), (0.7, 0.7, 5.0), _rotation(0.5, 0.3, 0.2)))
+    assert any("coarse for a vessel" in warning for warning in vessel.warnings)
+    assert vessel.as_json()["warnings"] == vessel.warnings
