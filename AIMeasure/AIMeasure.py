@@ -228,6 +228,10 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p = self._parameterNode
             if not self._selectedSegmentID():
                 raise ValueError(_("Pick the vessel's segment."))
+            from slicer import packaging  # asks the user before it installs scikit-image (Slicer >= 5.12)
+
+            packaging.pip_ensure(packaging.load_requirements(self.resourcePath("requirements.txt")),
+                                 requester=_("AI Measure"))
             self.ui.vesselLabel.text = self.logic.measureVessel(p.inputSegmentation, p.inputVolume,
                                                                 self._selectedSegmentID())
 
