@@ -72,22 +72,22 @@ class VesselGrid:
         return np.all((kji >= lo[:, None] - 0.5) & (kji <= hi[:, None] - 0.5), axis=0)
 
 
-def vessel_grid(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, pad: int = 3) -> VesselGrid:
-    """The mask cropped to its box (plus ``pad`` voxels, never beyond the image: the image border is
-    where a vessel is cut) with a Gaussian-smoothed copy, and the level of that copy that encloses the
-    mask's volume."""
+def vessel_grid(mask_kji: np.ndarray, ijk_to_ras: np.ndarray) -> VesselGrid:
+    """The mask cropped to its box (plus the smoothing's reach, never beyond the image: the image border
+    is where a vessel is cut) with a Gaussian-smoothed copy, and the level of that copy that encloses
+    the mask's volume."""
     box = ndimage.find_objects(mask_kji.astype(np.uint8))
     if not box or box[0] is None:
         raise ValueError("the mask is empty")
-    lo = np.array([max(s.start - pad, 0) for s in box[0]])
-    hi = np.array([min(s.stop + pad, n) for s, n in zip(box[0], mask_kji.shape, strict=True)])
+    spacing = np.linalg.norm(np.asarray(ijk_to_ras)[:3, :3], axis=0)[::-1]  # along k, j, i
+    sigma = np.maximum(_SMOOTHING_VOXELS, spacing.max() / spacing)
+    pad = np.ceil(3 * sigma).astype(int) + 1
+    lo = np.array([max(s.start - p, 0) for s, p in zip(box[0], pad, strict=True)])
+    hi = np.array([min(s.stop + p, n) for s, p, n in zip(box[0], pad, mask_kji.shape, strict=True)])
     crop = mask_kji[tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))].astype(bool)
     shifted = np.array(ijk_to_ras, dtype=float)
     shifted[:3, 3] += shifted[:3, :3] @ lo[::-1]
-    # pad with zeros inside the array only where the image continues; values beyond the image are
-    # read as 0 by map_coordinates(cval=0), so a vessel cut by the image border ends there
-    spacing = np.linalg.norm(ijk_to_ras[:3, :3], axis=0)[::-1]
-    sigma = np.maximum(_SMOOTHING_VOXELS, spacing.max() / spacing)
+    # beyond the image, map_coordinates reads 0 (cval): a vessel cut by the image border ends there
     smooth = ndimage.gaussian_filter(crop.astype(np.float32), sigma=sigma, mode="nearest")
     return VesselGrid(crop, smooth, shifted, (-lo, np.array(mask_kji.shape) - lo), _volume_true_level(crop, smooth))
 
