@@ -5,6 +5,9 @@ voxels and rotated or oblique direction matrices give the same answer (to the sa
 Cross-sections where the measurement cannot be trusted are kept in the list but left out of the
 maximum, each with its reason: near a branch point (the plane cuts into the branch), cut by the
 image border, not enclosing its centreline point, or clearly not one vessel (solidity < 0.8).
+Before the maximum is taken, its candidates' planes are turned to the least section area nearby
+(the skeleton's tangent can be several degrees off near its ends; an oblique plane enlarges a
+section by 1/cos of the tilt).
 """
 
 from __future__ import annotations
@@ -148,10 +151,11 @@ def _least_area_normal(grid, section: CrossSection, half_width: float, tilt: flo
     return best
 
 
-def _refined_maximum(grid, counted: list[VesselSection], sections: list[VesselSection], junctions,
-                     margin: float, limit: int = 40) -> VesselSection | None:
+def _refined_maximum(grid, counted: list[VesselSection], junctions, margin: float, keep_excluded: bool,
+                     limit: int = 40) -> VesselSection | None:
     """The counted section with the largest maximum diameter, after turning the candidates' planes to the
-    least area (:func:`_least_area_normal`): refine the current maximum until the maximum is a refined one."""
+    least area (:func:`_least_area_normal`): refine the current maximum until the maximum is a refined one.
+    A section that no longer counts once turned drops out, unless ``keep_excluded`` (none counted at all)."""
     for _ in range(limit):
         if not counted:
             return None
@@ -161,7 +165,7 @@ def _refined_maximum(grid, counted: list[VesselSection], sections: list[VesselSe
         top.section = _least_area_normal(grid, top.section, 2.0 * top.radius_mm + margin)
         top.refined = True
         top.excluded = _exclusions(top.section, top.radius_mm, junctions, margin)
-        if top.excluded and top in counted and len(counted) < len(sections):
+        if top.excluded and not keep_excluded:
             counted.remove(top)
     return max(counted, key=lambda s: s.section.max_diameter_mm) if counted else None
 
@@ -199,11 +203,12 @@ def measure_vessel(mask_kji: np.ndarray, ijk_to_ras: np.ndarray, name: str = "ve
         warnings.append(f"{name} is cut by the image border ({cut} cross-sections there left out): its largest "
                         "diameter may lie outside the image")
     counted = [s for s in sections if not s.excluded]
-    if not counted and sections:
+    fallback = not counted and bool(sections)
+    if fallback:
         warnings.append(f"no cross-section of {name} is free of branches and the image border: its maximum "
                         "diameter is taken over all of them and may be too large")
-        counted = sections
-    maximum = _refined_maximum(grid, counted, sections, junctions, margin)
+        counted = list(sections)
+    maximum = _refined_maximum(grid, counted, junctions, margin, keep_excluded=fallback)
     if maximum is None:
         warnings.append(f"{name}: no cross-section could be measured")
     return VesselMeasurement(name, centreline.paths[0].length_mm, centreline, sections, maximum, warnings)
