@@ -338,11 +338,11 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
     def measureVessel(self, inputSegmentation, inputVolume, segmentID: str) -> str:
         """Measure one segment as a vessel (aiportal.vessels), place its centreline curve and the lines of its
         largest diameter; return the summary with any warning."""
-        from aiportal.vessels.report import add_vessel_markups, measure_vessel_segment, vessel_summary
+        from aiportal.vessels.report import add_vessel_markups, measure_vessel_segment
 
         self.vessel = measure_vessel_segment(inputSegmentation, segmentID, inputVolume)
         add_vessel_markups(inputSegmentation.GetScene(), self.vessel, inputSegmentation)
-        return "\n".join([vessel_summary(self.vessel)] + [_("WARNING: ") + w for w in self.vessel.warnings])
+        return "\n".join([self.vessel.summary()] + [_("WARNING: ") + w for w in self.vessel.warnings])
 
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""

@@ -249,7 +249,7 @@ def test_segment_in_the_scene_measures_as_its_array_and_places_its_lines(shared_
     from aiportal.io.volumes import load_volume
     from aiportal.measure.recist import SEGMENT_ID_ATTRIBUTE
     from aiportal.segmentation import load_segmentation, segment_ids
-    from aiportal.vessels.report import add_vessel_markups, measure_vessels, vessel_summary
+    from aiportal.vessels.report import add_vessel_markups, measure_vessels
 
     mask, _, direct = measured_pulmonary_artery(shared_data / "totalseg" / "pulmonary_report")
     volume = load_volume(shared_data / "totalseg" / "pulmonary_report" / "models" / "pulmonary_artery.nii.gz",
@@ -264,7 +264,7 @@ def test_segment_in_the_scene_measures_as_its_array_and_places_its_lines(shared_
     assert across.GetLineLengthWorld() == pytest.approx(vessel.maximum.section.perpendicular_diameter_mm, abs=1e-6)
     assert curve.GetCurveLengthWorld() == pytest.approx(vessel.centerline_length_mm, rel=0.02)
     assert longest.GetAttribute(SEGMENT_ID_ATTRIBUTE) == segment_ids(node)[0]
-    assert vessel_summary(vessel).startswith(f"pulmonary_artery: max diameter {vessel.max_diameter_mm:.1f} mm")
+    assert vessel.summary().startswith(f"pulmonary_artery: max diameter {vessel.max_diameter_mm:.1f} mm")
     with pytest.raises(InputError, match="No segment named aorta"):
         measure_vessels(node, volume, ["aorta"])
 

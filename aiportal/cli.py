@@ -286,9 +286,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
     for name, reason in skipped.items():
         print(f"  {name:<20} not measured: {reason}")
     for vessel in vessels:
-        from aiportal.vessels.report import vessel_summary
-
-        print(f"  {vessel_summary(vessel)}")
+        print(f"  {vessel.summary()}")
         for warning in vessel.warnings:
             print(f"  WARNING: {warning}", file=sys.stderr)
     if follow_up is not None:
@@ -468,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_arguments(export, default_formats="seg,sr")
     export.set_defaults(handler=cmd_export)
 
-    measure = commands.add_parser("measure", help="RECIST 1.1 long/short axes of each segment")
+    measure = commands.add_parser("measure", help="RECIST 1.1 long/short axes of each segment; vessel diameters")
     measure.add_argument("segmentation", type=Path, help="a .seg.nrrd made on the volume")
     measure.add_argument("--volume", type=Path, required=True, help="its volume: DICOM folder/file, NIfTI or NRRD")
     measure.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")

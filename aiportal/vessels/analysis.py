@@ -68,6 +68,17 @@ class VesselMeasurement:
     def max_diameter_mm(self) -> float:
         return self.maximum.section.max_diameter_mm if self.maximum else float("nan")
 
+    def summary(self) -> str:
+        """One line for the CLI and the panels."""
+        if self.maximum is None:
+            return f"{self.name}: centreline {self.centerline_length_mm:.1f} mm, no cross-section measured"
+        s = self.maximum.section
+        ras = ", ".join(f"{x:.1f}" for x in s.center)
+        return (f"{self.name}: max diameter {s.max_diameter_mm:.1f} mm (perpendicular "
+                f"{s.perpendicular_diameter_mm:.1f} mm, area {s.area_mm2:.0f} mm²) at RAS ({ras}); centreline "
+                f"{self.centerline_length_mm:.1f} mm, {len(self.centreline.paths) - 1} branch(es), "
+                f"{len(self.sections)} cross-sections")
+
     def as_json(self) -> dict:
         m = self.maximum.section if self.maximum else None
         return {

@@ -100,17 +100,6 @@ def write_vessel_markups(scene, vessels: list[VesselMeasurement], segmentation_n
     return written
 
 
-def vessel_summary(vessel: VesselMeasurement) -> str:
-    """One line for the CLI and the panels."""
-    if vessel.maximum is None:
-        return f"{vessel.name}: centreline {vessel.centerline_length_mm:.1f} mm, no cross-section measured"
-    s = vessel.maximum.section
-    ras = ", ".join(f"{x:.1f}" for x in s.center)
-    return (f"{vessel.name}: max diameter {s.max_diameter_mm:.1f} mm (perpendicular {s.perpendicular_diameter_mm:.1f} "
-            f"mm, area {s.area_mm2:.0f} mm²) at RAS ({ras}); centreline {vessel.centerline_length_mm:.1f} mm, "
-            f"{len(vessel.centreline.paths) - 1} branch(es), {len(vessel.sections)} cross-sections")
-
-
 def recist_names_besides(segmentation_node, vessel_names: list[str]) -> list[str]:
     """The segment names other than the vessels: what RECIST measures when the vessels are measured apart."""
     segmentation = segmentation_node.GetSegmentation()
