@@ -136,6 +136,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)",
                                                   self.ui.segmentSelector.setCurrentNode)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.vesselButton.connect("clicked(bool)", self.onVesselButton)
         self.ui.manualLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onManualLineChanged)
         self.ui.applySuggestionButton.connect("clicked(bool)", self.onApplySuggestion)
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
@@ -214,6 +215,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         inputs = bool(self._parameterNode and self._parameterNode.inputSegmentation and self._parameterNode.inputVolume)
         self.ui.applyButton.enabled = inputs
         self.ui.applyButton.toolTip = _("Measure the segments") if inputs else _("Select a segmentation and a volume")
+        self.ui.vesselButton.enabled = inputs
         self.ui.compareButton.enabled = inputs and bool(self._parameterNode.priorSegmentation
                                                         and self._parameterNode.priorVolume)
         self.ui.applySuggestionButton.enabled = self._lastCheck is not None and not self._lastCheck.ok
@@ -254,6 +256,19 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.resultsTableView.setMRMLTableNode(table)
         self.ui.statusLabel.text = "\n".join(self.logic.warnings()) or _("Measured {count} lesion(s).").format(
             count=len(self.logic.measurements))
+
+    def onVesselButton(self) -> None:
+        """Measure the picked segment as a vessel: centreline, largest diameter and its lines."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to measure the vessel."), waitCursor=True):
+            p = self._parameterNode
+            if not self._selectedSegmentID():
+                raise ValueError(_("Pick the vessel's segment."))
+            from slicer import packaging  # asks the user before it installs scikit-image (Slicer >= 5.12)
+
+            packaging.pip_ensure(packaging.load_requirements(self.resourcePath("requirements.txt")),
+                                 requester=_("AI Measure"))
+            self.ui.vesselLabel.text = self.logic.measureVessel(p.inputSegmentation, p.inputVolume,
+                                                                self._selectedSegmentID())
 
     # -- copilot ---------------------------------------------------------------------------------
     def _observeLine(self, lineNode) -> None:
@@ -338,6 +353,7 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         self.measurements = []
         self.skipped = {}
         self.followUp = None
+        self.vessel = None
         self._recistCache = {}
 
     def getParameterNode(self):
@@ -383,6 +399,15 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         from aiportal.measure.report import measurement_warnings
 
         return measurement_warnings(self.measurements, self.skipped)
+
+    def measureVessel(self, inputSegmentation, inputVolume, segmentID: str) -> str:
+        """Measure one segment as a vessel (aiportal.vessels), place its centreline curve and the lines of its
+        largest diameter; return the summary with any warning."""
+        from aiportal.vessels.report import add_vessel_markups, measure_vessel_segment
+
+        self.vessel = measure_vessel_segment(inputSegmentation, segmentID, inputVolume)
+        add_vessel_markups(inputSegmentation.GetScene(), self.vessel, inputSegmentation)
+        return "\n".join([self.vessel.summary()] + [_("WARNING: ") + w for w in self.vessel.warnings])
 
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""

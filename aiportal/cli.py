@@ -250,7 +250,11 @@ def cmd_measure(args: argparse.Namespace) -> int:
     from aiportal.outputs import check_output_folder, staged_output
     from aiportal.segmentation import load_segmentation, require_same_grid
 
+    vessel_names = [name for name in (args.vessels or "").split(",") if name]
     outputs = ["measurements.json", "measurements.csv", "axes"]
+    outputs += ["vessels.json"] if vessel_names else []
+    outputs += ["segmentation.dcm", "measurements.dcm"] if args.sr else []
+    outputs += ["source"] if args.sr and args.assign_uids else []
     outputs += ["key_images"] if args.key_images else []
     outputs += ["followup.json", "followup.csv"] if args.prior else []
     if args.prior and not args.prior_volume:
@@ -258,13 +262,21 @@ def cmd_measure(args: argparse.Namespace) -> int:
                             "add --prior-volume PRIOR_CT")
     check_output_folder(args.out, outputs, args.overwrite)
     loaded = load_volume(args.volume, series_uid=args.series, nan_as=args.nan_as)
+    if args.sr and loaded.source is None:
+        raise AIPortalError(f"--sr needs a DICOM --volume: {args.volume} is not a DICOM series",
+                            "give the DICOM series the segmentation was made on, or leave out --sr")
     volume = loaded.node
     node = load_segmentation(args.segmentation)
     require_same_grid(node, str(args.segmentation), volume, str(args.volume))  # as export: one check
-    measurements, skipped = measure_segmentation(node, volume, segment_names=args.segments or None,
-                                                 lymph_nodes=tuple(args.lymph_nodes or ()),
-                                                 **({} if args.min_lesion_mm3 is None
-                                                    else {"min_lesion_mm3": args.min_lesion_mm3}))
+    vessels = []
+    if vessel_names:
+        from aiportal.vessels.report import measure_vessels, recist_names_besides
+
+        vessels = measure_vessels(node, volume, vessel_names)
+    recist_names = args.segments or (recist_names_besides(node, vessel_names) if vessel_names else None)
+    measurements, skipped = ([], {}) if vessel_names and not recist_names else measure_segmentation(
+        node, volume, segment_names=recist_names, lymph_nodes=tuple(args.lymph_nodes or ()),
+        **({} if args.min_lesion_mm3 is None else {"min_lesion_mm3": args.min_lesion_mm3}))
     follow_up = None
     if args.prior:
         from aiportal.measure.followup import compare_studies
@@ -287,6 +299,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
     with staged_output(args.out, overwrite=args.overwrite) as staging:
         write_measurements(measurements, skipped, staging)
         write_axis_lines(node.GetScene(), measurements, node, staging / "axes")
+        if vessel_names:
+            from aiportal.vessels.report import write_vessel_markups, write_vessels_json
+
+            write_vessels_json(vessels, staging / "vessels.json")
+            write_vessel_markups(node.GetScene(), vessels, node, staging / "axes")
+        if args.sr:
+            from aiportal.vessels.report import write_measurement_sr
+
+            write_measurement_sr(node, loaded, measurements, vessels, staging,
+                                 assign_missing_uids=args.assign_uids)
         if args.key_images:
             from aiportal.measure.key_images import write_key_images
 
@@ -300,10 +322,14 @@ def cmd_measure(args: argparse.Namespace) -> int:
         kind = "node, short axis" if m.lymph_node else "long axis"
         print(f"  {m.lesion_name:<20} {m.reported_mm:8.1f} mm ({kind}); long {m.long_axis_mm:.1f} x short "
               f"{m.short_axis_mm:.1f} mm on slice {m.slice_axis}={m.slice_index}; 3D {m.max_3d_diameter_mm:.1f} mm")
-    _print_warnings(loaded.warnings + measurement_warnings(measurements, skipped))
+    for vessel in vessels:
+        print(f"  {vessel.summary()}")
+    _print_warnings(loaded.warnings + measurement_warnings(measurements, skipped)
+                    + [warning for vessel in vessels for warning in vessel.warnings])
     if follow_up is not None:
         print(f"RECIST 1.1 response: {follow_up.assessment.response.value} ({follow_up.assessment.explanation})")
     print(f"wrote {args.out / 'measurements.json'}, measurements.csv and axis lines in {args.out / 'axes'}"
+          + (", vessels.json" if vessel_names else "") + (", SEG + SR" if args.sr else "")
           + (", key images" if args.key_images else "") + (", followup.json/csv" if follow_up else ""))
     return 0
 
@@ -496,7 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nan_as(export)
     export.set_defaults(handler=cmd_export)
 
-    measure = commands.add_parser("measure", help="RECIST 1.1 axes of each lesion (separate part of a segment)")
+    measure = commands.add_parser("measure", help="RECIST 1.1 axes of each lesion (separate part of a segment); "
+                                                  "vessel diameters (--vessels)")
     measure.add_argument("segmentation", type=Path, help="a .seg.nrrd made on the volume")
     measure.add_argument("--volume", type=Path, required=True, help="its volume: DICOM folder/file, NIfTI or NRRD")
     measure.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
@@ -511,6 +538,14 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--min-lesion-mm3", type=float,
                          help="separate lesions smaller than this are speckle, dropped and counted "
                               "(default 14.1 mm³: a 3 mm sphere)")
+    measure.add_argument("--vessels", metavar="NAME[,NAME...]",
+                         help="segments to measure as vessels: centreline, cross-sections, maximum diameter "
+                              "perpendicular to the centreline (vessels.json); not measured with RECIST")
+    measure.add_argument("--sr", action="store_true",
+                         help="also write segmentation.dcm (SEG) and measurements.dcm (TID 1500 SR with the "
+                              "RECIST axes and vessel diameters); needs a DICOM --volume")
+    measure.add_argument("--assign-uids", action="store_true",
+                         help="with --sr: generate UIDs an anonymised series lacks (corrected copy in source/)")
     measure.add_argument("--out", type=Path, required=True, help="output folder")
     measure.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_nan_as(measure)

@@ -36,6 +36,7 @@ from aiportal.models.catalog import Code
 
 if TYPE_CHECKING:
     from aiportal.measure.recist import RecistMeasurement
+    from aiportal.vessels.analysis import VesselMeasurement
 
 # Procedure reported (CID 100) by source modality.
 _PROCEDURES = {
@@ -109,6 +110,27 @@ def pixel_coordinates(dataset: pydicom.Dataset, points_ras) -> np.ndarray:
     return np.column_stack([offsets @ row_cosine / column_spacing + 0.5, offsets @ column_cosine / row_spacing + 0.5])
 
 
+def _line_3d(points_ras, source: ExportSource) -> hd.sr.CoordinatesForMeasurement3D:
+    """A polyline in the frame of reference (SCOORD3D), for lines that are not on one source image."""
+    return hd.sr.CoordinatesForMeasurement3D(
+        graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+        graphic_data=np.asarray(points_ras, dtype=float) * np.array([-1.0, -1.0, 1.0]),  # RAS -> LPS
+        frame_of_reference_uid=source.frame_of_reference_uid,
+    )
+
+
+def _finding(description: hd.seg.SegmentDescription) -> dict:
+    """What ties a measurement group to its SEG segment: tracking identifier and UID, finding and site."""
+    regions = description.anatomic_regions
+    return {
+        "tracking_identifier": hd.sr.TrackingIdentifier(uid=str(description.TrackingUID),
+                                                        identifier=str(description.TrackingID)),
+        "finding_type": description.segmented_property_type,
+        "finding_category": description.segmented_property_category,
+        "finding_sites": [hd.sr.FindingSite(regions[0])] if regions else None,
+    }
+
+
 def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd.sr.Measurement]:
     """The long and short axis as NUM items, each with its line: SCOORD on the slice's source image
     when the slice is an acquired image (slices along k), else SCOORD3D in the frame of reference."""
@@ -124,11 +146,7 @@ def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd
                 source_image=hd.sr.SourceImageForRegion(str(image.SOPClassUID), str(image.SOPInstanceUID)),
             )
         else:
-            coordinates = hd.sr.CoordinatesForMeasurement3D(
-                graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
-                graphic_data=np.asarray(endpoints, dtype=float) * np.array([-1.0, -1.0, 1.0]),
-                frame_of_reference_uid=source.frame_of_reference_uid,
-            )
+            coordinates = _line_3d(endpoints, source)
         measurements.append(hd.sr.Measurement(name=concept, value=sr_number(length), unit=codes.UCUM.Millimeter,
                                               referenced_coordinates=[coordinates]))
     return measurements
@@ -139,21 +157,44 @@ def _axes_group(axes: RecistMeasurement, description: hd.seg.SegmentDescription,
     """TID 1501 group of a lesion's RECIST axes, tracked as its segment (or, for one of several lesions of a
     segment, as "<segment tracking id> lesion N" with a UID derived from the segment's)."""
     on_image = axes.slice_axis == "k" and 0 <= axes.slice_index < len(source.datasets)
-    regions = description.anatomic_regions
     image = source.datasets[axes.slice_index] if on_image else None
     uid, identifier = str(description.TrackingUID), str(description.TrackingID)
     if axes.lesions_in_segment > 1:  # each lesion of the segment is tracked on its own, the same UID every time
         uid = generate_uid(entropy_srcs=["aiportal-lesion", uid, str(axes.lesion_index)])
         identifier = f"{identifier} lesion {axes.lesion_index}"[:64]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=identifier),
-        finding_type=description.segmented_property_type,
-        finding_category=description.segmented_property_category,
-        finding_sites=[hd.sr.FindingSite(regions[0])] if regions else None,
+        **{**_finding(description),
+           "tracking_identifier": hd.sr.TrackingIdentifier(uid=uid, identifier=identifier)},
         method=codes.cid6147.RECIST1Point1,
         measurements=_axis_measurements(axes, source),
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))]
         if image is not None else None,
+    )
+
+
+def _vessel_group(vessel: VesselMeasurement, description: hd.seg.SegmentDescription,
+                  source: ExportSource) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 group of a vessel, tracked as its segment: the maximum diameter perpendicular to the
+    centreline (Diameter, derivation Maximum) and the perpendicular diameter there, each with its line
+    (SCOORD3D: the cross-section is oblique), that cross-section's area, and the centreline's path
+    length with the centreline as a polyline."""
+    section = vessel.maximum.section
+    centreline = vessel.centreline.paths[0].points
+    items = [
+        hd.sr.Measurement(name=codes.SCT.Diameter, value=sr_number(section.max_diameter_mm), unit=codes.UCUM.Millimeter,
+                          derivation=codes.SCT.Maximum,
+                          referenced_coordinates=[_line_3d(section.max_diameter_endpoints, source)]),
+        hd.sr.Measurement(name=codes.SCT.PerpendicularAxis, value=sr_number(section.perpendicular_diameter_mm),
+                          unit=codes.UCUM.Millimeter,
+                          referenced_coordinates=[_line_3d(section.perpendicular_endpoints, source)]),
+        hd.sr.Measurement(name=codes.SCT.Area, value=sr_number(section.area_mm2), unit=codes.UCUM.SquareMillimeter),
+        hd.sr.Measurement(name=codes.cid7470.PathLength, value=sr_number(vessel.centerline_length_mm),
+                          unit=codes.UCUM.Millimeter,
+                          referenced_coordinates=[_line_3d(np.vstack([centreline[::10], centreline[-1:]]), source)]),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        **_finding(description),
+        measurements=items,
     )
 
 
@@ -204,6 +245,7 @@ def write_sr(
     series_number: int = 301,
     series_description: str | None = None,
     axes: Sequence[RecistMeasurement] = (),
+    vessels: Sequence[VesselMeasurement] = (),
 ) -> SrExport:
     """Write a TID 1500 Comprehensive 3D SR with the statistics of the segments of ``seg``.
 
@@ -215,7 +257,8 @@ def write_sr(
     that model) and, optionally, a person (``observer_person``, DICOM name form "Family^Given").
     The evidence is the source images and the SEG. The procedure reported defaults to "<modality>
     unspecified body region". ``axes`` (RECIST measurements made on the source volume) add one group per
-    lesion with the long and short axis and their lines.
+    lesion with the long and short axis and their lines; ``vessels`` (vessel analyses) one group per
+    vessel with its maximum diameter perpendicular to the centreline (:func:`_vessel_group`).
     """
     started = time.monotonic()
     # the header is all the SR needs (descriptions, evidence UIDs); decoding thousands of frames' items is not
@@ -239,6 +282,13 @@ def write_sr(
             continue
         groups.append(_axes_group(measured, descriptions[seg.segment_numbers[measured.segment_id]], source))
         count += 2
+    for vessel in vessels:
+        if vessel.segment_id not in seg.segment_numbers or vessel.maximum is None:
+            why = "segment not in the SEG" if vessel.maximum else "no cross-section"
+            skipped.append(f"{vessel.name}: vessel diameters ({why})")
+            continue
+        groups.append(_vessel_group(vessel, descriptions[seg.segment_numbers[vessel.segment_id]], source))
+        count += 4
     if model_id is None:  # the model named in the SEG (the first segment an algorithm made)
         algorithm = next((d.algorithm_identification[0] for d in map(descriptions.get, seg.segment_numbers.values())
                           if d.algorithm_identification), None)

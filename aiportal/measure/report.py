@@ -12,9 +12,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-import slicer
-
 from aiportal.errors import InputError
+from aiportal.io.markups import write_markups_json
 from aiportal.measure.lesions import DEFAULT_MIN_LESION_MM3
 from aiportal.measure.recist import RecistMeasurement, add_axis_lines, measure_lesions
 from aiportal.segmentation import segment_ids as all_segment_ids
@@ -97,13 +96,7 @@ def write_axis_lines(scene, measurements: list[RecistMeasurement], segmentation_
     written = []
     for measurement in measurements:
         for line in add_axis_lines(scene, measurement, segmentation_node, measurement.segment_id):
-            storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-            storage.SetScene(scene)
-            path = folder / (line.GetName().replace("/", "_") + ".mrk.json")
-            storage.SetFileName(str(path))
-            if not storage.WriteData(line):
-                raise OSError(f"could not write {path}")
-            written.append(path)
+            written.append(write_markups_json(line, folder))
     return written
 
 

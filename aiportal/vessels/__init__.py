@@ -1,0 +1,1 @@
+"""Vessel analysis: centrelines, cross-sections perpendicular to them, maximum diameters."""
