@@ -405,6 +405,7 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         largest diameter; return the summary with any warning."""
         from aiportal.vessels.report import add_vessel_markups, measure_vessel_segment
 
+        ensure_feature("vessels", slicer, requester=_("AI Measure"))
         self.vessel = measure_vessel_segment(inputSegmentation, segmentID, inputVolume)
         add_vessel_markups(inputSegmentation.GetScene(), self.vessel, inputSegmentation)
         return "\n".join([self.vessel.summary()] + [_("WARNING: ") + w for w in self.vessel.warnings])

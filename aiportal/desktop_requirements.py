@@ -63,6 +63,8 @@ _HIGHDICOM = Need("highdicom", (Candidate("highdicom>=0.27,<0.29", {"pydicom": "
                                                                     "pillow": ">=8.3", "pyjpegls": ">=1.0"}),),
                   "DICOM SEG and SR are written with highdicom")
 _PSUTIL = Need("psutil", (Candidate("psutil>=5.9"),), "a cancelled model's worker processes are found with psutil")
+_SKIMAGE = Need("scikit-image", (Candidate("scikit-image>=0.22", {"numpy": ">=1.23", "scipy": ">=1.9"}),),
+                "a vessel's centreline is thinned with scikit-image")
 
 #: Each entry point of the desktop modules and what it imports beyond Slicer's bundled packages.
 FEATURES: dict[str, tuple[Need, ...]] = {
@@ -71,6 +73,7 @@ FEATURES: dict[str, tuple[Need, ...]] = {
     "export": (),  # seg.nrrd, JSON/CSV statistics, STL/OBJ: numpy, scipy and VTK
     "dicom-export": (_HIGHDICOM,),
     "measure": (),  # numpy, scipy, SimpleITK, pillow
+    "vessels": (_SKIMAGE,),
     "register": (),  # SimpleITK
 }
 
