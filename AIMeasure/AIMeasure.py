@@ -258,17 +258,18 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             count=len(self.logic.measurements))
 
     def onVesselButton(self) -> None:
-        """Measure the picked segment as a vessel: centreline, largest diameter and its lines."""
+        """Measure the picked segment as a vessel in the background: centreline, largest diameter and its lines."""
         with slicer.util.tryWithErrorDisplay(_("Failed to measure the vessel."), waitCursor=True):
             p = self._parameterNode
             if not self._selectedSegmentID():
                 raise ValueError(_("Pick the vessel's segment."))
-            from slicer import packaging  # asks the user before it installs scikit-image (Slicer >= 5.12)
+            segmentation = p.inputSegmentation
+            job = self.logic.startVesselMeasure(segmentation, p.inputVolume, self._selectedSegmentID())
+            self._runInBackground(job, lambda done: self.logic.applyVessel(segmentation, done.finish()),
+                                  self._showVessel, _("Failed to measure the vessel."))
 
-            packaging.pip_ensure(packaging.load_requirements(self.resourcePath("requirements.txt")),
-                                 requester=_("AI Measure"))
-            self.ui.vesselLabel.text = self.logic.measureVessel(p.inputSegmentation, p.inputVolume,
-                                                                self._selectedSegmentID())
+    def _showVessel(self, summary: str) -> None:
+        self.ui.vesselLabel.text = summary
 
     # -- copilot ---------------------------------------------------------------------------------
     def _observeLine(self, lineNode) -> None:
@@ -400,15 +401,32 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
 
         return measurement_warnings(self.measurements, self.skipped)
 
-    def measureVessel(self, inputSegmentation, inputVolume, segmentID: str) -> str:
-        """Measure one segment as a vessel (aiportal.vessels), place its centreline curve and the lines of its
-        largest diameter; return the summary with any warning."""
-        from aiportal.vessels.report import add_vessel_markups, measure_vessel_segment
+    def startVesselMeasure(self, inputSegmentation, inputVolume, segmentID: str):
+        """Start measuring one segment as a vessel (aiportal.vessels) in a worker thread, on copies made now;
+        ``applyVessel(inputSegmentation, job.finish())`` on the main thread."""
+        from aiportal.measure.jobs import vessel_job
 
+        if not inputSegmentation or not inputVolume:
+            raise ValueError(_("Select a segmentation and a volume."))
         ensure_feature("vessels", slicer, requester=_("AI Measure"))
-        self.vessel = measure_vessel_segment(inputSegmentation, segmentID, inputVolume)
-        add_vessel_markups(inputSegmentation.GetScene(), self.vessel, inputSegmentation)
-        return "\n".join([self.vessel.summary()] + [_("WARNING: ") + w for w in self.vessel.warnings])
+        job = vessel_job(inputSegmentation, inputVolume, segmentID)
+        job.start()
+        return job
+
+    def applyVessel(self, inputSegmentation, vessel) -> str:
+        """Place the vessel's centreline curve and the lines of its largest diameter; return the summary with
+        any warning (main thread)."""
+        from aiportal.vessels.report import add_vessel_markups
+
+        self.vessel = vessel
+        add_vessel_markups(inputSegmentation.GetScene(), vessel, inputSegmentation)
+        return "\n".join([vessel.summary()] + [_("WARNING: ") + w for w in vessel.warnings])
+
+    def measureVessel(self, inputSegmentation, inputVolume, segmentID: str) -> str:
+        """Measure one segment as a vessel and place its markups: the panel's job, waited for."""
+        job = self.startVesselMeasure(inputSegmentation, inputVolume, segmentID)
+        job.wait()
+        return self.applyVessel(inputSegmentation, job.finish())
 
     def checkLine(self, lineNode, segmentation, volume, segmentID: str | None = None):
         """Copilot check of a manual line; the segment is the line's own (set by the axis lines) or the picked one."""

@@ -30,6 +30,19 @@ def measure_job(segmentation_node, volume_node, segment_id: str | None = None, l
     return FunctionJob(compute, "measuring", keep=scene)
 
 
+def vessel_job(segmentation_node, volume_node, segment_id: str) -> FunctionJob:
+    """The :class:`~aiportal.vessels.report.VesselMeasurement` of one segment (centreline, cross-sections)."""
+    from aiportal.vessels.report import measure_vessel_segment
+
+    scene, segmentation, volume = private_scene_copies(segmentation_node, volume_node)
+
+    def compute(progress, cancel):
+        progress(0.0, "measuring the vessel")
+        return measure_vessel_segment(segmentation, segment_id, volume)
+
+    return FunctionJob(compute, "measuring the vessel", keep=scene)
+
+
 def compare_job(prior_segmentation, prior_volume, current_segmentation, current_volume) -> FunctionJob:
     """The follow-up (:class:`~aiportal.measure.followup.FollowUp`) of two studies."""
     from aiportal.measure.followup import compare_studies
