@@ -74,7 +74,10 @@ def test_features_that_need_only_bundled_packages_install_nothing(version):
     for feature in ("export", "measure", "register", "remote"):
         plan = plan_feature(feature, pins)
         assert plan.install == () and plan.refused is None, feature
-    assert set(FEATURES) == {"segment", "export", "dicom-export", "measure", "register", "remote"}
+    assert set(FEATURES) == {"segment", "export", "dicom-export", "measure", "vessels", "register", "remote"}
+    vessels = plan_feature("vessels", pins)  # scikit-image is not bundled: installed, the bundled ones pinned
+    assert vessels.install == ("scikit-image>=0.22",) and vessels.refused is None
+    assert "pydicom==" in vessels.constraints_text()
 
 
 _PROBE = r'''
@@ -172,6 +175,6 @@ def test_module_calls_its_requirements_per_entry_point():
         for pair in re.findall(r'ensureDependencies\("(remote)" if server is not None else "(segment)"\)', text):
             calls[module] |= set(pair)
     assert calls["AISegmentPortal"] >= {"segment", "remote", "export", "dicom-export"}
-    assert calls["AIMeasure"] == {"measure"} and calls["AIRegister"] == {"register"}
+    assert calls["AIMeasure"] == {"measure", "vessels"} and calls["AIRegister"] == {"register"}
     tree = ast.parse((REPO / "AISegmentPortal" / "AISegmentPortal.py").read_text())
     assert not [node for node in ast.walk(tree) if isinstance(node, ast.Constant) and node.value == "requirements.txt"]
