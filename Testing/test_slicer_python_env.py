@@ -93,9 +93,16 @@ def test_modules_import_only_what_slicer_ships_or_their_requirements_add(slicer_
     """Importing a module's aiportal packages in Slicer's Python loads nothing that Slicer lacks and the
     modules' Resources/requirements.txt do not install (else the module fails to load in Slicer)."""
     pins = slicer_python_env.slicer_pins("5.12")
+    from aiportal.desktop_requirements import FEATURES
+
     required = {slicer_python_env.canonical(Requirement(line).name)
                 for path in slicer_python_env.extension_requirements()
                 for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")}
+    # what the modules install on first use (aiportal.desktop_requirements), and aiportal itself, which the
+    # extension ships in its module folders
+    required |= {slicer_python_env.canonical(Requirement(candidate.requirement).name)
+                 for needs in FEATURES.values() for need in needs for candidate in need.candidates}
+    required |= {"slicer-aiportal"}
     run = subprocess.run([str(slicer_python), "-c", LOADED_DISTRIBUTIONS, *_aiportal_imports(module)],
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                          timeout=300)

@@ -295,8 +295,11 @@ def replace_non_finite(node, label: str, nan_as: float | None, known_ras: np.nda
 
 def _nifti_non_finite_ras(path: Path) -> np.ndarray | None:
     """RAS positions of a NIfTI's NaN/Inf voxels, read from the file: ITK's reader sets them to 0 silently."""
-    import nibabel
-    from nibabel.affines import apply_affine
+    try:
+        import nibabel
+        from nibabel.affines import apply_affine
+    except ImportError:  # Slicer's own Python lacks nibabel: only the NaN/Inf voxels ITK kept are found there
+        return None
 
     image = nibabel.load(str(path))
     if image.get_data_dtype().kind != "f":  # integers stored (CT, label maps): always numbers, not read twice

@@ -17,7 +17,6 @@ import numpy as np
 from scipy import ndimage
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components, dijkstra
-from skimage.morphology import skeletonize
 
 # the isotropic grid the skeleton is made on has at most this many voxels (big CTA aortas)
 _MAX_SKELETON_VOXELS = 6_000_000
@@ -230,6 +229,8 @@ def extract_centreline(grid: VesselGrid) -> Centreline:
         iso = labels == 1 + int(np.argmax(sizes))
     step = float(np.linalg.norm(iso_matrix[:3, 0]))
     distance = ndimage.distance_transform_edt(iso) * step  # radius of the inscribed sphere, mm
+    from skimage.morphology import skeletonize  # installed on first use inside Slicer
+
     skeleton = skeletonize(iso) > 0
     if not skeleton.any():
         skeleton = distance == distance.max()

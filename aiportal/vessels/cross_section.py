@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.spatial import ConvexHull
-from skimage.measure import find_contours, points_in_poly
 
 from aiportal.vessels.centerline import VesselGrid
 
@@ -53,6 +52,8 @@ def plane_basis(normal: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _outline(image: np.ndarray, level: float) -> tuple[np.ndarray, bool] | None:
     """The 0.5 outline (in pixel coordinates) enclosing the centre pixel, or nearest to it."""
+    from skimage.measure import find_contours, points_in_poly  # installed on first use inside Slicer
+
     centre = (np.array(image.shape) - 1) / 2.0
     contours = [c for c in find_contours(image, level) if len(c) >= 4 and np.allclose(c[0], c[-1])]
     if not contours:
