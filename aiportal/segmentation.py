@@ -18,6 +18,7 @@ from vtkmodules.util import numpy_support
 
 from aiportal import terminology
 from aiportal.errors import InputError
+from aiportal.io.storage import write_node
 from aiportal.models.backend import LabelMapResult
 from aiportal.models.catalog import LabelSpec
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag
@@ -189,13 +190,7 @@ def segment_mask(segmentation_node, segment_id: str, reference_volume) -> np.nda
 
 def save_segmentation(segmentation_node, path: Path) -> Path:
     """Write a ``.seg.nrrd`` (names, colours, terminology and tags included)."""
-    path = Path(path)
-    storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetScene(segmentation_node.GetScene())
-    storage.SetFileName(str(path))
-    if not storage.WriteData(segmentation_node):
-        raise OSError(f"could not write {path}")
-    return path
+    return write_node(segmentation_node, slicer.vtkMRMLSegmentationStorageNode(), path)
 
 
 def load_segmentation(path: Path, runtime: SlicerRuntime | None = None):

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import slicer
 
+from aiportal.io.storage import write_node
+
 
 def write_markups_json(node, folder: Path) -> Path:
     """Write a markups node (line, curve, ...) to ``folder/<node name>.mrk.json``."""
     path = Path(folder) / (node.GetName().replace("/", "_") + ".mrk.json")
-    storage = slicer.vtkMRMLMarkupsJsonStorageNode()
-    storage.SetScene(node.GetScene())
-    storage.SetFileName(str(path))
-    if not storage.WriteData(node):
-        raise OSError(f"could not write {path}")
-    return path
+    return write_node(node, slicer.vtkMRMLMarkupsJsonStorageNode(), path)
