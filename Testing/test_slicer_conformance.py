@@ -273,28 +273,28 @@ def _slicer_calls(module: str, submodule: str) -> list[tuple[str, ast.Call | Non
     return found
 
 
+def _call_problems(module: str, submodule: str, version: str) -> list[str]:
+    """Each ``slicer.<submodule>`` call of the module that the release lacks or whose arguments it refuses."""
+    functions = _functions(REFERENCE / f"slicer-{version}" / "Base" / "Python" / "slicer" / f"{submodule}.py")
+    problems = []
+    for name, call in _slicer_calls(module, submodule):
+        if name not in functions:
+            problems.append(f"slicer.{submodule}.{name} does not exist")
+        elif call is not None and functions[name] is not None and (why := _accepts(functions[name], call)):
+            problems.append(f"slicer.{submodule}.{name}(...) at line {call.lineno}: {why}")
+    return problems
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("module", MODULES)
 def test_slicer_util_calls_match_the_release(module, version):
-    util = _functions(REFERENCE / f"slicer-{version}" / "Base" / "Python" / "slicer" / "util.py")
-    problems = []
-    for name, call in _slicer_calls(module, "util"):
-        if name not in util:
-            problems.append(f"slicer.util.{name} does not exist")
-        elif call is not None and util[name] is not None and (why := _accepts(util[name], call)):
-            problems.append(f"slicer.util.{name}(...) at line {call.lineno}: {why}")
+    problems = _call_problems(module, "util", version)
     assert not problems, f"{module} on Slicer {version}: {problems}"
 
 
 @pytest.mark.parametrize("module", MODULES)
 def test_slicer_packaging_calls_match_5_12(module):
-    packaging = _functions(REFERENCE / "slicer-5.12" / "Base" / "Python" / "slicer" / "packaging.py")
-    problems = []
-    for name, call in _slicer_calls(module, "packaging"):
-        if name not in packaging:
-            problems.append(f"slicer.packaging.{name} does not exist")
-        elif call is not None and packaging[name] is not None and (why := _accepts(packaging[name], call)):
-            problems.append(f"slicer.packaging.{name}(...) at line {call.lineno}: {why}")
+    problems = _call_problems(module, "packaging", "5.12")
     assert not problems, f"{module}: {problems}"
 
 
