@@ -33,6 +33,9 @@ class KeyImage:
     mm_per_pixel: float
     long_axis_pixels: tuple[tuple[float, float], tuple[float, float]]  # (x, y) of the endpoints, as drawn
     short_axis_pixels: tuple[tuple[float, float], tuple[float, float]]
+    # RAS unit vectors of the image's rows (left to right) and columns (top to bottom): its orientation
+    row_direction_ras: tuple[float, float, float] = (-1.0, 0.0, 0.0)
+    column_direction_ras: tuple[float, float, float] = (0.0, -1.0, 0.0)
 
 
 def window_level(volume_node, values: np.ndarray | None = None) -> tuple[float, float]:
@@ -105,7 +108,8 @@ def render_key_image(volume_node, segmentation_node, measurement: RecistMeasurem
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
-    return KeyImage(path, float(window), float(level), mm_per_pixel, long_pixels, short_pixels)
+    return KeyImage(path, float(window), float(level), mm_per_pixel, long_pixels, short_pixels,
+                    tuple(float(v) for v in x_axis), tuple(float(v) for v in y_axis))
 
 
 def write_key_images(volume_node, segmentation_node, measurements: list[RecistMeasurement], folder: Path,
