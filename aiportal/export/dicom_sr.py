@@ -246,6 +246,7 @@ def write_sr(
     series_description: str | None = None,
     axes: Sequence[RecistMeasurement] = (),
     vessels: Sequence[VesselMeasurement] = (),
+    key_images: Sequence[pydicom.Dataset] = (),
 ) -> SrExport:
     """Write a TID 1500 Comprehensive 3D SR with the statistics of the segments of ``seg``.
 
@@ -259,6 +260,8 @@ def write_sr(
     unspecified body region". ``axes`` (RECIST measurements made on the source volume) add one group per
     lesion with the long and short axis and their lines; ``vessels`` (vessel analyses) one group per
     vessel with its maximum diameter perpendicular to the centreline (:func:`_vessel_group`).
+    ``key_images`` (Secondary Capture headers, :mod:`aiportal.export.dicom_sc`) go into the report's
+    image library and its evidence.
     """
     started = time.monotonic()
     # the header is all the SR needs (descriptions, evidence UIDs); decoding thousands of frames' items is not
@@ -313,10 +316,11 @@ def write_sr(
                                                      observer_device_context=observer_device),
         procedure_reported=procedure,
         imaging_measurements=groups,
+        referenced_images=list(key_images) or None,
     )
     sr = with_utf8(
         hd.sr.Comprehensive3DSR,
-        evidence=[*source.datasets, seg_dataset],
+        evidence=[*source.datasets, seg_dataset, *key_images],
         content=report,
         series_instance_uid=hd.UID(),
         series_number=series_number,

@@ -1,7 +1,8 @@
 """Export a segmentation in the formats a hospital uses — the one entry point for every face.
 
 Formats: ``nrrd`` (seg.nrrd + label map), ``json`` (label table + statistics), ``csv``
-(statistics), ``seg`` (DICOM SEG), ``sr`` (DICOM TID 1500 SR; implies ``seg``), ``stl``, ``obj``.
+(statistics), ``seg`` (DICOM SEG), ``sr`` (DICOM TID 1500 SR; implies ``seg``), ``sc`` (key images as DICOM
+Secondary Capture), ``estl`` (3D models as DICOM Encapsulated STL; implies ``seg``), ``stl``, ``obj``.
 Everything is written into a caller-given folder (a staging folder: see :mod:`aiportal.outputs`).
 DICOM prerequisites are checked before any heavy work, so a refusal costs nothing.
 """
@@ -19,7 +20,9 @@ from aiportal.errors import InputError
 from aiportal.io.dicom_series import SourceSeries
 from aiportal.progress import ProgressCallback, no_progress, scaled
 
-FORMATS = ("nrrd", "json", "csv", "seg", "sr", "stl", "obj")
+FORMATS = ("nrrd", "json", "csv", "seg", "sr", "sc", "estl", "stl", "obj")
+#: Formats written as DICOM objects of the source study: they need the DICOM source series.
+DICOM_FORMATS = frozenset({"seg", "sr", "sc", "estl"})
 DEFAULT_FORMATS = ("nrrd", "json")
 
 
@@ -30,7 +33,7 @@ def parse_formats(text: str) -> tuple[str, ...]:
     if unknown or not asked:
         raise InputError(f"unknown output format(s) {', '.join(sorted(unknown)) or '(none given)'}",
                          f"use a comma-separated list of: {', '.join(FORMATS)}")
-    if "sr" in asked:
+    if asked & {"sr", "estl"}:  # the SR measures the SEG's segments; a model references the SEG it shows
         asked.add("seg")
     return tuple(name for name in FORMATS if name in asked)
 
@@ -41,6 +44,8 @@ _OUTPUT_NAMES = {
     "csv": ("statistics.csv",),
     "seg": ("segmentation.dcm", "source"),  # source/: corrected copy of an anonymised series, when made
     "sr": ("measurements.dcm",),
+    "sc": ("key_images",),
+    "estl": ("models",),
     "stl": ("surfaces",),
     "obj": ("surfaces",),
 }
@@ -53,7 +58,7 @@ def expected_outputs(formats: tuple[str, ...]) -> list[str]:
 
 def check_export_possible(source: SourceSeries | None, volume_node, options: ExportOptions) -> None:
     """Refuse a DICOM export that cannot succeed (no DICOM source, empty UIDs) before any model runs."""
-    if "seg" in options.formats and not options.assign_missing_uids:
+    if DICOM_FORMATS & set(options.formats) and not options.assign_missing_uids:
         from aiportal.export.dicom_source import export_source
 
         export_source(source, volume_node)  # raises with the reason and the fix; writes nothing
@@ -103,7 +108,7 @@ def export_results(
     result = ExportResult()
     formats = set(options.formats)
     dicom_source = None
-    if "seg" in formats:  # refuse early: missing source series or UIDs
+    if formats & DICOM_FORMATS:  # refuse early: missing source series or UIDs
         dicom_source = export_source(source, volume_node, assign_missing_uids=options.assign_missing_uids,
                                      corrected_copy_folder=folder / "source")
         result.notes += dicom_source.changes
@@ -129,7 +134,16 @@ def export_results(
                 {"segments": describe_segments(segmentation_node), "statistics": as_json(statistics)}, indent=2))
             result.files.append(ExportedFile("json", "segments.json"))
 
-    dicom_files = None
+    key_images = None
+    if "sc" in formats:  # before the SR, which lists them
+        from aiportal.export.dicom_derived import key_image_objects
+
+        progress(0.5, "writing key images")
+        key_images = key_image_objects(segmentation_node, volume_node, dicom_source, folder)
+        result.files += [ExportedFile(*vars(file).values()) for file in key_images.files]
+        result.notes += key_images.notes
+
+    dicom_files, plan = None, None
     if "seg" in formats:
         from aiportal.export.dicom_seg import plan_seg
 
@@ -137,7 +151,7 @@ def export_results(
         # planning reads the scene and tags each segment with its tracking UID (which seg.nrrd keeps)
         plan = plan_seg(segmentation_node, volume_node, dicom_source, segmentation_type=options.seg_type)
         write_dicom = functools.partial(_encode_seg_and_sr, plan, folder, statistics if "sr" in formats else None,
-                                        dicom_source, options.observer_person)
+                                        dicom_source, options.observer_person, key_images)
         slot = len(result.files)  # SEG and SR are listed here, however they are made
         if formats & {"stl", "obj"} and _can_fork():
             # pydicom's encoding and VTK's surfaces each hold the GIL: overlap them in two processes
@@ -149,6 +163,7 @@ def export_results(
         progress(0.75, "writing seg.nrrd")
         _write_nrrd(segmentation_node, volume_node, folder, result)
 
+    stl_paths = None
     for surface_format in ("stl", "obj"):
         if surface_format in formats:
             from aiportal.export.surfaces import export_surfaces
@@ -160,14 +175,25 @@ def export_results(
                                     smoothing=options.smoothing, decimation=options.decimation,
                                     volume_true=options.volume_true_surfaces)
             result.files += [ExportedFile(surface_format, str(Path(path).relative_to(folder))) for path in paths]
+            stl_paths = paths if surface_format == "stl" and options.coordinates == "LPS" else stl_paths
+    if "estl" in formats:
+        from aiportal.export.dicom_derived import model_objects, seg_reference
+
+        progress(0.9, "writing DICOM Encapsulated STL models")
+        result.files += [ExportedFile(*vars(file).values()) for file in model_objects(
+            segmentation_node, dicom_source, folder, seg_reference(plan.arguments), merged=options.surfaces_merged,
+            smoothing=options.smoothing, decimation=options.decimation, volume_true=options.volume_true_surfaces,
+            stl_paths=stl_paths)]
     if dicom_files is not None:
         result.files[slot:slot] = dicom_files.result()
     progress(1.0, "exported")
     return result
 
 
-def _encode_seg_and_sr(plan, folder: Path, statistics, dicom_source, observer_person) -> list[ExportedFile]:
-    """Encode the planned SEG and, given statistics, its TID 1500 SR; touches no scene object."""
+def _encode_seg_and_sr(plan, folder: Path, statistics, dicom_source, observer_person,
+                       key_images=None) -> list[ExportedFile]:
+    """Encode the planned SEG and, given statistics, its TID 1500 SR (with the key images' RECIST axes and
+    the key images in its image library); touches no scene object."""
     from aiportal.export.dicom_seg import encode_seg
 
     seg = encode_seg(plan, folder / "segmentation.dcm")
@@ -176,7 +202,9 @@ def _encode_seg_and_sr(plan, folder: Path, statistics, dicom_source, observer_pe
         from aiportal.export.dicom_sr import write_sr
 
         sr = write_sr(statistics, None, seg, folder / "segmentation.dcm", dicom_source,
-                      folder / "measurements.dcm", observer_person=observer_person)
+                      folder / "measurements.dcm", observer_person=observer_person,
+                      axes=key_images.measurements if key_images else (),
+                      key_images=key_images.headers if key_images else ())
         files.append(ExportedFile("sr", "measurements.dcm", sr.sop_instance_uid, sr.series_instance_uid))
     return files
 
