@@ -103,10 +103,23 @@ def _export_options(args: argparse.Namespace):
 def _print_export(result, out: Path) -> None:
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
-    uids = [f for f in result.files if f.sop_instance_uid and f.kind in ("seg", "sr")]
-    for file in uids:
-        print(f"  {file.kind.upper():<4} {out / file.name}  SOPInstanceUID {file.sop_instance_uid}")
+    _print_dicom_objects([vars(file) for file in result.files], out)
     print(f"wrote {len(result.files)} file(s) to {out}")
+
+
+def _print_dicom_objects(files: list[dict], out: Path) -> None:
+    """The SEG and SR with their UIDs; other DICOM objects (key images, models) counted per series."""
+    series: dict[tuple[str, str], int] = {}
+    for file in files:
+        if not file["sop_instance_uid"] or file["kind"] == "source":
+            continue
+        if file["kind"] in ("seg", "sr"):
+            print(f"  {file['kind'].upper():<4} {out / file['name']}  SOPInstanceUID {file['sop_instance_uid']}")
+        else:
+            key = (file["kind"], str(Path(file["name"]).parent))
+            series[key] = series.get(key, 0) + 1
+    for (kind, folder), count in series.items():
+        print(f"  {kind.upper():<4} {count} object(s) in {out / folder}")
 
 
 def _model_params(args: argparse.Namespace) -> dict:
@@ -203,6 +216,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
                               overwrite=args.overwrite, input_label=str(args.input), nan_as=args.nan_as,
                               geometry=_geometry(args))
     result = run_segmentation(request, progress=TerminalProgress())
+    args.pipeline_result = result  # for the PACS push of `segment --pacs --push`
     for note in result.notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"{result.model_id} on {args.input}: {len(result.volumes_ml)} segments in {result.model_elapsed_s:.1f} s")
@@ -212,9 +226,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         print(f"  {name:<12} {volume_ml:>10.1f} mL" if volume_ml is not None else f"  {name:<12} not measured")
     if result.absent_labels:
         print(f"  not found: {', '.join(result.absent_labels)}")
-    for file in result.files:
-        if file["sop_instance_uid"] and file["kind"] in ("seg", "sr"):
-            print(f"  {file['kind'].upper():<4} {args.out / file['name']}  SOPInstanceUID {file['sop_instance_uid']}")
+    _print_dicom_objects(result.files, args.out)
     print(f"wrote {len(result.files)} file(s) to {args.out}")
     return 0
 
@@ -227,6 +239,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     options = _export_options(args)
     check_output_folder(args.out, expected_outputs(options.formats), args.overwrite)
+    endpoint = None
+    if args.push:  # an unknown endpoint is refused before any work
+        from aiportal.pacs.config import get_endpoint
+
+        endpoint = get_endpoint(args.push)
     progress = TerminalProgress()
     progress(0.0, f"loading {args.source}")
     loaded = load_volume(args.source, series_uid=args.series, nan_as=args.nan_as, geometry=_geometry(args))
@@ -236,6 +253,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     exported = export_to_folder(node, loaded.node, loaded.source, args.out, options, overwrite=args.overwrite,
                                 modality=loaded.source.modality if loaded.source else None, progress=progress)
     _print_export(exported, args.out)
+    if endpoint is not None:
+        from aiportal.pacs.cli import push_exported
+
+        reference = loaded.source.reference() if loaded.source else {}
+        push_exported(endpoint, args.out, exported.files, args.protocol, run_ids=exported.run_ids,
+                      study_uid=reference.get("study_uid", ""), series_uid=reference.get("series_uid", ""),
+                      formats=list(options.formats))
     return 0
 
 
@@ -445,7 +469,9 @@ def _add_export_arguments(parser: argparse.ArgumentParser, default_formats: str 
 
     group = parser.add_argument_group("export")
     group.add_argument("--formats", default=default_formats,
-                       help=f"comma-separated, from: {','.join(FORMATS)} (default {default_formats}; sr brings seg)")
+                       help=f"comma-separated, from: {','.join(FORMATS)} (default {default_formats}; sr and estl "
+                            "bring seg; sc: key images as DICOM Secondary Capture; estl: 3D models as DICOM "
+                            "Encapsulated STL)")
     group.add_argument("--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type")
     group.add_argument("--assign-uids", action="store_true",
                        help="anonymised series with empty UIDs: give them UIDs and write a corrected copy "
@@ -519,6 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="output folder")
     export.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(export, default_formats="seg,sr")
+    export.add_argument("--push", metavar="PACS",
+                        help="store every DICOM object written (SEG, SR, key images, models) on this PACS endpoint "
+                             "and verify it arrived (see `aiportal pacs list`)")
+    export.add_argument("--protocol", choices=["auto", "dicomweb", "dimse"], default="auto", help="with --push")
     _add_nan_as(export)
     export.set_defaults(handler=cmd_export)
 

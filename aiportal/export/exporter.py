@@ -51,6 +51,18 @@ _OUTPUT_NAMES = {
 }
 
 
+def dicom_object_names(files) -> list[str]:
+    """The names of every DICOM object an export wrote (each has a SOP Instance UID): what a push sends.
+
+    ``files`` are :class:`ExportedFile` or their JSON form (run results); any DICOM format, present
+    or future, is included without being named here.
+    """
+    def field_of(file, name: str):
+        return file.get(name) if isinstance(file, dict) else getattr(file, name)
+
+    return [field_of(file, "name") for file in files if field_of(file, "sop_instance_uid")]
+
+
 def expected_outputs(formats: tuple[str, ...]) -> list[str]:
     """Top-level names these formats may write, to refuse clashes before any work."""
     return list(dict.fromkeys(name for fmt in formats for name in _OUTPUT_NAMES[fmt]))
@@ -89,6 +101,7 @@ class ExportedFile:
 class ExportResult:
     files: list[ExportedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)  # the AI runs whose segments were exported
 
 
 def export_results(
@@ -300,6 +313,7 @@ def export_to_folder(
     segmentation = segmentation_node.GetSegmentation()
     run_ids = sorted({provenance.run_id for segment_id in segment_ids(segmentation_node)
                       if (provenance := Provenance.of_segment(segmentation.GetSegment(segment_id)))})
+    result.run_ids = run_ids
     reference = source.reference() if source else {}
     AuditLog(Settings.from_environment().audit_log).append(
         "export", run_id=run_ids[0] if len(run_ids) == 1 else "", run_ids=run_ids,

@@ -225,7 +225,9 @@ def add_segment_pacs_arguments(segment_parser: argparse.ArgumentParser) -> None:
     group = segment_parser.add_argument_group("PACS")
     group.add_argument("--pacs", metavar="NAME", help="pull the input from this PACS endpoint (instead of INPUT)")
     group.add_argument("--study", help="with --pacs: StudyInstanceUID (--series picks the series)")
-    group.add_argument("--push", action="store_true", help="with --pacs: store the SEG and SR there and verify")
+    group.add_argument("--push", action="store_true",
+                       help="with --pacs: store every DICOM object written (SEG, SR, key images, models) there "
+                            "and verify")
     group.add_argument("--protocol", choices=PROTOCOLS, default="auto", help="with --pacs: DICOMweb or DIMSE")
 
 
@@ -261,10 +263,32 @@ def segment_from_pacs(args: argparse.Namespace, run_segment: Callable[[argparse.
         code = run_segment(local)
     if code != 0 or not args.push:
         return code
-    files = [args.out / name for name in ("segmentation.dcm", "measurements.dcm") if (args.out / name).is_file()]
-    report = _push(endpoint, files, args.protocol)
-    print(f"pushed and verified SEG + SR on {endpoint.name} ({report.protocol}) in {report.seconds:.1f} s")
+    result = local.pipeline_result  # set by the segment command: what it wrote, its run
+    push_exported(endpoint, args.out, result.files, args.protocol, run_ids=[result.run_id],
+                  study_uid=result.study_uid, series_uid=result.series_uid, formats=list(formats))
     return 0
+
+
+def push_exported(endpoint, out_dir: Path, files, protocol: str, *, run_ids: list[str], study_uid: str,
+                  series_uid: str, formats: list[str]):
+    """Push every DICOM object an export wrote (SEG, SR, key images, models, ...) to ``endpoint``, verify
+    it arrived, and record it in the audit trail with the objects' UIDs."""
+    import getpass
+
+    from aiportal.export.exporter import dicom_object_names
+    from aiportal.pacs.workflow import audit_push
+
+    paths = [Path(out_dir) / name for name in dicom_object_names(files)]
+    if not paths:
+        raise PacsError(f"The export in {out_dir} wrote no DICOM object to push",
+                        "ask for DICOM formats (e.g. --formats seg,sr,sc,estl) of a DICOM source series")
+    report = _push(endpoint, paths, protocol)
+    audit_push(report, run_ids=run_ids, study_uid=study_uid, series_uid=series_uid, user=getpass.getuser(),
+               formats=formats)
+    kinds = sorted({str(item.sop_class_uid) for item in report.objects})
+    print(f"pushed and verified {len(report.objects)} DICOM object(s) ({len(kinds)} SOP class(es)) on "
+          f"{endpoint.name} ({report.protocol}) in {report.seconds:.1f} s")
+    return report
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -284,12 +284,15 @@ def deidentify_files(files: list[Path], out_folder: Path, mapping: Reidentificat
 
 
 def reidentify_files(files: list[Path], out_folder: Path, mapping: ReidentificationMap) -> list[Path]:
-    """Re-identified copies of result ``files`` in ``out_folder`` (same file names)."""
+    """Re-identified copies of result ``files`` in ``out_folder`` (same file names; a name met twice, as
+    ``key_images/Liver.dcm`` and ``models/Liver.dcm``, gets a number)."""
     out_folder = Path(out_folder)
     out_folder.mkdir(parents=True, exist_ok=True)
     written = []
     for path in files:
-        target = out_folder / Path(path).name
+        target, number = out_folder / Path(path).name, 2
+        while target in written:
+            target, number = out_folder / f"{Path(path).stem}-{number}{Path(path).suffix}", number + 1
         reidentify(pydicom.dcmread(path), mapping).save_as(target, enforce_file_format=True)
         written.append(target)
     return written

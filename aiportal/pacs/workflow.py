@@ -165,3 +165,17 @@ def push_files(endpoint: PacsEndpoint, files: list[Path], *, protocol: Protocol 
         raise PacsError(f"{error.message}. Push not done: the {len(files)} local file(s) stay in "
                         f"{', '.join(folders)}", error.fix) from error
     return PushReport(endpoint.name, used[-1], objects, True, time.monotonic() - started, notes)
+
+
+def audit_push(report: PushReport, *, run_ids: list[str], study_uid: str, series_uid: str, user: str,
+               formats: list[str]) -> None:
+    """An ``export`` record with destination ``pacs`` naming every pushed object by its UIDs."""
+    from aiportal.audit import AuditLog
+    from aiportal.settings import Settings
+
+    AuditLog(Settings.from_environment().audit_log).append(
+        "export", run_id=run_ids[0] if len(run_ids) == 1 else "", run_ids=run_ids, destination="pacs",
+        pacs=report.endpoint, protocol=report.protocol, study_uid=study_uid, series_uid=series_uid, user=user,
+        formats=formats, verified=report.verified,
+        pushed=[{"sop_instance_uid": item.sop_instance_uid, "sop_class_uid": item.sop_class_uid,
+                 "series_uid": item.series_uid, "path": str(item.path)} for item in report.objects])

@@ -210,12 +210,14 @@ def _run(settings: ServerSettings, record: JobRecord, reporter: _Reporter) -> di
 
 
 def push_results(settings: ServerSettings, job_id: str, result: dict, mapping=None) -> dict:
-    """Store the job's SEG and SR on the PACS (re-identified first if the input was de-identified), audited."""
+    """Store every DICOM object of the job (SEG, SR, key images, models...) on the PACS (re-identified first if
+    the input was de-identified), audited."""
     from aiportal.audit import AuditLog
+    from aiportal.export.exporter import dicom_object_names
     from aiportal.settings import Settings
 
     out_dir = results_folder(settings, job_id)
-    files = [out_dir / item["name"] for item in result["files"] if item["kind"] in ("seg", "sr")]
+    files = [out_dir / name for name in dicom_object_names(result["files"])]
     if not files:
         raise AIPortalError(f"job {job_id} has no DICOM SEG/SR to push",
                             "submit the job with formats including seg,sr (needs a DICOM source)")
@@ -231,7 +233,8 @@ def push_results(settings: ServerSettings, job_id: str, result: dict, mapping=No
     AuditLog(Settings.from_environment().audit_log).append(
         "export", run_id=result.get("run_id", ""), run_ids=[result.get("run_id", "")], destination="pacs",
         pacs=report["endpoint"], study_uid=result.get("study_uid", ""), series_uid=result.get("series_uid", ""),
-        user=f"server job {job_id}", formats=["seg", "sr"], pushed=report["objects"], verified=report["verified"])
+        user=f"server job {job_id}", pushed=report["objects"], verified=report["verified"],
+        formats=sorted({item["kind"] for item in result["files"] if item["sop_instance_uid"]}))
     return report
 
 
