@@ -26,7 +26,7 @@ from pydicom.sequence import Sequence
 from aiportal import __version__
 from aiportal.errors import AIPortalError
 from aiportal.export.dicom_seg import MANUFACTURER, with_utf8
-from aiportal.export.dicom_source import ExportSource
+from aiportal.export.dicom_source import ExportSource, copy_patient_and_study
 from aiportal.provenance import software_versions
 
 ENCAPSULATED_STL_STORAGE = "1.2.840.10008.5.1.4.1.1.104.3"
@@ -56,7 +56,8 @@ class StlMesh:
 
 
 def stl_mesh(data: bytes) -> StlMesh:
-    """A binary STL's triangles, with coincident vertices merged (STL repeats them per triangle)."""
+    """A binary STL's triangles, with coincident vertices merged (STL repeats them per triangle) and
+    triangles collapsed to a segment dropped."""
     if len(data) < _HEADER_BYTES + 4:
         raise AIPortalError("not a binary STL: shorter than its header")
     (count,) = struct.unpack_from("<I", data, _HEADER_BYTES)
@@ -68,7 +69,12 @@ def stl_mesh(data: bytes) -> StlMesh:
     # exact duplicates only: one 12-byte key per corner is far faster than np.unique(axis=0)
     _, first, inverse = np.unique(corners.view(np.dtype((np.void, 12))).ravel(), return_index=True,
                                   return_inverse=True)
-    return StlMesh(corners[first].astype(np.float64), inverse.reshape(-1, 3))
+    triangles = inverse.reshape(-1, 3)
+    # STL stores float32: two vertices a hundredth of a micrometre apart become one, and a sliver
+    # triangle between them collapses to a segment. Such triangles enclose nothing; they are dropped.
+    collapsed = (triangles[:, 0] == triangles[:, 1]) | (triangles[:, 1] == triangles[:, 2]) | \
+        (triangles[:, 0] == triangles[:, 2])
+    return StlMesh(corners[first].astype(np.float64), triangles[~collapsed])
 
 
 @dataclass
@@ -144,7 +150,7 @@ def encapsulated_stl(
         series_description=series_description[:64],
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
     )
-    dataset.copy_patient_and_study_information(first)
+    copy_patient_and_study(dataset, first)
     # Frame of Reference: the surface is in the source images' patient coordinates
     dataset.FrameOfReferenceUID = source.frame_of_reference_uid
     dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")

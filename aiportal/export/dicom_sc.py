@@ -28,7 +28,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from aiportal import __version__
 from aiportal.export.dicom_seg import MANUFACTURER, with_utf8
-from aiportal.export.dicom_source import ExportSource
+from aiportal.export.dicom_source import ExportSource, copy_patient_and_study
 from aiportal.provenance import software_versions
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def key_image_dataset(
         device_serial_number=__version__,
         series_description=series_description[:64],
     )
-    dataset.copy_patient_and_study_information(first)  # the whole patient and study modules, as in the SEG
+    copy_patient_and_study(dataset, first)  # the whole patient and study modules, as in the SEG
     dataset.PatientOrientation = [rows, columns]
     dataset.ConversionType = "WSD"  # made on a workstation
     dataset.BurnedInAnnotation = "NO"  # lesion name and lengths only: nothing that identifies the patient

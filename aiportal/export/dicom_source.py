@@ -241,3 +241,15 @@ def export_source(
     corrected.regular_grid = grid
     corrected.changes = mapped + corrected.changes
     return corrected
+
+
+def copy_patient_and_study(dataset, header: pydicom.Dataset) -> None:
+    """Give a new object (a highdicom SOP class instance) the patient and study modules of a source image.
+
+    Empty sequences are not copied: a de-identified source may hold them (PS3.15 "Z"), and an object
+    with an empty optional sequence fails its IOD.
+    """
+    dataset.copy_patient_and_study_information(header)
+    for element in list(dataset):
+        if element.VR == "SQ" and not element.value and element.keyword in header:
+            del dataset[element.tag]

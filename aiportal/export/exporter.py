@@ -119,7 +119,7 @@ def export_results(
 
     folder = Path(folder)
     result = ExportResult()
-    formats = set(options.formats)
+    formats = set(parse_formats(",".join(options.formats)))  # with what each format needs (estl: its SEG)
     dicom_source = None
     if formats & DICOM_FORMATS:  # refuse early: missing source series or UIDs
         dicom_source = export_source(source, volume_node, assign_missing_uids=options.assign_missing_uids,
