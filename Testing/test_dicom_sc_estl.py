@@ -189,3 +189,58 @@ def test_deidentified_run_gives_key_images_and_models_that_reidentify(shared_dat
 def _seg_uids(paths) -> set[str]:
     return {str(ds.SOPInstanceUID) for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in paths)
             if ds.Modality == "SEG"}
+
+
+def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(shared_data, tmp_path, monkeypatch):
+    """`aiportal segment --pacs NAME --study UID --formats seg,sr,sc,estl,stl --push` against a real Orthanc: every
+    DICOM object stored, found by QIDO, retrieved identical, and named with its UIDs in the audit trail; then
+    `aiportal export --formats sc --push` of the same segmentation adds new key images."""
+    import json
+    import os
+
+    from dicomweb_client import DICOMwebClient
+    from dicomweb_client.session_utils import create_session_from_user_pass
+    from orthanc_server import OrthancServer, missing_requirements
+
+    from aiportal.cli import main
+    from aiportal.pacs.config import PacsEndpoint, add_endpoint
+
+    if missing := missing_requirements():
+        pytest.fail(f"needs Debian's orthanc and orthanc-dicomweb and gcc; missing {missing}")
+    server = OrthancServer(tmp_path / "orthanc").start()
+    try:
+        monkeypatch.setenv("AIPORTAL_PACS_CONFIG", str(tmp_path / "pacs.json"))
+        monkeypatch.setenv("AIPORTAL_TEST_ORTHANC_PASSWORD", server.password)
+        add_endpoint(PacsEndpoint(name="orthanc", dicomweb_url=server.dicomweb_url, auth="basic",
+                                  username=server.user, password_env="AIPORTAL_TEST_ORTHANC_PASSWORD", timeout_s=20))
+        series = ct_with_uids(shared_data / "totalseg" / "example_ct_dicom", tmp_path / "ct")
+        server.upload(series.files)
+        out = tmp_path / "out"
+        assert main(["segment", "--pacs", "orthanc", "--study", series.study_uid, "--push", "--protocol", "dicomweb",
+                     "--formats", "nrrd,seg,sr,sc,estl,stl", "--out", str(out)]) == 0
+        local = [pydicom.dcmread(path) for path in sorted(out.rglob("*.dcm"))]
+        modalities = sorted({ds.Modality for ds in local})
+        assert modalities == ["M3D", "OT", "SEG", "SR"]
+        client = DICOMwebClient(server.dicomweb_url,
+                                session=create_session_from_user_pass(server.user, server.password))
+        for modality in ("OT", "M3D"):
+            found = client.search_for_series(series.study_uid, search_filters={"Modality": modality})
+            assert len(found) == 1, modality
+        for ds in local:
+            assert str(ds.StudyInstanceUID) == series.study_uid
+            remote = client.retrieve_instance(series.study_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
+            assert remote == ds, f"{ds.Modality} {ds.SOPInstanceUID} read back differs"
+        records = [json.loads(line) for line in Path(os.environ["AIPORTAL_AUDIT_LOG"]).read_text().splitlines()]
+        push = [r for r in records if r.get("destination") == "pacs"][-1]
+        assert push["verified"] and {item["sop_instance_uid"] for item in push["pushed"]} == \
+            {str(ds.SOPInstanceUID) for ds in local}
+
+        again = tmp_path / "again"
+        assert main(["export", str(out / "segmentation.seg.nrrd"), "--source", str(series.folder), "--formats",
+                     "sc", "--push", "orthanc", "--out", str(again)]) == 0
+        pushed = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in again.rglob("*.dcm")}
+        stored = {str(pydicom.Dataset.from_json(item).SOPInstanceUID)
+                  for item in client.search_for_instances(series.study_uid)}
+        assert pushed <= stored and len(pushed) == sum(ds.Modality == "OT" for ds in local)  # new key images
+    finally:
+        server.stop()
