@@ -29,7 +29,7 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
 from aiportal.background import FunctionJob
 from aiportal.desktop_jobs import JobFollower, desktop_jobs, follow
 from aiportal.desktop_requirements import ensure_feature
-from aiportal.export.exporter import ExportOptions, ExportResult
+from aiportal.export.exporter import DICOM_FORMATS, ExportOptions, ExportResult
 from aiportal.export.job import ExportJob
 from aiportal.models.catalog import get_catalog
 from aiportal.prompts import box_from_roi_node
@@ -406,6 +406,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         formats = [name for name, checkBox in (
             ("nrrd", self.ui.exportNrrdCheckBox), ("json", self.ui.exportJsonCheckBox),
             ("csv", self.ui.exportCsvCheckBox), ("seg", self.ui.exportSegCheckBox), ("sr", self.ui.exportSrCheckBox),
+            ("sc", self.ui.exportScCheckBox), ("estl", self.ui.exportEstlCheckBox),
             ("stl", self.ui.exportStlCheckBox), ("obj", self.ui.exportObjCheckBox)) if checkBox.checked]
         options = ExportOptions(
             formats=tuple(formats),
@@ -707,7 +708,8 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         options: ExportOptions,
     ) -> ExportJob:
         """
-        A job that exports the segmentation (seg.nrrd, statistics, DICOM SEG + SR, STL/OBJ) and audits the export.
+        A job that exports the segmentation (seg.nrrd, statistics, DICOM SEG + SR + key images + 3D models, STL/OBJ)
+        and audits the export.
         The nodes are copied now (main thread); the job writes from the copies in a worker thread.
         Nothing in outputFolder is overwritten.
         :param segmentationNode: segmentation made on volumeNode
@@ -716,7 +718,7 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         :param options: formats and their settings
         """
         self.ensureDependencies("export")
-        if {"seg", "sr"} & set(options.formats):
+        if DICOM_FORMATS & set(options.formats):
             self.ensureDependencies("dicom-export")
         return ExportJob(segmentationNode, volumeNode, self.sourceFiles(volumeNode), outputFolder, options)
 

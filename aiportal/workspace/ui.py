@@ -235,7 +235,12 @@ class ResultsPanel(VCard):
                 VCheckbox(v_model=("export_assign_uids",), density="compact", hide_details=True,
                           label="Anonymised series without UIDs: give it new UIDs (saves a corrected copy)",
                           raw_attrs=_testid("assign-uids"))
-                VBtn("Save SEG + SR", click=workspace.save_dicom, loading=("export_busy",), size="small",
+                VCheckbox(v_model=("export_key_images",), density="compact", hide_details=True,
+                          label="Key images (Secondary Capture, RECIST axes drawn), listed in the SR",
+                          raw_attrs=_testid("export-key-images"))
+                VCheckbox(v_model=("export_models",), density="compact", hide_details=True,
+                          label="3D models (Encapsulated STL, one per segment)", raw_attrs=_testid("export-models"))
+                VBtn("Save DICOM", click=workspace.save_dicom, loading=("export_busy",), size="small",
                      variant="tonal", prepend_icon="mdi-content-save", disabled=("!stats_rows.length",),
                      raw_attrs=_testid("save-dicom"))
                 html.Div(f"Saved under {workspace.export_dir}. Sending to PACS comes with the PACS layer.",
