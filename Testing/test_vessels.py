@@ -13,8 +13,10 @@ from pathlib import Path
 import highdicom as hd
 import nibabel
 import numpy as np
+import pydicom
 import pytest
 from dicom_validation import dciodvfy_errors
+from PIL import Image
 from pydicom.sr.codedict import codes
 from scipy.spatial import cKDTree
 
@@ -209,7 +211,7 @@ def test_cli_measure_vessels_writes_json_markups_and_sr(shared_data, runtime, tm
                                   tmp_path / "in.seg.nrrd")
     out = tmp_path / "out"
     done = subprocess.run([sys.executable, "-m", "aiportal.cli", "measure", str(seg_path), "--volume", str(series),
-                           "--vessels", "aorta", "--sr", "--assign-uids", "--out", str(out)],
+                           "--vessels", "aorta", "--sr", "--assign-uids", "--key-images", "--out", str(out)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (aorta,) = json.loads((out / "vessels.json").read_text())["vessels"]
@@ -228,6 +230,13 @@ def test_cli_measure_vessels_writes_json_markups_and_sr(shared_data, runtime, tm
     assert [m["segment_name"] for m in measured] == ["spleen"]  # the vessel is not measured with RECIST
 
     assert dciodvfy_errors(out / "measurements.dcm") == []
+    (capture,) = (out / "key_images").glob("*.dcm")  # the spleen's key image, as DICOM Secondary Capture
+    assert dciodvfy_errors(capture) == []
+    assert np.array_equal(pydicom.dcmread(capture).pixel_array, np.asarray(Image.open(capture.with_suffix(".png"))))
+    library = [item for item in pydicom.dcmread(out / "measurements.dcm").ContentSequence
+               if item.ConceptNameCodeSequence[0].CodeMeaning == "Image Library"]
+    assert library[0].ContentSequence[0].ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+        pydicom.dcmread(capture, stop_before_pixels=True).SOPInstanceUID
     report = hd.sr.srread(out / "measurements.dcm")
     groups = report.content.get_image_measurement_groups()
     vessel_group = next(g for g in groups if g.get_measurements(name=codes.SCT.Diameter))

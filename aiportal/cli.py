@@ -328,15 +328,16 @@ def cmd_measure(args: argparse.Namespace) -> int:
 
             write_vessels_json(vessels, staging / "vessels.json")
             write_vessel_markups(node.GetScene(), vessels, node, staging / "axes")
-        if args.sr:
-            from aiportal.vessels.report import write_measurement_sr
-
-            write_measurement_sr(node, loaded, measurements, vessels, staging,
-                                 assign_missing_uids=args.assign_uids)
+        keys = None
         if args.key_images:
             from aiportal.measure.key_images import write_key_images
 
-            write_key_images(volume, node, measurements, staging / "key_images")
+            keys = write_key_images(volume, node, measurements, staging / "key_images")
+        if args.sr:  # with --key-images, they are also written as DICOM Secondary Capture, listed in the SR
+            from aiportal.vessels.report import write_measurement_sr
+
+            write_measurement_sr(node, loaded, measurements, vessels, staging,
+                                 assign_missing_uids=args.assign_uids, key_images=keys)
         if follow_up is not None:
             from aiportal.measure.followup import write_follow_up
 
@@ -559,7 +560,9 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--series", help="SeriesInstanceUID, when the folder holds several series")
     measure.add_argument("--segments", nargs="*", help="segment names to measure (default: all)")
     measure.add_argument("--lymph-nodes", nargs="*", help="segment names that are lymph nodes (short axis)")
-    measure.add_argument("--key-images", action="store_true", help="a PNG per lesion with its axes drawn")
+    measure.add_argument("--key-images", action="store_true",
+                         help="a PNG per lesion with its axes drawn (with --sr also as DICOM Secondary Capture, "
+                              "listed in the SR)")
     measure.add_argument("--prior", type=Path, help="prior study's segmentation (.seg.nrrd): follow-up response")
     measure.add_argument("--prior-volume", type=Path, help="the volume the prior segmentation was made on")
     measure.add_argument("--register", action="store_true",

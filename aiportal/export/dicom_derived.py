@@ -3,7 +3,7 @@
 Both read the scene (RECIST measurement and key image rendering; surfaces), so they run in the
 exporter's process before or after the SEG/SR are encoded; the DICOM encoding itself is in
 :mod:`aiportal.export.dicom_sc` and :mod:`aiportal.export.dicom_estl`. Results are plain data
-(file name, SOP Instance UID, Series UID) for :mod:`aiportal.export.exporter` to list.
+(:class:`~aiportal.export.files.ExportedFile`) for :mod:`aiportal.export.exporter` to list.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import pydicom
 
 from aiportal.export.dicom_estl import SegReference
 from aiportal.export.dicom_source import ExportSource
+from aiportal.export.files import ExportedFile
 
 KEY_IMAGES_FOLDER = "key_images"
 MODELS_FOLDER = "models"
@@ -23,16 +24,8 @@ _SEG_SOP_CLASSES = {"BINARY": "1.2.840.10008.5.1.4.1.1.66.4", "LABELMAP": "1.2.8
 
 
 @dataclass
-class DerivedFile:
-    kind: str  # "sc" / "estl", or "png" for the key image a Secondary Capture holds
-    name: str  # relative to the export folder
-    sop_instance_uid: str | None = None
-    series_uid: str | None = None
-
-
-@dataclass
 class KeyImages:
-    files: list[DerivedFile] = field(default_factory=list)
+    files: list[ExportedFile] = field(default_factory=list)
     headers: list[pydicom.Dataset] = field(default_factory=list)  # of the Secondary Captures, for the SR
     measurements: list = field(default_factory=list)  # the RECIST measurements they show, for the SR
     notes: list[str] = field(default_factory=list)
@@ -58,8 +51,8 @@ def key_image_objects(segmentation_node, volume_node, source: ExportSource, fold
     target = folder / KEY_IMAGES_FOLDER
     keys = write_key_images(volume_node, segmentation_node, measurements, target)
     for written in write_key_image_scs(list(zip(keys, measurements, strict=True)), source, target):
-        result.files += [DerivedFile("png", str(written.png.relative_to(folder))),
-                         DerivedFile("sc", str(written.path.relative_to(folder)), written.sop_instance_uid,
+        result.files += [ExportedFile("png", str(written.png.relative_to(folder))),
+                         ExportedFile("sc", str(written.path.relative_to(folder)), written.sop_instance_uid,
                                      written.series_instance_uid)]
         result.headers.append(pydicom.dcmread(written.path, stop_before_pixels=True))
     return result
@@ -73,7 +66,7 @@ def seg_reference(seg_arguments: dict) -> SegReference:
 
 def model_objects(segmentation_node, source: ExportSource, folder: Path, seg: SegReference, *, merged: bool,
                   smoothing: float, decimation: float, volume_true: bool,
-                  stl_paths: list[Path] | None = None) -> list[DerivedFile]:
+                  stl_paths: list[Path] | None = None) -> list[ExportedFile]:
     """Encapsulated STL of each non-empty segment (or one of all, ``merged``) in ``folder/models``.
 
     The surfaces are LPS in mm (the source's patient coordinates). ``stl_paths`` are the export's own
@@ -106,5 +99,5 @@ def model_objects(segmentation_node, source: ExportSource, folder: Path, seg: Se
             entries.append((segment.GetName(), Path(path), coded(codes.type) if codes else None))
     models = write_models(entries, source, folder / MODELS_FOLDER, seg_reference=seg)
     shutil.rmtree(work, ignore_errors=True)
-    return [DerivedFile("estl", str(model.path.relative_to(folder)), model.sop_instance_uid,
+    return [ExportedFile("estl", str(model.path.relative_to(folder)), model.sop_instance_uid,
                         model.series_instance_uid) for model in models]

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiportal.errors import InputError
+from aiportal.export.files import ExportedFile
 from aiportal.io.dicom_series import SourceSeries
 from aiportal.progress import ProgressCallback, no_progress, scaled
 
@@ -90,14 +91,6 @@ class ExportOptions:
 
 
 @dataclass
-class ExportedFile:
-    kind: str
-    name: str  # relative to the export folder
-    sop_instance_uid: str | None = None
-    series_uid: str | None = None
-
-
-@dataclass
 class ExportResult:
     files: list[ExportedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
@@ -153,7 +146,7 @@ def export_results(
 
         progress(0.5, "writing key images")
         key_images = key_image_objects(segmentation_node, volume_node, dicom_source, folder)
-        result.files += [ExportedFile(*vars(file).values()) for file in key_images.files]
+        result.files += key_images.files
         result.notes += key_images.notes
 
     dicom_files, plan = None, None
@@ -193,10 +186,10 @@ def export_results(
         from aiportal.export.dicom_derived import model_objects, seg_reference
 
         progress(0.9, "writing DICOM Encapsulated STL models")
-        result.files += [ExportedFile(*vars(file).values()) for file in model_objects(
+        result.files += model_objects(
             segmentation_node, dicom_source, folder, seg_reference(plan.arguments), merged=options.surfaces_merged,
             smoothing=options.smoothing, decimation=options.decimation, volume_true=options.volume_true_surfaces,
-            stl_paths=stl_paths)]
+            stl_paths=stl_paths)
     if dicom_files is not None:
         result.files[slot:slot] = dicom_files.result()
     progress(1.0, "exported")

@@ -108,9 +108,11 @@ def recist_names_besides(segmentation_node, vessel_names: list[str]) -> list[str
 
 
 def write_measurement_sr(segmentation_node, loaded_volume, axes, vessels: list[VesselMeasurement], folder: Path,
-                         *, assign_missing_uids: bool = False) -> list[Path]:
+                         *, assign_missing_uids: bool = False, key_images: list | None = None) -> list[Path]:
     """``segmentation.dcm`` (DICOM SEG of the segments) and ``measurements.dcm`` (TID 1500 SR: RECIST axes and
-    vessel diameters, tied to their segments), referencing the DICOM series ``loaded_volume`` came from."""
+    vessel diameters, tied to their segments), referencing the DICOM series ``loaded_volume`` came from.
+    ``key_images`` (rendered PNGs, one per measurement of ``axes``) are also written as DICOM Secondary
+    Captures beside their PNGs and listed in the SR's image library."""
     from aiportal.export.dicom_seg import write_seg
     from aiportal.export.dicom_source import export_source
     from aiportal.export.dicom_sr import write_sr
@@ -123,6 +125,15 @@ def write_measurement_sr(segmentation_node, loaded_volume, axes, vessels: list[V
     source = export_source(loaded_volume.source, loaded_volume.node, assign_missing_uids=assign_missing_uids,
                            corrected_copy_folder=folder / "source")
     seg = write_seg(segmentation_node, loaded_volume.node, source, folder / "segmentation.dcm")
+    captures = []
+    if key_images:
+        import pydicom
+
+        from aiportal.export.dicom_sc import write_key_image_scs
+
+        captures = write_key_image_scs(list(zip(key_images, axes, strict=True)), source,
+                                       Path(key_images[0].path).parent)
     sr = write_sr([], None, seg, seg.path, source, folder / "measurements.dcm", axes=axes, vessels=vessels,
-                  series_description="AI measurements")
-    return [seg.path, sr.path]
+                  series_description="AI measurements",
+                  key_images=[pydicom.dcmread(c.path, stop_before_pixels=True) for c in captures])
+    return [seg.path, sr.path, *(c.path for c in captures)]
