@@ -191,10 +191,11 @@ def _seg_uids(paths) -> set[str]:
             if ds.Modality == "SEG"}
 
 
-def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(shared_data, tmp_path, monkeypatch):
+def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exported, shared_data, tmp_path,
+                                                                              monkeypatch):
     """`aiportal segment --pacs NAME --study UID --formats seg,sr,sc,estl,stl --push` against a real Orthanc: every
     DICOM object stored, found by QIDO, retrieved identical, and named with its UIDs in the audit trail; then
-    `aiportal export --formats sc --push` of the same segmentation adds new key images."""
+    `aiportal export --formats seg --push` of the 31-label segmentation stores its SEG."""
     import json
     import os
 
@@ -217,7 +218,7 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(sha
         server.upload(series.files)
         out = tmp_path / "out"
         assert main(["segment", "--pacs", "orthanc", "--study", series.study_uid, "--push", "--protocol", "dicomweb",
-                     "--formats", "nrrd,seg,sr,sc,estl,stl", "--out", str(out)]) == 0
+                     "--formats", "seg,sr,sc,estl", "--out", str(out)]) == 0
         local = [pydicom.dcmread(path) for path in sorted(out.rglob("*.dcm"))]
         modalities = sorted({ds.Modality for ds in local})
         assert modalities == ["M3D", "OT", "SEG", "SR"]
@@ -235,12 +236,14 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(sha
         assert push["verified"] and {item["sop_instance_uid"] for item in push["pushed"]} == \
             {str(ds.SOPInstanceUID) for ds in local}
 
+        from aiportal.segmentation import save_segmentation
+
+        _, totalseg_series, _, node, _, _ = exported
         again = tmp_path / "again"
-        assert main(["export", str(out / "segmentation.seg.nrrd"), "--source", str(series.folder), "--formats",
-                     "sc", "--push", "orthanc", "--out", str(again)]) == 0
-        pushed = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in again.rglob("*.dcm")}
-        stored = {str(pydicom.Dataset.from_json(item).SOPInstanceUID)
-                  for item in client.search_for_instances(series.study_uid)}
-        assert pushed <= stored and len(pushed) == sum(ds.Modality == "OT" for ds in local)  # new key images
+        assert main(["export", str(save_segmentation(node, tmp_path / "totalseg.seg.nrrd")), "--source",
+                     str(totalseg_series.folder), "--formats", "seg", "--push", "orthanc", "--out", str(again)]) == 0
+        (seg,) = (pydicom.dcmread(p, stop_before_pixels=True) for p in again.rglob("*.dcm"))
+        stored = client.search_for_instances(totalseg_series.study_uid)
+        assert [pydicom.Dataset.from_json(item).SOPInstanceUID for item in stored] == [seg.SOPInstanceUID]
     finally:
         server.stop()
