@@ -112,7 +112,8 @@ def export_results(
 
     folder = Path(folder)
     result = ExportResult()
-    formats = set(parse_formats(",".join(options.formats)))  # with what each format needs (estl: its SEG)
+    # with what each format needs (estl: its SEG)
+    formats = set(parse_formats(",".join(options.formats))) if options.formats else set()
     dicom_source = None
     if formats & DICOM_FORMATS:  # refuse early: missing source series or UIDs
         dicom_source = export_source(source, volume_node, assign_missing_uids=options.assign_missing_uids,
@@ -159,7 +160,7 @@ def export_results(
         write_dicom = functools.partial(_encode_seg_and_sr, plan, folder, statistics if "sr" in formats else None,
                                         dicom_source, options.observer_person, key_images)
         slot = len(result.files)  # SEG and SR are listed here, however they are made
-        if formats & {"stl", "obj"} and _can_fork():
+        if formats & {"stl", "obj", "estl"} and _can_fork():
             # pydicom's encoding and VTK's surfaces each hold the GIL: overlap them in two processes
             dicom_files = _ForkedCall(write_dicom)
         else:
