@@ -204,7 +204,8 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exp
     from orthanc_server import OrthancServer, missing_requirements
 
     from aiportal.cli import main
-    from aiportal.pacs.config import PacsEndpoint, add_endpoint
+    from aiportal.pacs.config import DimsePeer, PacsEndpoint, add_endpoint
+    from aiportal.pacs.workflow import push_files
 
     if missing := missing_requirements():
         pytest.fail(f"needs Debian's orthanc and orthanc-dicomweb and gcc; missing {missing}")
@@ -212,8 +213,11 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exp
     try:
         monkeypatch.setenv("AIPORTAL_PACS_CONFIG", str(tmp_path / "pacs.json"))
         monkeypatch.setenv("AIPORTAL_TEST_ORTHANC_PASSWORD", server.password)
-        add_endpoint(PacsEndpoint(name="orthanc", dicomweb_url=server.dicomweb_url, auth="basic",
-                                  username=server.user, password_env="AIPORTAL_TEST_ORTHANC_PASSWORD", timeout_s=20))
+        peer = DimsePeer(server.ae_title, "127.0.0.1", server.dicom_port, server.client_ae_title, server.client_port,
+                         listen_host="127.0.0.1")
+        endpoint = PacsEndpoint(name="orthanc", dicomweb_url=server.dicomweb_url, auth="basic", username=server.user,
+                                password_env="AIPORTAL_TEST_ORTHANC_PASSWORD", timeout_s=20, dimse=peer)
+        add_endpoint(endpoint)
         series = ct_with_uids(shared_data / "totalseg" / "example_ct_dicom", tmp_path / "ct")
         server.upload(series.files)
         out = tmp_path / "out"
@@ -231,6 +235,9 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exp
             assert str(ds.StudyInstanceUID) == series.study_uid
             remote = client.retrieve_instance(series.study_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
             assert remote == ds, f"{ds.Modality} {ds.SOPInstanceUID} read back differs"
+        # the PACS takes Secondary Capture and Encapsulated STL over DIMSE (C-STORE, found by C-FIND) as well
+        over_dimse = push_files(endpoint, sorted(out.rglob("*.dcm")), protocol="dimse")
+        assert over_dimse.protocol == "DIMSE" and len(over_dimse.objects) == len(local)
         records = [json.loads(line) for line in Path(os.environ["AIPORTAL_AUDIT_LOG"]).read_text().splitlines()]
         push = [r for r in records if r.get("destination") == "pacs"][-1]
         assert push["verified"] and {item["sop_instance_uid"] for item in push["pushed"]} == \
