@@ -15,6 +15,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import generate_uid
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dicom_validation import dciodvfy_errors  # noqa: E402
 from orthanc_server import ct_with_uids  # noqa: E402
 
 from aiportal.pacs.deidentify import (  # noqa: E402
@@ -174,6 +175,8 @@ def test_reidentification_restores_uids_on_real_results(ct: Path, tmp_path: Path
     export_to_folder(result.segmentation_node, loaded.node, loaded.source, tmp_path / "remote",
                      ExportOptions(formats=("seg", "sr")))
     results = [tmp_path / "remote" / "segmentation.dcm", tmp_path / "remote" / "measurements.dcm"]
+    # the de-identified source's emptied sequences (PS3.15 "Z") must not make the results invalid
+    assert dciodvfy_errors(results[0]) == [], "SEG made on de-identified images"
 
     restored = reidentify_files(results, tmp_path / "restored", ReidentificationMap.load(map_path))
     pseudonyms = set(mapping.uids.values())

@@ -22,7 +22,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from aiportal import __version__, terminology
 from aiportal.errors import AIPortalError, InputError
-from aiportal.export.dicom_source import ExportSource
+from aiportal.export.dicom_source import ExportSource, drop_empty_copied_sequences
 from aiportal.io.geometry import labels_to_acquired
 from aiportal.models.catalog import Code, ModelEntry, get_catalog
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag, software_versions
@@ -276,6 +276,7 @@ def plan_seg(
 def encode_seg(plan: SegPlan, path) -> SegExport:
     """Encode and save a planned SEG (pure highdicom / pydicom: may run in a forked process)."""
     seg = with_utf8(hd.seg.Segmentation, **plan.arguments)
+    drop_empty_copied_sequences(seg, plan.arguments["source_images"][0])
     descriptions, kept = plan.arguments["segment_descriptions"], plan.kept
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
