@@ -18,6 +18,7 @@ from typing import TextIO
 from aiportal import __version__
 from aiportal.errors import AIPortalError, CancelledError
 from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
+from aiportal.weights.cli import add_doctor_command, add_models_commands
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -134,43 +135,6 @@ def _model_params(args: argparse.Namespace) -> dict:
         except ValueError:
             params[key] = value
     return params
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from aiportal.models.catalog import get_catalog
-    from aiportal.models.envs import ENVIRONMENTS, environment_status, setup_environment
-
-    if args.models_command == "setup":
-        python = setup_environment(args.environment, progress=TerminalProgress())
-        print(f"environment {args.environment} ready: {python}")
-        return 0
-    if args.models_command in ("import-weights", "totalseg-license"):
-        from aiportal.models.backends import totalsegmentator
-
-        if args.models_command == "totalseg-license":
-            print(f"licence key stored in {totalsegmentator.set_license(args.key, args.home)}")
-        else:
-            for folder in totalsegmentator.import_weights(args.source, args.home):
-                print(f"imported {folder}")
-        return 0
-    catalog = get_catalog()
-    environments = {name: environment_status(name) for name in ENVIRONMENTS}
-    if args.json:
-        print(json.dumps({"models": [asdict(model) for model in catalog.models], "environments": environments,
-                          "folder_models": catalog.sources}, indent=2))
-        return 0
-    width = max(len(model.id) for model in catalog.models) + 1
-    for model in catalog.models:
-        prompts = f"; prompts: {', '.join(model.prompts)}" if model.prompts else ""
-        print(f"{model.id:<{width}} {model.modality:<4} {model.family:<9} {model.title}{prompts}")
-    print("\nenvironments (models run in a child process with this Python):")
-    for name, status in environments.items():
-        users = ", ".join(sorted({m.id.split("-")[0] for m in catalog.models if m.environment == name}))
-        print(f"  {name:<11} {status}   [{users or '-'}]")
-    print("\nmodels from a folder (--model PREFIX:FOLDER):")
-    for prefix, description in catalog.sources.items():
-        print(f"  {prefix + ':FOLDER':<14} {description}")
-    return 0
 
 
 def _geometry(args: argparse.Namespace) -> str:
@@ -495,21 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="list models and compute devices")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(handler=cmd_info)
-    models = commands.add_parser("models", help="list models and their environments; set an environment up")
-    models.add_argument("--json", action="store_true")
-    models_commands = models.add_subparsers(dest="models_command")
-    models_commands.add_parser("list", help="list models (the default)").add_argument("--json", action="store_true")
-    setup = models_commands.add_parser("setup", help="create a model environment (its own venv)")
-    setup.add_argument("environment", help="environment name (see `aiportal models`)")
-    weights = models_commands.add_parser("import-weights",
-                                         help="import TotalSegmentator weights downloaded on another machine")
-    weights.add_argument("source", type=Path, help="a weights zip or an extracted dataset folder")
-    weights.add_argument("--home", type=Path, help="TotalSegmentator home (default: AIPORTAL_TOTALSEG_HOME, "
-                                                   "TOTALSEG_HOME_DIR or ~/.totalsegmentator)")
-    license_ = models_commands.add_parser("totalseg-license", help="store a TotalSegmentator licence key")
-    license_.add_argument("key")
-    license_.add_argument("--home", type=Path)
-    models.set_defaults(handler=cmd_models)
+    add_models_commands(commands)  # `aiportal models ...`: list, setup, install, pack, import, verify weights
+    add_doctor_command(commands)  # `aiportal doctor`
 
     segment = commands.add_parser("segment", help="segment a CT/MR volume")
     segment.add_argument("input", type=Path, nargs="?",
