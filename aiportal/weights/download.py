@@ -120,7 +120,7 @@ def download(url: str, target: Path, *, transfer: Transfer = DEFAULT_TRANSFER, e
             attempts += 1
             if attempts > transfer.retries or (post_json is not None and attempts > 1):
                 slow = isinstance(reason, TimeoutError) or "timed out" in str(reason)
-                what = (f"{_host(url)} sent nothing for {transfer.seconds():.0f} s" if slow
+                what = (f"{_host(url)} sent nothing for {transfer.seconds():g} s" if slow
                         else f"the transfer from {_host(url)} broke off ({type(reason).__name__}: {reason})")
                 raise ModelError(f"Downloading {target.name}: {what}, after {_human(have)}",
                                  "check the network or proxy (HTTPS_PROXY) and run the same command again: "
