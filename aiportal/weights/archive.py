@@ -54,8 +54,8 @@ def safe_name(archive: Path, name: str) -> str:
 
 def _zip_members(archive: Path, zip_file: zipfile.ZipFile) -> Iterator[Member]:
     for info in zip_file.infolist():
-        mode = info.external_attr >> 16
-        if mode and (stat.S_ISLNK(mode) or not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))):
+        kind = stat.S_IFMT(info.external_attr >> 16)  # 0 when the zip tool stored no file type (Windows)
+        if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
             raise _refuse(archive, info.filename, "is a link or a special file")
         if info.file_size > RATIO_FLOOR and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise _refuse(archive, info.filename, f"expands {info.file_size // max(info.compress_size, 1)}x "

@@ -115,8 +115,8 @@ def import_bundle(bundle: Path, *, models: list[str] | None = None, progress: Pr
         raise InputError(f"{bundle} is not a bundle file", "give the .tar written by `aiportal models pack`")
     results = []
     with tarfile.open(bundle) as tar:
+        checked = {m.name: m for m in archive.members(bundle, tar, max_total=1 << 40)}  # hostile members first
         manifest = read_manifest(bundle, tar)
-        checked = {m.name: m for m in archive.members(bundle, tar, max_total=1 << 40)}
         wanted = models or list(manifest)
         unknown = [m for m in wanted if m not in manifest]
         if unknown:

@@ -100,6 +100,8 @@ def cmd_models_install(args: argparse.Namespace) -> int:
         result = install(weights, transfer=_transfer(args), progress=_progress(), force=args.force,
                          totalseg_home=args.home)
         print(f"{weights.model_id}: installed into {', '.join(map(str, result.folders))}")
+        for name in result.use_as:
+            print(f"  segment with it: aiportal segment IMAGE --model {name}")
         if result.warning:
             print(f"aiportal: warning: {weights.model_id}: {result.warning}", file=sys.stderr)
     return 0
@@ -122,6 +124,8 @@ def cmd_models_import(args: argparse.Namespace) -> int:
                                 totalseg_home=args.home):
         where = "already installed" if result.already else f"installed into {', '.join(map(str, result.folders))}"
         print(f"{result.model_id}: {where} (sha256 checked against the bundle)")
+        for name in result.use_as:
+            print(f"  segment with it: aiportal segment IMAGE --model {name}")
     return 0
 
 

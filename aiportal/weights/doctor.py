@@ -187,11 +187,15 @@ def _services() -> list[Finding]:
 
 
 def _server(url: str) -> Finding:
+    import urllib.error
     import urllib.request
 
     try:
-        with urllib.request.urlopen(url.rstrip("/") + "/health", timeout=5) as response:
+        with urllib.request.urlopen(url.rstrip("/") + "/v1/health", timeout=5) as response:
             return Finding("server", True, f"{url} answers ({response.status})")
+    except urllib.error.HTTPError as error:  # 401/403: it answers, and wants a key (which the panels hold)
+        return Finding("server", error.code in (401, 403), f"{url} answers {error.code}",
+                       "check the server address: it is not an aiportal server")
     except Exception as error:
         return Finding("server", False, f"{url} does not answer ({type(error).__name__})",
                        "start it with `aiportal serve` or correct AIPORTAL_SERVER_URL")

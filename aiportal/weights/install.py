@@ -34,6 +34,7 @@ class InstallResult:
     receipt: Path
     unverified: list[str] = field(default_factory=list)  # artifacts without a published sha256 to check
     already: bool = False
+    use_as: list[str] = field(default_factory=list)  # `--model` values of folder models it installed
 
     @property
     def warning(self) -> str | None:
@@ -139,6 +140,17 @@ def _hash_tree(folders: list[Path]) -> dict[str, dict]:
             for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
+def folder_models(weights: ModelWeights, folder: Path) -> list[str]:
+    """``nnunet:PATH`` / ``monai:PATH`` for the nnU-Net results folders and MONAI bundles under ``folder``."""
+    layouts = {a.layout for a in weights.artifacts}
+    found = []
+    if "nnunet-zip" in layouts:
+        found += sorted({f"nnunet:{p.parent.parent}" for p in folder.rglob("fold_*/checkpoint_final.pth")})
+    if "monai-bundle-zip" in layouts:
+        found += sorted(f"monai:{p.parent.parent}" for p in folder.rglob("configs/metadata.json"))
+    return found
+
+
 def is_installed(weights: ModelWeights) -> bool:
     receipt = store.read_receipt(weights.model_id)
     return bool(receipt and receipt.get("version") == weights.version
@@ -218,7 +230,8 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
         if local_files is None and not keep_archives:
             shutil.rmtree(downloads, ignore_errors=True)
         progress(1.0, f"{weights.model_id} installed")
-        return InstallResult(weights.model_id, placed, path, unverified)
+        use_as = [name for folder in placed for name in folder_models(weights, folder)]
+        return InstallResult(weights.model_id, placed, path, unverified, use_as=use_as)
 
 
 def pinned(weights: ModelWeights) -> ModelWeights:
