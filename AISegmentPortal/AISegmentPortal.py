@@ -36,6 +36,7 @@ from aiportal.prompts import box_from_roi_node
 from aiportal.remote import RemoteSegmentationJob
 from aiportal.segment import DEVICES, SegmentationJob, show_segmentation_3d
 from aiportal.segmentation import describe_segments
+from aiportal.weights.offer import install_function, weights_offer
 
 if TYPE_CHECKING:
     from aiportal.segment import SegmentationResult
@@ -188,6 +189,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._poller = None
         self._exportFollower = None
         self._connectionFollower = None
+        self._weightsFollower = None
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -220,6 +222,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
+        self.ui.installWeightsButton.connect("clicked(bool)", self.onInstallWeights)
         # the API key stays in this session's memory (or the environment), never in the scene file
         self.ui.serverKeyLineEdit.text = os.environ.get("AIPORTAL_SERVER_API_KEY", "")
 
@@ -228,7 +231,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        for follower in (self._poller, self._exportFollower, self._connectionFollower):
+        for follower in (self._poller, self._exportFollower, self._connectionFollower, self._weightsFollower):
             if follower is not None:
                 follower.cancel()
         self.removeObservers()
@@ -337,6 +340,35 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelId = modelId
         takesBox = bool(modelId) and "box" in get_catalog().get(modelId).prompts
         self.ui.promptROILabel.visible = self.ui.promptROISelector.visible = takesBox
+        self._updateInstallButton(modelId)
+
+    def _updateInstallButton(self, modelId: str | None) -> None:
+        """Offered for models whose weights aiportal can download (aiportal.weights); greyed once installed."""
+        offer = weights_offer(modelId) if modelId else None
+        button = self.ui.installWeightsButton
+        button.visible = bool(offer and offer.installable)
+        installing = self._weightsFollower is not None and self._weightsFollower.running
+        button.enabled = bool(offer and not offer.installed and not installing)
+        button.text = _("Weights installed") if offer and offer.installed else _("Install weights")
+        button.toolTip = offer.tooltip if offer else ""
+
+    def onInstallWeights(self) -> None:
+        """Ask once (licence, size, source), then download, check and install in the background."""
+        modelId = self.ui.modelComboBox.itemData(self.ui.modelComboBox.currentIndex)
+        offer = weights_offer(modelId)
+        if not offer.installable or not slicer.util.confirmYesNoDisplay(offer.question):
+            return
+        self.ui.installWeightsButton.enabled = False
+        self._weightsFollower = followJob(FunctionJob(install_function(modelId), _("installing weights")),
+                                          self._onJobProgress, self._onWeightsInstalled)
+
+    def _onWeightsInstalled(self, summary: str | None, error: str | None) -> None:
+        self._updateInstallButton(self._parameterNode.modelId if self._parameterNode else None)
+        if error is not None:
+            self.ui.statusLabel.text = _("Weights not installed.")
+            slicer.util.errorDisplay(_("Installing the weights failed.") + "\n\n" + error)
+        else:
+            self.ui.statusLabel.text = summary or _("Cancelled: nothing was installed.")
 
     def onApplyButton(self) -> None:
         """Run processing when user clicks "Apply" button, or cancel the running one."""

@@ -233,3 +233,26 @@ def test_cli_asks_for_consent_and_installs_with_yes(release_zip, homes):
         verified = subprocess.run([sys.executable, "-m", "aiportal.cli", "models", "verify", MODEL],
                                   capture_output=True, text=True, env=env)
         assert verified.returncode == 0 and verified.stdout.startswith(f"ok      {MODEL}: ")
+
+
+def test_the_desktop_install_button_offer_and_job(release_zip, homes, monkeypatch):
+    from aiportal.weights.offer import install_function, weights_offer
+
+    assert not weights_offer("classic-ct").installable  # a classical method: no button
+    assert "models setup torch" in weights_offer("deepbet").tooltip  # weights inside its package
+    offer = weights_offer(MODEL)
+    assert offer.installable and not offer.installed
+    assert "Licence: Apache-2.0" in offer.question and "releases/download/v2.0.0-weights" in offer.question
+    body, _ = release_zip
+    with FileServer({"/w.zip": body}) as server:
+        manifest = homes / "manifest.json"
+        manifest.write_text(json.dumps({MODEL: {"version": "test-1", "license": "Apache-2.0", "artifacts": [
+            {"name": "w.zip", "url": server.url("/w.zip"), "layout": "totalseg-zip"}]}}))
+        monkeypatch.setenv("AIPORTAL_WEIGHTS_MANIFEST", str(manifest))
+        stages = []
+        summary = install_function(MODEL)(lambda f, s: stages.append(s), CancelToken())
+    # no published sha256 in this manifest: installed, but said loudly
+    assert summary.startswith(f"{MODEL}: weights installed — UNVERIFIED: no published sha256 for w.zip")
+    assert weights_offer(MODEL).installed
+    (check,) = verify([MODEL], embedded=False)
+    assert check.ok and "first download had no published sha256: w.zip" in check.detail

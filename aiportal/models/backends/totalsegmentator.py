@@ -271,7 +271,10 @@ def check_weights(task: str, mode: str = "default", roi_subset: list[str] | None
         if missing is None:
             continue
         download = _download_task_name(model.dataset_id, task) or task
-        how = (f"on a machine with internet run `TOTALSEG_HOME_DIR=<folder> totalseg_download_weights -t {download}`"
+        model_id = f"totalseg-{task}" + ("" if mode == "default" else f"-{mode}")
+        how = (f"run `{cli_command(f'models install {model_id}')}` (downloads and checks them; without internet "
+               f"here: `models pack {model_id} --out FILE` on a connected machine, then `models import FILE`); or "
+               f"on a machine with internet run `TOTALSEG_HOME_DIR=<folder> totalseg_download_weights -t {download}`"
                + (f" (or download {RELEASES_URL}/{model.release}/{model.folder_name}.zip)" if model.release else
                   f" after `totalseg_set_license -l <key>` (licence: {LICENSE_URL})")
                + f", copy <folder>/nnunet/results/{model.folder_name} (or the zip) here and run "
