@@ -256,3 +256,21 @@ def test_the_desktop_install_button_offer_and_job(release_zip, homes, monkeypatc
     assert weights_offer(MODEL).installed
     (check,) = verify([MODEL], embedded=False)
     assert check.ok and "first download had no published sha256: w.zip" in check.detail
+
+
+def test_licensed_task_downloads_with_the_stored_key(release_zip, homes):
+    body, _ = release_zip
+    with FileServer({"/download_weights": body}) as server:
+        weights = ModelWeights("totalseg-tissue_types", "test", "TotalSegmentator licence", (
+            Artifact("Dataset481_tissue_1559subj.zip", server.url("/download_weights"), "totalseg-zip",
+                     licensed_task="tissue_types"),), licensed=True)
+        with pytest.raises(ModelError, match="licensed and no licence key is stored.*totalseg-license"):
+            install(weights)
+        totalsegmentator.set_license("aca_WRONGKEY12345X")
+        with pytest.raises(ModelError, match="answered 403 .*access refused.*licence key"):
+            install(weights)
+        totalsegmentator.set_license(server.license_key)
+        result = install(weights)
+        request = server.behaviour.requests[-1]["json"]
+    assert request["license_number"] == server.license_key and request["task"] == "tissue_types"
+    assert result.folders and result.warning.startswith("UNVERIFIED")

@@ -13,6 +13,7 @@ import datetime
 import hashlib
 import http.client
 import ipaddress
+import json
 import select
 import socket
 import ssl
@@ -80,6 +81,19 @@ class FileServer:
                     return
                 self.wfile.write(payload)
 
+            def do_POST(self):  # noqa: N802 (TotalSegmentator's licence server: JSON with the key -> the zip)
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.behaviour.requests.append({"path": self.path, "json": request})
+                body = server.files.get(self.path)
+                if body is None or request.get("license_number") != server.license_key:
+                    self.send_error(403)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.license_key = "aca_TESTKEY123456X"
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.scheme = "http"
         if tls is not None:
