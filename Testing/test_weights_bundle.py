@@ -176,6 +176,15 @@ def test_tampered_or_padded_bundles_are_refused(published, home, tmp_path):
         import_bundle(bundle, models=["other-model"])
     assert not any((tmp_path / "isolated").rglob("*.pth"))
 
+    # `aiportal serve --weights-bundle FILE` installs the good one before serving
+    from aiportal.cli import build_parser
+    from aiportal.weights.cli import import_for_server
+
+    assert build_parser().parse_args(["serve", "--weights-bundle", str(bundle)]).weights_bundle == bundle
+    server_home = home("server")
+    assert import_for_server(bundle) == ["tiny-nnunet"]
+    assert any((server_home / "weights" / "tiny-nnunet").rglob("checkpoint_final.pth"))
+
 
 def hostile_zip(path: Path, name: str, data: bytes = b"x", mode: int | None = None, bomb: bool = False) -> Path:
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zip_file:

@@ -38,6 +38,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise AIPortalError("--tls-cert and --tls-key go together", "give both, or neither (TLS at a reverse proxy)")
     settings = _settings(args)
+    if args.weights_bundle:  # checked and installed before any worker starts; workers share the weights folder
+        from aiportal.weights.cli import import_for_server
+
+        import_for_server(args.weights_bundle)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     scheme = "https" if args.tls_cert else "http"
@@ -108,6 +112,8 @@ def add_serve_command(subparsers) -> None:
     serve.add_argument("--oidc-role-claim", help="claim holding the roles, e.g. realm_access.roles")
     serve.add_argument("--tls-cert", help="PEM certificate: serve HTTPS directly")
     serve.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    serve.add_argument("--weights-bundle", type=Path, help="import this weights bundle (`aiportal models pack`) "
+                                                          "before serving; Celery workers read the same weights folder")
     serve.set_defaults(handler=cmd_serve)
 
     key = subparsers.add_parser("server-key", help="create, list or revoke the server's API keys")

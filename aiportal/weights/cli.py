@@ -129,6 +129,17 @@ def cmd_models_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def import_for_server(bundle: Path) -> list[str]:
+    """``aiportal serve --weights-bundle FILE``: install the bundle's models (checked) before the server starts."""
+    from aiportal.weights.bundle import import_bundle
+    from aiportal.weights.store import weights_dir
+
+    models = [result.model_id for result in import_bundle(bundle)]
+    print(f"weights bundle {bundle.name}: {', '.join(models)} ready in {weights_dir()} (workers on other hosts need "
+          "this folder and TOTALSEG_HOME_DIR shared, or the same bundle imported there)", file=sys.stderr, flush=True)
+    return models
+
+
 def cmd_models_verify(args: argparse.Namespace) -> int:
     from aiportal.weights.verify import verify
 
