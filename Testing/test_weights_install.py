@@ -230,6 +230,10 @@ def test_cli_asks_for_consent_and_installs_with_yes(release_zip, homes):
         assert "installed into" in done.stdout
         again = subprocess.run([*command, "--yes"], capture_output=True, text=True, env=env)
         assert "already installed" in again.stdout and len(server.behaviour.requests) == 1
+        by_hand = subprocess.run([*command, "--yes"], capture_output=True, text=True,  # no receipt in this folder
+                                 env={**env, "AIPORTAL_WEIGHTS_DIR": str(homes / "other")})
+        assert "weights already on disk (not installed by aiportal: add --force" in by_hand.stdout
+        assert len(server.behaviour.requests) == 1
         verified = subprocess.run([sys.executable, "-m", "aiportal.cli", "models", "verify", MODEL],
                                   capture_output=True, text=True, env=env)
         assert verified.returncode == 0 and verified.stdout.startswith(f"ok      {MODEL}: ")

@@ -80,12 +80,20 @@ def _ask(question: str, yes: bool) -> bool:
 def cmd_models_install(args: argparse.Namespace) -> int:
     from aiportal.weights.install import install, is_installed
     from aiportal.weights.manifest import manifest_for
+    from aiportal.weights.offer import weights_present
 
     plans = [manifest_for(model_id, args.manifest) for model_id in args.models]
-    todo = [w for w in plans if args.force or not is_installed(w)]
+    todo = []
     for weights in plans:
-        if weights not in todo:
+        if args.force:
+            todo.append(weights)
+        elif is_installed(weights):
             print(f"{weights.model_id}: already installed ({weights.version})")
+        elif weights_present(weights.model_id):  # e.g. imported by hand: no receipt, so `verify` cannot check it
+            print(f"{weights.model_id}: weights already on disk (not installed by aiportal: add --force to install "
+                  "them again with a receipt that `models verify` checks)")
+        else:
+            todo.append(weights)
     if not todo:
         return 0
     for weights in todo:

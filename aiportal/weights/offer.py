@@ -22,7 +22,7 @@ class WeightsOffer:
     tooltip: str = ""
 
 
-def _present(model_id: str) -> bool:
+def weights_present(model_id: str) -> bool:
     """The weights are on disk (installed by us, imported by hand, or fetched by TotalSegmentator itself)."""
     from aiportal.weights.install import is_installed
     from aiportal.weights.manifest import manifest_for
@@ -36,7 +36,10 @@ def _present(model_id: str) -> bool:
             return True
         except AIPortalError:
             return False
-    return is_installed(manifest_for(model_id))
+    try:
+        return is_installed(manifest_for(model_id))
+    except AIPortalError:  # a model only a manifest file names
+        return False
 
 
 def weights_offer(model_id: str) -> WeightsOffer:
@@ -46,7 +49,7 @@ def weights_offer(model_id: str) -> WeightsOffer:
         weights = manifest_for(model_id)
     except AIPortalError as error:  # no download: classical, embedded in a package, or a folder model
         return WeightsOffer(model_id, False, False, tooltip=error.fix or str(error))
-    installed = _present(model_id)
+    installed = weights_present(model_id)
     size = f"{weights.size / 1e6:.0f} MB" if weights.size else "size shown while downloading"
     sources = "\n".join(artifact.url for artifact in weights.artifacts)
     question = (f"Download the weights of {model_id} ({weights.version}, {size})?\n\n"
