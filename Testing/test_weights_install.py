@@ -103,6 +103,7 @@ def test_interrupted_install_resumes_then_totalsegmentator_runs(release_zip, hom
     receipt = json.loads(result.receipt.read_text())
     assert receipt["artifacts"][0]["sha256"] == hashlib.sha256(body).hexdigest()
     assert receipt["artifacts"][0]["checked_against"] == "manifest"
+    assert set(receipt["files"]) == {str(p) for p in result.folders[0].rglob("*") if p.is_file()}
     for file, recorded in receipt["files"].items():
         assert hashlib.sha256(Path(file).read_bytes()).hexdigest() == recorded["sha256"]
     no_leftovers(homes)

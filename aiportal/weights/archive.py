@@ -8,6 +8,7 @@ actually written are counted too, because a header can lie about the size.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import stat
 import tarfile
@@ -98,22 +99,26 @@ def open_archive(path: Path) -> zipfile.ZipFile | tarfile.TarFile:
     raise InputError(f"{path} is neither a zip nor a tar archive", "give the downloaded archive itself")
 
 
-def copy_member(archive: Path, member: Member, target: Path) -> None:
-    """Write one member, refusing it when it holds more bytes than it declared."""
+def copy_member(archive: Path, member: Member, target: Path) -> str:
+    """Write one member and return its sha256, refusing it when it holds more bytes than it declared."""
     target.parent.mkdir(parents=True, exist_ok=True)
     written = 0
+    digest = hashlib.sha256()
     with member.open() as reader, open(target, "wb") as writer:
         while chunk := reader.read(1 << 20):
             written += len(chunk)
             if written > member.size:
                 raise _refuse(archive, member.name, "holds more bytes than its header says")
             writer.write(chunk)
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def extract(archive: Path, folder: Path, max_total: int = DEFAULT_MAX_TOTAL,
-            keep: Callable[[str], str | None] = lambda name: name) -> list[Path]:
-    """Unpack every checked member into ``folder``; ``keep`` maps a member name to its path there (None: skip)."""
-    written: list[Path] = []
+            keep: Callable[[str], str | None] = lambda name: name) -> dict[Path, str]:
+    """Unpack every checked member into ``folder``; ``keep`` maps a member name to its path there (None: skip).
+    Returns the sha256 of every file written, hashed on the way (no second read)."""
+    written: dict[Path, str] = {}
     with open_archive(archive) as opened:
         checked = members(archive, opened, max_total)
         for member in checked:
@@ -124,8 +129,7 @@ def extract(archive: Path, folder: Path, max_total: int = DEFAULT_MAX_TOTAL,
             if member.is_dir:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            copy_member(archive, member, target)
-            written.append(target)
+            written[target] = copy_member(archive, member, target)
     return written
 
 

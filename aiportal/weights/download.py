@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import ssl
@@ -99,14 +100,14 @@ DEFAULT_TRANSFER = Transfer()
 
 def download(url: str, target: Path, *, transfer: Transfer = DEFAULT_TRANSFER, expected_size: int | None = None,
              post_json: dict | None = None, progress: ProgressCallback = no_progress,
-             cancel: CancelToken | None = None) -> Path:
-    """Download ``url`` into ``target`` (resuming ``target.part``); returns ``target``."""
+             cancel: CancelToken | None = None) -> tuple[Path, str]:
+    """Download ``url`` into ``target`` (resuming ``target.part``); returns ``target`` and its sha256."""
     part = target.with_name(target.name + ".part")
     meta_path = target.with_name(target.name + ".part.json")
     attempts = 0
     while True:
         try:
-            _attempt(url, part, meta_path, transfer, expected_size, post_json, progress, cancel)
+            digest = _attempt(url, part, meta_path, transfer, expected_size, post_json, progress, cancel)
             break
         except (TimeoutError, ConnectionError, HTTPException, urllib.error.URLError) as error:
             if isinstance(error, urllib.error.HTTPError):
@@ -129,15 +130,16 @@ def download(url: str, target: Path, *, transfer: Transfer = DEFAULT_TRANSFER, e
             time.sleep(min(0.2 * attempts, 1.0))
     part.replace(target)
     meta_path.unlink(missing_ok=True)
-    return target
+    return target, digest.hexdigest()
 
 
 def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected_size: int | None,
-             post_json: dict | None, progress: ProgressCallback, cancel: CancelToken | None) -> None:
+             post_json: dict | None, progress: ProgressCallback, cancel: CancelToken | None) -> hashlib._Hash:
+    """One request; the sha256 is computed while writing (of the kept part first, when resuming)."""
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     have = part.stat().st_size if part.exists() and meta.get("url") == url and post_json is None else 0
     if expected_size is not None and have == expected_size:
-        return
+        return _hash_file(part)
     headers = {"User-Agent": USER_AGENT}
     data = None
     if post_json is not None:  # a licensed download (TotalSegmentator's server): no resume
@@ -151,7 +153,7 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
         response = _opener(transfer).open(request, timeout=transfer.seconds())
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # asked past the end: the part is the whole file (the hash decides)
-            return
+            return _hash_file(part)
         raise
     with response:
         if response.status != 206:
@@ -161,10 +163,12 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else expected_size
         started, start_bytes = time.monotonic(), have
+        digest = _hash_file(part) if have else hashlib.sha256()
         with open(part, "ab" if have else "wb") as writer:
             done = have
             while chunk := response.read(CHUNK):
                 writer.write(chunk)
+                digest.update(chunk)
                 done += len(chunk)
                 if expected_size is not None and done > expected_size:
                     raise ModelError(f"{url} sent more than the {expected_size} bytes the manifest lists",
@@ -175,3 +179,12 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
                     cancel.check("the download")
         if total is not None and done < total:
             raise ConnectionError(f"got {done} of {total} bytes")
+    return digest
+
+
+def _hash_file(path: Path) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    with open(path, "rb") as reader:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+    return digest

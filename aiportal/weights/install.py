@@ -60,10 +60,11 @@ def _licence_key(home: str | Path | None) -> str:
     return key
 
 
-def check_file(path: Path, artifact: Artifact, origin: str) -> str:
-    """The file's sha256; deletes the file and raises when size or sha256 differ from the manifest."""
+def check_file(path: Path, artifact: Artifact, origin: str, digest: str | None = None) -> str:
+    """The file's sha256 (``digest`` when already known); deletes the file and raises when size or sha256
+    differ from the manifest."""
     size = path.stat().st_size
-    digest = store.file_sha256(path)
+    digest = digest or store.file_sha256(path)
     problem = None
     if artifact.size is not None and size != artifact.size:
         problem = f"has {size} bytes, the manifest lists {artifact.size}"
@@ -88,10 +89,11 @@ def fetch_artifact(weights: ModelWeights, artifact: Artifact, folder: Path, *, t
 
         post = {"license_number": _licence_key(totalseg_home), "task": artifact.licensed_task,
                 "version": _version()}
-    if not target.is_file():
-        download(artifact.url, target, transfer=transfer, expected_size=artifact.size, post_json=post,
-                 progress=progress, cancel=cancel)
-    return target, check_file(target, artifact, artifact.url)
+    digest = None
+    if not target.is_file():  # else: downloaded whole by an earlier run that stopped before installing
+        target, digest = download(artifact.url, target, transfer=transfer, expected_size=artifact.size,
+                                  post_json=post, progress=progress, cancel=cancel)
+    return target, check_file(target, artifact, artifact.url, digest)
 
 
 def _dataset_relative(name: str) -> str | None:
@@ -103,12 +105,13 @@ def _dataset_relative(name: str) -> str | None:
     return None
 
 
-def _unpack(artifact: Artifact, path: Path, staging: Path) -> None:
+def _unpack(artifact: Artifact, path: Path, staging: Path, digest: str) -> dict[str, str]:
+    """Unpack into ``staging``; returns the sha256 of each file by its path relative to ``staging``."""
     if artifact.layout == "file":
         shutil.copy2(path, staging / artifact.name)
-        return
+        return {artifact.name: digest}
     keep = _dataset_relative if artifact.layout == "totalseg-zip" else (lambda name: name)
-    archive.extract(path, staging, keep=keep)
+    written = archive.extract(path, staging, keep=keep)
     if artifact.layout == "totalseg-zip":
         datasets = [p for p in staging.iterdir() if p.is_dir() and _DATASET_FOLDER.match(p.name)]
         if not datasets or not all(any(d.glob("*__*__*/fold_*/checkpoint_final.pth")) for d in datasets):
@@ -121,6 +124,7 @@ def _unpack(artifact: Artifact, path: Path, staging: Path) -> None:
     elif artifact.layout == "monai-bundle-zip" and not any(staging.rglob("configs/metadata.json")):
         raise InputError(f"{artifact.name} holds no MONAI bundle (configs/metadata.json)",
                          "give a bundle zip as `monai.bundle download` fetches it")
+    return {file.relative_to(staging).as_posix(): sha for file, sha in written.items()}
 
 
 def _swap_in(staged: Path, target: Path) -> None:
@@ -133,11 +137,6 @@ def _swap_in(staged: Path, target: Path) -> None:
     staged.rename(target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def _hash_tree(folders: list[Path]) -> dict[str, dict]:
-    return {str(path): {"sha256": store.file_sha256(path), "size": path.stat().st_size}
-            for folder in folders for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def folder_models(weights: ModelWeights, folder: Path) -> list[str]:
@@ -188,7 +187,8 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
                                               cancel=cancel, totalseg_home=totalseg_home)
                 fetched.append((artifact, path, digest))
         placed: list[Path] = []
-        for artifact, path, _ in fetched:
+        files: dict[str, dict] = {}  # installed file -> sha256 and size, for the receipt
+        for artifact, path, archive_digest in fetched:
             destination = ts_folder if artifact.layout == "totalseg-zip" else root / weights.model_id
             store.check_free_disk(destination.parent, int(path.stat().st_size * 1.2) + MARGIN,
                                   f"unpacking {artifact.name}")
@@ -198,7 +198,9 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
             staging_parent = destination if artifact.layout == "totalseg-zip" else destination.parent
             with tempfile.TemporaryDirectory(dir=staging_parent, prefix=".staging-") as staging_name:
                 staging = Path(staging_name)
-                _unpack(artifact, path, staging)
+                # staging/X ends up as destination/X for every layout (datasets, or the model folder's content)
+                for relative, sha in _unpack(artifact, path, staging, archive_digest).items():
+                    files[str(destination / relative)] = {"sha256": sha, "size": (staging / relative).stat().st_size}
                 if artifact.layout == "totalseg-zip":
                     for dataset in sorted(p for p in staging.iterdir() if p.is_dir()):
                         _swap_in(dataset, destination / dataset.name)
@@ -214,7 +216,6 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
                     else:
                         _swap_in(model_folder, destination)
                         placed.append(destination)
-        progress(0.97, "recording sha256 of the installed files")
         unverified = [artifact.name for artifact in weights.artifacts if not artifact.sha256]
         receipt = {
             "model_id": weights.model_id, "version": weights.version, "license": weights.license,
@@ -224,7 +225,7 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
                            "sha256": digest, "size": path.stat().st_size,
                            "checked_against": "manifest" if artifact.sha256 else "none (first download)"}
                           for artifact, path, digest in fetched],
-            "folders": [str(p) for p in placed], "files": _hash_tree(placed),
+            "folders": [str(p) for p in placed], "files": dict(sorted(files.items())),
         }
         path = store.write_receipt(receipt)
         if local_files is None and not keep_archives:
