@@ -240,3 +240,13 @@ def test_size_cap_and_lying_headers(tmp_path):
         longer = archive.Member(member.name, member.size, False, lambda: io.BytesIO(b"abcdef"))
         with pytest.raises(InputError, match="holds more bytes than its header says"):
             archive.copy_member(liar, longer, tmp_path / "out" / "a.bin")
+
+
+def test_import_weights_refuses_hostile_zips_too(tmp_path):
+    bomb = hostile_zip(tmp_path / "bomb.zip", "Dataset297_x/zeros.bin", bomb=True)
+    with pytest.raises(InputError, match="zip bomb"):
+        totalsegmentator.import_weights(bomb, tmp_path / "home")
+    link = hostile_zip(tmp_path / "link.zip", "Dataset297_x/link", b"/etc/passwd", mode=0o120777)
+    with pytest.raises(InputError, match="link or a special file"):
+        totalsegmentator.import_weights(link, tmp_path / "home")
+    assert not any((tmp_path / "home").rglob("Dataset297_x"))

@@ -325,7 +325,10 @@ def import_weights(source: str | Path, home: str | Path | None = None) -> list[P
         staging = Path(staging_name)
         if source.is_file() and zipfile.is_zipfile(source):
             with zipfile.ZipFile(source) as archive:
+                from aiportal.weights.archive import members as checked_members
+
                 members = _safe_members(archive, source)
+                checked_members(source, archive)  # links, zip bombs, size caps: refused before a byte is written
                 for info, relative in members:
                     target = staging / relative
                     target.parent.mkdir(parents=True, exist_ok=True)
