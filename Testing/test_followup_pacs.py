@@ -148,6 +148,10 @@ def test_priors_found_registered_tracked_and_response(pacs, tmp_path, capsys):
     statuses = [[s.status if s else None for s in t.states] for t in result.tracks]
     assert statuses == [[BASELINE, PRESENT, PRESENT], [BASELINE, GONE, GONE], [None, None, NEW]]
     assert not result.notes, result.notes  # no registration warning
+    # each lesion keeps the Tracking UID its first SEG gave it (the SR made with that SEG carries it too)
+    first_seg = {date: [str(item.TrackingUID) for item in pydicom.dcmread(folder / "seg.dcm").SegmentSequence]
+                 for date, folder in pacs.folders.items()}
+    assert [t.tracking_uid for t in result.tracks] == [*first_seg["20240101"], first_seg["20240701"][1]]
     flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # the motions are in LPS, the registration maps RAS -> RAS
     for summary, date in zip(result.registrations[:2], ("20240101", "20240401"), strict=True):
         known = flip @ pacs.motions["20240701"] @ np.linalg.inv(pacs.motions[date]) @ flip

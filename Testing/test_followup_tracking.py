@@ -158,6 +158,26 @@ def expected_volume(volume, mask) -> float:
     return float(mask.sum()) * abs(np.linalg.det(ijk_to_ras_matrix(volume)[:3, :3])) / 1000.0
 
 
+def test_organ_volumes_followed_not_tracked(ct, shared_data):
+    runtime, loaded = ct
+    volume = loaded.node
+    shape = array_from_volume(volume).shape
+    lesion = place(shape, real_lesion(shared_data, "brain1"), (4, 150, 120))
+    points, organs = [], []
+    for n, rows in enumerate((100, 90, 120)):  # an organ box shrinking then growing by known voxel counts
+        organ = np.zeros(shape, bool)
+        organ[2:12, 300:300 + rows, 300:400] = True
+        organs.append(organ)
+        node = _segmentation(runtime, lesion.astype(np.uint8) + 2 * organ.astype(np.uint8), volume)
+        liver = next(s for s in segment_ids(node) if node.GetSegmentation().GetSegment(s).GetLabelValue() == 2)
+        node.GetSegmentation().GetSegment(liver).SetName("liver")
+        points.append(TimePoint(f"T{n}", volume, node))
+    result = track_lesions(points, register=False, organs=("liver",))
+    assert len(result.tracks) == 1
+    assert result.organ_volumes_ml["liver"] == pytest.approx([expected_volume(volume, o) for o in organs])
+    assert result.responses[1].response is Response.SD
+
+
 def _groups(sr):
     for item in sr.ContentSequence:
         if item.ConceptNameCodeSequence[0].CodeValue == "126010":  # Imaging Measurements

@@ -16,6 +16,7 @@ import pydicom
 import slicer
 
 from aiportal.errors import InputError
+from aiportal.export.dicom_seg import TRACKING_UID_TAG
 from aiportal.export.dicom_source import export_source
 from aiportal.followup.tracking import TimePoint
 from aiportal.io.dicom_series import list_series
@@ -85,6 +86,8 @@ def _segmentation_from_seg(seg: hd.seg.Segmentation, uids: list[str], volume, ru
         (segment_id,) = set(segment_ids(node)) - before
         segment = segmentation.GetSegment(segment_id)
         segment.SetName(str(item.SegmentLabel))
+        if "TrackingUID" in item:  # the lesion keeps the identity its SEG and SR gave it
+            segment.SetTag(TRACKING_UID_TAG, str(item.TrackingUID))
         description = hd.seg.SegmentDescription.from_dataset(item)
         segment.SetTerminology(serialize(LabelSpec(
             number, str(item.SegmentLabel), _code(description.segmented_property_category),

@@ -44,6 +44,12 @@ def run_follow_up(current: Path, priors: list[Path], out: Path, *, runtime=None,
                                                                  or "none was given"),
                          "give at least one prior study folder with its SEG (--prior DIR)")
     points.sort(key=lambda point: point.label)  # labels are study dates (YYYYMMDD) when the headers have them
+    labels = [point.label for point in points]
+    for index, point in enumerate(points):  # two studies on one day: told apart by their order
+        if labels.count(point.label) > 1:
+            point.label = f"{point.label}-{labels[:index].count(point.label) + 1}"
+    if now.label in {point.label for point in points}:
+        now.label += "-current"
     seconds["load"] = time.monotonic() - started
     started = time.monotonic()
     result = track_lesions([*points, now], register=register, organs=organs, lymph_nodes=lymph_nodes)

@@ -32,9 +32,11 @@ from pydicom.uid import generate_uid
 from scipy.optimize import linear_sum_assignment
 
 from aiportal.errors import InputError
+from aiportal.export.dicom_seg import TRACKING_UID_TAG
 from aiportal.io.volumes import ijk_to_ras_matrix, nearest_on_grid
 from aiportal.measure.recist import RecistMeasurement, lesion_masks, measure_lesions
 from aiportal.measure.response import ResponseAssessment, classify_response
+from aiportal.provenance import read_tag
 from aiportal.segmentation import segment_ids, segment_mask, shape_kji
 
 MATCH_DISTANCE_MM = 20.0
@@ -108,6 +110,19 @@ class _Lesion:
     mask: np.ndarray  # on the current grid
     centroid: np.ndarray  # current RAS
     terminology: str
+    segment_tracking_uid: str = ""  # the SEG segment's Tracking UID, when the segmentation came from a SEG
+
+
+def _tracking_uid(lesion: _Lesion) -> str:
+    """The lesion's Tracking UID: its SEG segment's (one lesion in the segment), or derived from it as
+    :mod:`aiportal.export.dicom_sr` derives it for one of several lesions of a segment, so the follow-up
+    reports carry the UIDs the lesion's first SR carried; a new UID when the segment has none."""
+    uid, measurement = lesion.segment_tracking_uid, lesion.measurement
+    if not uid:
+        return generate_uid()
+    if measurement.lesions_in_segment > 1:
+        return generate_uid(entropy_srcs=["aiportal-lesion", uid, str(measurement.lesion_index)])
+    return uid
 
 
 def track_lesions(timepoints: Sequence[TimePoint], *, register: bool = True, organs: Sequence[str] = (),
@@ -179,7 +194,7 @@ def track_lesions(timepoints: Sequence[TimePoint], *, register: bool = True, org
 
 def _new_track(index: int, lesion: _Lesion, count: int, t: int, state: LesionState, parent: str = "") -> Track:
     tracking_id = f"Lesion {index + 1}"
-    uid = generate_uid()  # one per lesion; the SR of every time point carries it
+    uid = _tracking_uid(lesion)  # one per lesion; the SR of every time point carries it
     states: list[LesionState | None] = [None] * count
     states[t] = state
     return Track(tracking_id, uid, states, lesion.measurement.segment_name, parent, lesion.terminology)
@@ -278,7 +293,8 @@ def _lesions_of(point: TimePoint, registration, grid, organs: set[str], lymph: s
         for measurement in measured.measurements:
             own = masks[measurement.lesion_index - 1]
             lesions.append(_Lesion(measurement, own, _on_current(own, point.volume, registration, shape, current_ras),
-                                   _centroid(own, own_ras, registration), segment.GetTerminology()))
+                                   _centroid(own, own_ras, registration), segment.GetTerminology(),
+                                   read_tag(segment, TRACKING_UID_TAG) or ""))
     return lesions, skipped
 
 
