@@ -144,7 +144,8 @@ def test_priors_found_registered_tracked_and_response(pacs, tmp_path, capsys):
     assert cmd_followup(args) == 0
     result = args.followup_run.result
     assert result.labels == ["20240101", "20240401", "20240701"]
-    assert "No DICOM SEG" in next(iter(result.excluded.values()))  # the 2023 study has none: left out, said why
+    assert "20230601" in next(iter(result.excluded.values()))  # the 2023 study has no SEG: left out, said why
+    assert "has no DICOM SEG" in next(iter(result.excluded.values()))
     statuses = [[s.status if s else None for s in t.states] for t in result.tracks]
     assert statuses == [[BASELINE, PRESENT, PRESENT], [BASELINE, GONE, GONE], [None, None, NEW]]
     assert not result.notes, result.notes  # no registration warning
@@ -179,6 +180,7 @@ def test_priors_found_registered_tracked_and_response(pacs, tmp_path, capsys):
     assert row["volume_change_from_baseline_ml"] == pytest.approx(
         measured["20240701"][0].volume_ml - measured["20240101"][0].volume_ml, abs=1e-9)
     out = capsys.readouterr().out
+    print(out)  # the CLI's lines, with its timings (pytest -s shows them)
     assert "Progressive disease" in out and "left out" in out
     srs = sorted((tmp_path / "out").glob("sr_*.dcm"))
     assert len(srs) == 3 and all(dciodvfy_errors(path) == [] for path in srs)
@@ -198,3 +200,24 @@ def test_no_prior_unreachable_pacs_and_other_frame(pacs, tmp_path):
     # every prior lies on another frame of reference: without registration none can be followed
     with pytest.raises(AIPortalError, match="another frame of reference"):
         cmd_followup(_args(tmp_path / "c", study=pacs.uid["20240701"], no_register=True))
+
+
+def test_local_folders_through_the_cli(pacs, tmp_path):
+    """`aiportal followup --current DIR --prior DIR` in its own process, with a prior that has no SEG."""
+    import os
+    import subprocess
+
+    no_seg = pacs.root / "20230601"
+    command = [sys.executable, "-m", "aiportal.cli", "followup", "--current", str(pacs.folders["20240701"]),
+               "--prior", str(pacs.folders["20240401"]), "--prior", str(no_seg), "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 0, done.stderr
+    assert "20240401: sum" in done.stdout and "(baseline)" in done.stdout
+    assert f"left out {no_seg.name}: Study 20230601" in done.stdout and str(no_seg) not in done.stdout
+    document = json.loads((tmp_path / "out" / "followup.json").read_text())
+    assert document["time_points"] == ["20240401", "20240701"]
+    # the 2024-04 study is the baseline here: its one lesion grew (dilated by 5 voxels in-plane) and a new one came
+    assert [r.get("response") for r in document["responses"]] == [None, "PD"]
+    done = subprocess.run([*command[:5], str(no_seg), "--prior", str(pacs.folders["20240401"]), "--out",
+                           str(tmp_path / "bad")], capture_output=True, text=True, timeout=300, env=os.environ)
+    assert done.returncode == 1 and "has no DICOM SEG" in done.stderr and len(done.stderr.splitlines()) == 1

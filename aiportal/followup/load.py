@@ -65,8 +65,10 @@ def load_time_point(folder: Path, runtime, *, label: str | None = None, seg: Pat
             node = _segmentation_from_seg(dataset, uids, loaded.node, runtime, name)
             return TimePoint(name, loaded.node, node, str(first.StudyInstanceUID),
                              str(first.get("FrameOfReferenceUID", "")), source)
-    raise NoSegmentation(f"No DICOM SEG in {folder} references its image series {series.series_uid}",
-                         "segment the study first (aiportal segment), or let the follow-up run the model on it")
+    raise NoSegmentation(f"Study {first.get('StudyDate', '') or '(no date)'} {first.StudyInstanceUID} has no DICOM "
+                         f"SEG of its image series {series.series_uid}",
+                         "segment it first (aiportal segment --pacs NAME --study UID --push, or on the folder) and "
+                         "run the follow-up again")
 
 
 def _segmentation_from_seg(seg: hd.seg.Segmentation, uids: list[str], volume, runtime, name: str):
