@@ -20,7 +20,17 @@ from test_recist import _segmentation
 from aiportal.export.dicom_source import export_source
 from aiportal.followup.outputs import track_rows, write_plot, write_table
 from aiportal.followup.sr import write_time_point_sr
-from aiportal.followup.tracking import BASELINE, GONE, MERGED, NEW, PRESENT, SPLIT, TimePoint, track_lesions
+from aiportal.followup.tracking import (
+    BASELINE,
+    GONE,
+    MERGED,
+    NEW,
+    PRESENT,
+    REAPPEARED,
+    SPLIT,
+    TimePoint,
+    track_lesions,
+)
 from aiportal.io.volumes import array_from_volume, load_volume
 from aiportal.measure.recist import measure_lesions
 from aiportal.measure.response import Response, classify_response
@@ -156,6 +166,35 @@ def expected_volume(volume, mask) -> float:
     from aiportal.io.volumes import ijk_to_ras_matrix
 
     return float(mask.sum()) * abs(np.linalg.det(ijk_to_ras_matrix(volume)[:3, :3])) / 1000.0
+
+
+def test_nadir_progression_and_a_reappeared_lesion(ct, shared_data):
+    """B gone at T1 (the nadir), A grown at T2: below the baseline sum but PD from the nadir (+20 %, +5 mm);
+    then B gone at T1 and back at T2: it keeps its tracking identifier and is progression."""
+    runtime, loaded = ct
+    volume = loaded.node
+    shape = array_from_volume(volume).shape
+    a = place(shape, real_lesion(shared_data, "brain1"), (4, 150, 120))
+    b = place(shape, real_lesion(shared_data, "brain2"), (6, 300, 330))
+    grown = ndimage.binary_dilation(a, IN_PLANE, iterations=6)
+    points = [TimePoint(f"T{n}", volume, _segmentation(runtime, sum(m.astype(np.uint8) * (i + 1)
+                                                                      for i, m in enumerate(ms)), volume))
+              for n, ms in enumerate([[a, b], [a], [grown]])]
+    result = track_lesions(points, register=False)
+    sa, sb, sg = (_measured(runtime, m, volume).long_axis_mm for m in (a, b, grown))
+    sums = [sa + sb, sa, sg]
+    assert result.sums_mm == pytest.approx(sums, abs=1e-9)
+    assert sums[2] < sums[0] and sums[2] - sums[1] >= max(5.0, 0.2 * sums[1])  # the case is what it says
+    assert result.responses[2] == classify_response(sums[0], sums[1], sums[2])
+    assert result.responses[2].response is Response.PD and "nadir" in result.responses[2].explanation
+
+    points = [TimePoint(f"T{n}", volume, _segmentation(runtime, sum(m.astype(np.uint8) * (i + 1)
+                                                                      for i, m in enumerate(ms)), volume))
+              for n, ms in enumerate([[a, b], [a], [a, b]])]
+    result = track_lesions(points, register=False)
+    assert [[s.status for s in t.states] for t in result.tracks] == [[BASELINE, PRESENT, PRESENT],
+                                                                     [BASELINE, GONE, REAPPEARED]]
+    assert result.responses[2].response is Response.PD and result.responses[2].explanation == "new lesion(s)"
 
 
 def test_organ_volumes_followed_not_tracked(ct, shared_data):
