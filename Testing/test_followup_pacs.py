@@ -221,3 +221,16 @@ def test_local_folders_through_the_cli(pacs, tmp_path):
     done = subprocess.run([*command[:5], str(no_seg), "--prior", str(pacs.folders["20240401"]), "--out",
                            str(tmp_path / "bad")], capture_output=True, text=True, timeout=300, env=os.environ)
     assert done.returncode == 1 and "has no DICOM SEG" in done.stderr and len(done.stderr.splitlines()) == 1
+
+
+def test_a_prior_without_seg_segmented_by_the_model(pacs, tmp_path):
+    """--segment-missing MODEL: the prior is segmented by the pipeline (audited, its SEG kept) and loaded as a
+    time point; 'auto' takes the model named in the current study's SEG (a hand-made SEG names none)."""
+    from aiportal.followup.load import model_of_seg, segment_and_load
+
+    point = segment_and_load(pacs.root / "20230601", pacs.runtime, "classic-ct", tmp_path / "seg")
+    assert point.label == "20230601" and model_of_seg(point.seg_path) == "classic-ct"
+    names = {point.segmentation.GetSegmentation().GetSegment(s).GetName() for s in segment_ids(point.segmentation)}
+    assert "body" in {name.lower() for name in names}, names
+    assert dciodvfy_errors(point.seg_path) == []
+    assert model_of_seg(pacs.folders["20240701"] / "seg.dcm") == ""

@@ -27,13 +27,17 @@ def add_followup_command(commands) -> None:
     parser.add_argument("--lymph-node", action="append", default=[], help="segment measured by its short axis")
     parser.add_argument("--no-register", action="store_true",
                         help="trust one frame of reference (priors on another one are left out)")
+    parser.add_argument("--segment-missing", metavar="MODEL", default="",
+                        help="segment a prior that has no SEG with this model ('auto': the model of the current "
+                             "study's SEG); default: leave it out")
     parser.set_defaults(handler=cmd_followup)
 
 
 def cmd_followup(args: argparse.Namespace) -> int:
     from aiportal.followup.run import describe, run_follow_up
 
-    options = {"register": not args.no_register, "organs": tuple(args.organ), "lymph_nodes": tuple(args.lymph_node)}
+    options = {"register": not args.no_register, "organs": tuple(args.organ), "lymph_nodes": tuple(args.lymph_node),
+               "segment_missing": getattr(args, "segment_missing", "")}
     if args.pacs:
         if args.current or args.prior:
             raise InputError("--pacs was given with --current/--prior", "give the study on the PACS, or folders")

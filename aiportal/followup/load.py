@@ -64,11 +64,37 @@ def load_time_point(folder: Path, runtime, *, label: str | None = None, seg: Pat
         if referenced <= set(uids):
             node = _segmentation_from_seg(dataset, uids, loaded.node, runtime, name)
             return TimePoint(name, loaded.node, node, str(first.StudyInstanceUID),
-                             str(first.get("FrameOfReferenceUID", "")), source)
+                             str(first.get("FrameOfReferenceUID", "")), source, seg_path=Path(path))
     raise NoSegmentation(f"Study {first.get('StudyDate', '') or '(no date)'} {first.StudyInstanceUID} has no DICOM "
                          f"SEG of its image series {series.series_uid}",
                          "segment it first (aiportal segment --pacs NAME --study UID --push, or on the folder) and "
                          "run the follow-up again")
+
+
+def segment_and_load(folder: Path, runtime, model_id: str, out_dir: Path) -> TimePoint:
+    """A time point without a SEG, segmented first by ``model_id`` (the same pipeline as `aiportal segment`,
+    audited; its SEG and run.json stay in ``out_dir``)."""
+    from aiportal.export.exporter import ExportOptions, parse_formats
+    from aiportal.pipeline import PipelineRequest, run_segmentation
+
+    images = [s for s in list_series(folder) if s.is_image]
+    series = max(images, key=lambda s: s.number_of_files) if images else None
+    run_segmentation(PipelineRequest(Path(folder), model_id, Path(out_dir), ExportOptions(formats=parse_formats("seg")),
+                                     series_uid=series.series_uid if series else None, via="followup"))
+    return load_time_point(folder, runtime, seg=Path(out_dir) / "segmentation.dcm")
+
+
+def model_of_seg(path: Path) -> str:
+    """The id of the model named in a SEG (the first segment's algorithm, matched by the catalog title the
+    exporter writes, or by id), else "" (a hand-made SEG, or a model this installation does not know)."""
+    from aiportal.models.catalog import get_catalog
+
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    names = [str(item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName)
+             for item in dataset.SegmentSequence if "SegmentationAlgorithmIdentificationSequence" in item]
+    if not names:
+        return ""
+    return next((entry.id for entry in get_catalog().models if names[0] in (entry.title, entry.id)), "")
 
 
 def _segmentation_from_seg(seg: hd.seg.Segmentation, uids: list[str], volume, runtime, name: str):

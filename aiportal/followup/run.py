@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiportal.errors import InputError
-from aiportal.followup.load import NoSegmentation, load_time_point
+from aiportal.followup.load import NoSegmentation, load_time_point, model_of_seg, segment_and_load
 from aiportal.followup.outputs import write_plot, write_table
 from aiportal.followup.sr import write_time_point_sr
 from aiportal.followup.tracking import Longitudinal, track_lesions
@@ -22,23 +22,31 @@ class FollowUpRun:
 
 def run_follow_up(current: Path, priors: list[Path], out: Path, *, runtime=None, register: bool = True,
                   organs: tuple[str, ...] = (), lymph_nodes: tuple[str, ...] = (),
-                  skipped: dict[str, str] | None = None) -> FollowUpRun:
+                  skipped: dict[str, str] | None = None, segment_missing: str = "") -> FollowUpRun:
     """Follow the lesions of the study in ``current`` against those in ``priors`` (folders of DICOM images
     with the SEG made on them). Priors are put in study-date order; one without a SEG is left out with the
-    reason (``skipped`` adds reasons found before, e.g. by the PACS retrieval)."""
+    reason (``skipped`` adds reasons found before, e.g. by the PACS retrieval), unless ``segment_missing`` names
+    a model to segment it with ("auto": the model named in the current study's SEG)."""
     from aiportal.runtime import get_runtime
 
     runtime = runtime or get_runtime()
     seconds: dict[str, float] = {}
     started = time.monotonic()
     excluded = dict(skipped or {})
-    points = []
+    points, notes = [], []
+    now = load_time_point(current, runtime)  # the current study must have its SEG: no point without it
+    model = model_of_seg(now.seg_path) if segment_missing == "auto" else segment_missing
     for folder in priors:
         try:
             points.append(load_time_point(folder, runtime))
         except NoSegmentation as error:
-            excluded[Path(folder).name] = str(error)
-    now = load_time_point(current, runtime)  # the current study must have its SEG: no point without it
+            if not model:
+                why = (" (the current study's SEG names no model: give --segment-missing MODEL)"
+                       if segment_missing else "")
+                excluded[Path(folder).name] = str(error) + why
+                continue
+            points.append(segment_and_load(folder, runtime, model, Path(out) / "segmented" / Path(folder).name))
+            notes.append(f"{points[-1].label} had no SEG: segmented by {model} for this follow-up")
     if not points:
         raise InputError("No prior study could be followed: " + ("; ".join(f"{k}: {v}" for k, v in excluded.items())
                                                                  or "none was given"),
@@ -54,6 +62,7 @@ def run_follow_up(current: Path, priors: list[Path], out: Path, *, runtime=None,
     started = time.monotonic()
     result = track_lesions([*points, now], register=register, organs=organs, lymph_nodes=lymph_nodes)
     result.excluded.update(excluded)
+    result.notes[:0] = notes
     seconds["register_and_track"] = time.monotonic() - started
     started = time.monotonic()
     out = Path(out)
@@ -76,5 +85,5 @@ def describe(run: FollowUpRun) -> list[str]:
     lines.append(f"{len(result.tracks)} lesion(s) tracked: " + ", ".join(
         f"{t.tracking_id} [{' → '.join(s.status if s else '-' for s in t.states)}]" for t in result.tracks))
     lines += [f"left out {label}: {why}" for label, why in result.excluded.items()]
-    lines += [f"WARNING: {note}" for note in result.notes]
+    lines += [f"{'WARNING' if note.startswith('registration') else 'note'}: {note}" for note in result.notes]
     return lines

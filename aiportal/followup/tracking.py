@@ -55,6 +55,7 @@ class TimePoint:
     study_uid: str = ""
     frame_of_reference_uid: str = ""
     source: object = None  # aiportal.export.dicom_source.ExportSource when loaded from DICOM (for the SR)
+    seg_path: object = None  # the DICOM SEG its segmentation was read from
 
 
 @dataclass
