@@ -234,3 +234,18 @@ def test_a_prior_without_seg_segmented_by_the_model(pacs, tmp_path):
     assert "body" in {name.lower() for name in names}, names
     assert dciodvfy_errors(point.seg_path) == []
     assert model_of_seg(pacs.folders["20240701"] / "seg.dcm") == ""
+
+
+@pytest.mark.parametrize("protocol", ["dicomweb", "dimse"])
+def test_priors_found_by_qido_and_c_find_alike(pacs, protocol):
+    from aiportal.followup.priors import find_priors
+    from aiportal.pacs.config import get_endpoint
+
+    current, priors, skipped = find_priors(get_endpoint("followup-pacs"), pacs.uid["20240701"], protocol=protocol)
+    assert current.patient_id == PATIENT and current.study_date == "20240701"
+    assert [p.study_date for p in priors] == ["20240401", "20240101", "20230601"] and not skipped
+    _, priors, skipped = find_priors(get_endpoint("followup-pacs"), pacs.uid["20240401"], protocol=protocol,
+                                     max_priors=1)
+    assert [p.study_date for p in priors] == ["20240101"]
+    assert sorted(skipped.values()) == ["dated 20240701, not before the current study (20240401)",
+                                        "older than the 1 most recent priors"]
