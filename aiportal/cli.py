@@ -582,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pacs_commands(commands)  # `aiportal pacs query|pull|push|list|add|remove|check`
     add_serve_command(commands)  # `aiportal serve` and `aiportal server-key ...`
     add_workspace_command(commands)  # `aiportal workspace`: the browser face
+    __import__("aiportal.followup.cli").followup.cli.add_followup_command(commands)  # `aiportal followup`
     return parser
 
 
