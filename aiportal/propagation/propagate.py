@@ -85,6 +85,7 @@ class Rules:
     max_step: int = 0  # voxels a mask's edge may move out from the previous slice's (0: unlimited)
     min_overlap: float = 0.2  # part of the new mask that must lie on the previous slice's mask
     large_fraction: float = 0.25  # a stop with a mask above this part of the largest is "early"
+    min_part_fraction: float = 0.10  # a part of a slice's mask this large gets its own box on the next slice
 
 
 @dataclass
@@ -144,6 +145,42 @@ def next_box(mask: np.ndarray, limits: Sequence[float], rules: Rules) -> list[fl
     return _clip([i0 - di, j0 - dj, i1 + di, j1 + dj], limits)
 
 
+def parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected parts of a 2D mask, largest first (runs of each row joined by union-find)."""
+    parent: list[int] = []
+    runs: list[tuple[int, int, int]] = []  # row, first column, last column
+    previous: list[int] = []  # indices into runs of the row above
+    previous_row = -2
+
+    def root(n: int) -> int:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for row in np.nonzero(mask.any(axis=1))[0]:
+        if row != previous_row + 1:  # an empty row between: nothing above to join
+            previous = []
+        padded = np.concatenate(([False], mask[row], [False]))
+        edges = np.nonzero(padded[1:] != padded[:-1])[0]
+        current = []
+        for first, end in zip(edges[::2], edges[1::2], strict=True):
+            n = len(runs)
+            runs.append((int(row), int(first), int(end) - 1))
+            parent.append(n)
+            for above in previous:  # 8-connected: runs touching diagonally join
+                _, a0, a1 = runs[above]
+                if a0 <= end and a1 >= first - 1:
+                    parent[root(above)] = root(n)
+            current.append(n)
+        previous, previous_row = current, row
+    groups: dict[int, np.ndarray] = {}
+    for n, (row, first, last) in enumerate(runs):
+        part = groups.setdefault(root(n), np.zeros(mask.shape, dtype=bool))
+        part[row, first:last + 1] = True
+    return sorted(groups.values(), key=lambda part: -int(part.sum()))
+
+
 def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     """``mask`` grown by ``steps`` voxels (8-connected: a square per step), numpy only."""
     out = mask.copy()
@@ -179,10 +216,26 @@ class _Follower:
         self.on_slice = on_slice
         self.seed_intensity: float | None = None
 
+    def segment_parts(self, k: int, previous: np.ndarray) -> SliceResult:
+        """Slice ``k`` prompted with one box per large part of the previous slice's mask; the masks' union.
+
+        One box around separate parts (the liver's lobes toward its lower tip) also encloses what lies
+        between them, and the model segments that too: on example_ct the liver ran into its neighbours."""
+        self.on_slice(k)
+        area = int(previous.sum())
+        masks, ious, weights = [], [], []
+        for part in parts(previous):
+            if part.sum() < self.rules.min_part_fraction * area:
+                break  # parts come largest first
+            result = self.segment_grown(k, next_box(part, self.limits, self.rules))
+            masks.append(result.mask)
+            ious.append(result.iou)
+            weights.append(max(int(result.mask.sum()), 1))
+        return SliceResult(np.any(masks, axis=0), float(np.average(ious, weights=weights)))
+
     def segment_grown(self, k: int, box: Sequence[float]) -> SliceResult:
         rules, box = self.rules, list(box)
         result = self.segment(k, box)
-        self.on_slice(k)
         for _ in range(rules.max_regrow):
             if result.mask.sum() < rules.min_pixels:
                 break
@@ -220,8 +273,7 @@ class _Follower:
         k = start
         while k != last:
             cancel.check("propagation")
-            box = next_box(mask, self.limits, self.rules)
-            result = self.segment_grown(k + direction, box)
+            result = self.segment_parts(k + direction, mask)
             if self.rules.max_step:
                 result = SliceResult(result.mask & dilate(mask, self.rules.max_step), result.iou)
             why = self.why_stop(k + direction, result, mask)
