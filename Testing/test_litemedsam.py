@@ -158,33 +158,72 @@ def test_one_slice_equals_the_packages_own_inference(litemedsam_python, abdomen_
 
 
 CT_SM_MEASURED = {  # Dice measured on example_ct_sm (not tuned on: the rules were tuned on example_ct's liver)
-    "spleen 2D": 0.957, "kidney_left 2D": 0.945, "spleen 3D": 0.964, "kidney_left 3D": 0.941,
+    "spleen 2D": 0.957, "kidney_left 2D": 0.945, "liver 2D": 0.936, "spleen 3D": 0.964, "kidney_left 3D": 0.941,
 }
 
 
-def test_real_ct_organs_from_one_2d_box_and_from_a_3d_box(litemedsam_python, shared_data):
-    """example_ct_sm (30 slices, 3 mm): spleen and left kidney, each from the reference's box on the slice
-    where it is largest (propagated both ways) and from its 3D box, in one run; Dice against the reference."""
+def totalseg_case(shared_data, image_file: str, reference_file: str, modality: str) -> tuple[ModelInput, np.ndarray]:
+    """A TotalSegmentator example image (k, j, i) and its reference labels on the same grid."""
     import nibabel
 
-    image = nibabel.load(shared_data / "totalseg" / "example_ct_sm.nii.gz")
-    reference = np.asarray(nibabel.load(shared_data / "totalseg" / "example_seg.nii.gz").dataobj).transpose(2, 1, 0)
-    volume = ModelInput(np.asarray(image.dataobj, dtype=np.float32).transpose(2, 1, 0), image.affine, "CT",
-                        "example_ct_sm")
-    organs = {"spleen": reference == SPLEEN, "kidney_left": reference == 3}
+    image = nibabel.load(shared_data / "totalseg" / image_file)
+    reference = np.asarray(nibabel.load(shared_data / "totalseg" / reference_file).dataobj).transpose(2, 1, 0)
+    array = np.asarray(image.dataobj, dtype=np.float32).transpose(2, 1, 0)
+    return ModelInput(array, image.affine, modality, image_file.split(".")[0]), reference
+
+
+def box_3d(mask_kji: np.ndarray) -> list[int]:
+    slices = np.nonzero(mask_kji.any(axis=(1, 2)))[0]
+    rows, columns = np.nonzero(mask_kji.any(axis=0))
+    return [int(columns.min()), int(rows.min()), int(slices[0]), int(columns.max()), int(rows.max()), int(slices[-1])]
+
+
+def warned_about(warnings: list[str], label: int) -> bool:
+    return any(f"Box {label}:" in w or f"Box {label}," in w for w in warnings)
+
+
+def test_real_ct_organs_from_one_2d_box_and_from_a_3d_box(litemedsam_python, shared_data):
+    """example_ct_sm (30 slices, 3 mm): spleen, left kidney and liver, each from the reference's box on the slice
+    where it is largest (propagated both ways), spleen and left kidney also from their 3D box, in one run; Dice
+    against the reference. The liver's lobes toward its lower tip each get their own box (one box around them
+    took in their neighbours: 0.898)."""
+    volume, reference = totalseg_case(shared_data, "example_ct_sm.nii.gz", "example_seg.nii.gz", "CT")
+    organs = {"spleen": reference == SPLEEN, "kidney_left": reference == 3, "liver": reference == LIVER}
     boxes = [box_on_slice(mask, int(np.argmax(mask.sum(axis=(1, 2))))) for mask in organs.values()]
-    for mask in organs.values():
-        slices = np.nonzero(mask.any(axis=(1, 2)))[0]
-        rows, columns = np.nonzero(mask.any(axis=0))
-        boxes.append([int(columns.min()), int(rows.min()), int(slices[0]), int(columns.max()), int(rows.max()),
-                      int(slices[-1])])
+    boxes += [box_3d(organs["spleen"]), box_3d(organs["kidney_left"])]
+    names = [f"{organ} 2D" for organ in organs] + ["spleen 3D", "kidney_left 3D"]
     result = run_backend(litemedsam_python, volume, {"boxes": boxes})
-    for number, name in enumerate([f"{organ} {kind}" for kind in ("2D", "3D") for organ in organs], start=1):
+    print("warnings:", result.warnings)
+    for number, name in enumerate(names, start=1):
         found = np.any([layer == number for layer in result.layers], axis=0)
         measured = dice(found, organs[name.split()[0]])
         print(f"{name}: Dice {measured:.4f}")
         assert measured >= CT_SM_MEASURED[name] - 0.01, name
+        if name == "liver 2D":
+            assert measured >= 0.93  # the issue's goal, where the per-slice model reaches 0.938
+            assert not warned_about(result.warnings, number)  # a good result on CT is not drowned in warnings
+
+
+def test_weak_results_on_mr_are_loud(litemedsam_python, shared_data):
+    """example_mr_sm (MR, 20 slices): one 2D box per organ on the middle slice of its range. The per-slice model
+    is weak on it (ceiling 0.51-0.90) and the intensity stop cannot hold on MR; every result under 0.9 must carry
+    a warning naming its box (before: the liver at 0.79 and the spleen at 0.82 came back without one)."""
+    volume, reference = totalseg_case(shared_data, "example_mr_sm.nii.gz", "example_seg_mr.nii.gz", "MR")
+    organs = {"liver": reference == LIVER, "spleen": reference == SPLEEN, "kidney_right": reference == 2,
+              "kidney_left": reference == 3}
+    boxes = []
+    for mask in organs.values():
+        slices = np.nonzero(mask.any(axis=(1, 2)))[0]
+        boxes.append(box_on_slice(mask, int(slices[len(slices) // 2])))
+    result = run_backend(litemedsam_python, volume, {"boxes": boxes})
     print("warnings:", result.warnings)
+    weak = 0
+    for number, (name, mask) in enumerate(organs.items(), start=1):
+        measured = dice(np.any([layer == number for layer in result.layers], axis=0), mask)
+        print(f"{name}: Dice {measured:.4f}, warned {warned_about(result.warnings, number)}")
+        weak += measured < 0.9
+        assert measured >= 0.9 or warned_about(result.warnings, number), name
+    assert weak >= 2  # the case is hard: the test checks that the weak results are loud, not that there are none
 
 
 def test_segment_command_with_a_box_prompt(litemedsam_python, abdomen_ct, shared_data, tmp_path):

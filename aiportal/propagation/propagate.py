@@ -7,6 +7,10 @@ follows the structure both ways: it is a fraction of the mask's size, and a side
 is pushed out and the slice segmented again (an organ widens toward its dome faster than a fixed
 margin allows: a fixed 3-pixel margin made the liver shrink toward its centre and die half-way).
 
+Each slice gets one box per 8-connected part of the previous slice's mask (parts of at least a tenth
+of its area), and the masks of these boxes are joined: one box around separate parts (the liver's
+lobes toward its lower tip) encloses what lies between them, and the model segments that too.
+
 A structure is followed until there is evidence that it ended or was lost: the mask vanishes, the
 model's IoU estimate drops, the mask's mean intensity leaves the range seen on the prompted slice,
 or the mask jumps off the previous slice's mask. Shrinking alone does not stop it. Where it stops
@@ -67,7 +71,7 @@ class SliceResult:
 
 # segments one box (i0, j0, i1, j1 in voxel coordinates of the slice) on slice k
 SliceSegmenter = Callable[[int, Sequence[float]], SliceResult]
-# mean intensity (0..1 after windowing) of slice k under a mask
+# mean intensity (0..1 after windowing) of slice k under a mask; also its standard deviation (the spread)
 MaskIntensity = Callable[[int, np.ndarray], float]
 
 
@@ -85,6 +89,11 @@ class Rules:
     max_step: int = 0  # voxels a mask's edge may move out from the previous slice's (0: unlimited)
     min_overlap: float = 0.2  # part of the new mask that must lie on the previous slice's mask
     large_fraction: float = 0.25  # a stop with a mask above this part of the largest is "early"
+    min_part_fraction: float = 0.10  # a part of a slice's mask this large gets its own box on the next slice
+    # intensity spread (standard deviation, 0..1) under the prompted slice's mask above which the intensity
+    # stop cannot tell the structure from its neighbours: set on example_mr_sm (its five runs above 0.12 had
+    # Dice 0.00-0.78); every CT run of the bench stays below 0.07
+    max_seed_spread: float = 0.12
 
 
 @dataclass
@@ -97,6 +106,7 @@ class Track:
     stops: list[Stop] = field(default_factory=list)
     bounds: tuple[int, int] | None = None  # a 3D box's slices: nothing is segmented outside them
     box_slices: tuple[int, ...] = ()  # the slices the user's boxes were drawn on
+    seed_spread: float = 0.0  # the largest intensity spread under a prompted slice's mask
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,42 @@ def next_box(mask: np.ndarray, limits: Sequence[float], rules: Rules) -> list[fl
     return _clip([i0 - di, j0 - dj, i1 + di, j1 + dj], limits)
 
 
+def parts(mask: np.ndarray) -> list[np.ndarray]:
+    """The 8-connected parts of a 2D mask, largest first (runs of each row joined by union-find)."""
+    parent: list[int] = []
+    runs: list[tuple[int, int, int]] = []  # row, first column, last column
+    previous: list[int] = []  # indices into runs of the row above
+    previous_row = -2
+
+    def root(n: int) -> int:
+        while parent[n] != n:
+            parent[n] = parent[parent[n]]
+            n = parent[n]
+        return n
+
+    for row in np.nonzero(mask.any(axis=1))[0]:
+        if row != previous_row + 1:  # an empty row between: nothing above to join
+            previous = []
+        padded = np.concatenate(([False], mask[row], [False]))
+        edges = np.nonzero(padded[1:] != padded[:-1])[0]
+        current = []
+        for first, end in zip(edges[::2], edges[1::2], strict=True):
+            n = len(runs)
+            runs.append((int(row), int(first), int(end) - 1))
+            parent.append(n)
+            for above in previous:  # 8-connected: runs touching diagonally join
+                _, a0, a1 = runs[above]
+                if a0 <= end and a1 >= first - 1:
+                    parent[root(above)] = root(n)
+            current.append(n)
+        previous, previous_row = current, row
+    groups: dict[int, np.ndarray] = {}
+    for n, (row, first, last) in enumerate(runs):
+        part = groups.setdefault(root(n), np.zeros(mask.shape, dtype=bool))
+        part[row, first:last + 1] = True
+    return sorted(groups.values(), key=lambda part: -int(part.sum()))
+
+
 def dilate(mask: np.ndarray, steps: int) -> np.ndarray:
     """``mask`` grown by ``steps`` voxels (8-connected: a square per step), numpy only."""
     out = mask.copy()
@@ -174,15 +220,32 @@ class _Follower:
     """Segments slices for one structure, widening a prompt while its mask presses against a side."""
 
     def __init__(self, segment: SliceSegmenter, intensity: MaskIntensity, limits: Sequence[float], rules: Rules,
-                 on_slice: Callable[[int], None]) -> None:
+                 on_slice: Callable[[int], None], spread: MaskIntensity | None = None) -> None:
         self.segment, self.intensity, self.limits, self.rules = segment, intensity, list(limits), rules
+        self.spread = spread
         self.on_slice = on_slice
         self.seed_intensity: float | None = None
+
+    def segment_parts(self, k: int, previous: np.ndarray) -> SliceResult:
+        """Slice ``k`` prompted with one box per large part of the previous slice's mask; the masks' union.
+
+        One box around separate parts (the liver's lobes toward its lower tip) also encloses what lies
+        between them, and the model segments that too: on example_ct the liver ran into its neighbours."""
+        self.on_slice(k)
+        area = int(previous.sum())
+        masks, ious, weights = [], [], []
+        for part in parts(previous):
+            if part.sum() < self.rules.min_part_fraction * area:
+                break  # parts come largest first
+            result = self.segment_grown(k, next_box(part, self.limits, self.rules))
+            masks.append(result.mask)
+            ious.append(result.iou)
+            weights.append(max(int(result.mask.sum()), 1))
+        return SliceResult(np.any(masks, axis=0), float(np.average(ious, weights=weights)))
 
     def segment_grown(self, k: int, box: Sequence[float]) -> SliceResult:
         rules, box = self.rules, list(box)
         result = self.segment(k, box)
-        self.on_slice(k)
         for _ in range(rules.max_regrow):
             if result.mask.sum() < rules.min_pixels:
                 break
@@ -220,8 +283,7 @@ class _Follower:
         k = start
         while k != last:
             cancel.check("propagation")
-            box = next_box(mask, self.limits, self.rules)
-            result = self.segment_grown(k + direction, box)
+            result = self.segment_parts(k + direction, mask)
             if self.rules.max_step:
                 result = SliceResult(result.mask & dilate(mask, self.rules.max_step), result.iou)
             why = self.why_stop(k + direction, result, mask)
@@ -239,8 +301,9 @@ class _Follower:
 
 def propagate(prompts: Sequence[BoxPrompt], num_slices: int, image_shape: tuple[int, int], segment: SliceSegmenter,
               intensity: MaskIntensity, progress: ProgressCallback, cancel: CancelToken, name: str = "the image",
-              rules: Rules = Rules(), propagate_2d: bool = True) -> list[Track]:
-    """Every structure's masks (one :class:`Track` per label, in label order)."""
+              rules: Rules = Rules(), propagate_2d: bool = True, spread: MaskIntensity | None = None) -> list[Track]:
+    """Every structure's masks (one :class:`Track` per label, in label order); ``spread`` (the intensity
+    standard deviation under a mask) lets :func:`stop_warnings` flag a structure the intensity stop cannot hold."""
     groups = group_prompts(prompts, name)
     planned = sum(_planned_slices(group, num_slices, propagate_2d) for group in groups.values())
     visited = [0]
@@ -254,7 +317,7 @@ def propagate(prompts: Sequence[BoxPrompt], num_slices: int, image_shape: tuple[
         track = Track(label, box_slices=tuple(p.k0 for p in group))
         rows, columns = image_shape
         limits = group[0].in_plane if group[0].is_3d else (0.0, 0.0, columns - 1.0, rows - 1.0)
-        follower = _Follower(segment, intensity, limits, rules, on_slice)
+        follower = _Follower(segment, intensity, limits, rules, on_slice, spread)
         if group[0].is_3d:
             _follow_3d_box(track, group[0], follower, cancel)
         else:
@@ -272,6 +335,8 @@ def _seed(track: Track, follower: _Follower, k: int, box: Sequence[float]) -> np
         return None
     if follower.seed_intensity is None:
         follower.seed_intensity = follower.intensity(k, result.mask)
+    if follower.spread is not None:
+        track.seed_spread = max(track.seed_spread, follower.spread(k, result.mask))
     track.masks[k], track.ious[k] = result.mask, result.iou
     return result.mask
 
@@ -333,12 +398,17 @@ def _planned_slices(group: list[BoxPrompt], num_slices: int, propagate_2d: bool)
 
 
 def stop_warnings(track: Track, rules: Rules = Rules()) -> list[str]:
-    """One warning per place where the structure was likely cut short; empty when it ended on evidence
-    with a small mask or at a bound."""
+    """One warning per place where the structure was likely cut short, and one where the prompted slice's
+    intensities are too uneven for the intensity stop to hold; empty when it ended on evidence with a small
+    mask or at a bound."""
     if not track.masks:
         return [f"Box {track.label}: nothing was segmented (the model found nothing in the box)"]
     largest = max(int(mask.sum()) for mask in track.masks.values())
     warnings = []
+    if track.seed_spread > rules.max_seed_spread and len(track.masks) > len(track.box_slices):
+        warnings.append(f"Box {track.label}: the intensities inside the box's mask vary widely (spread "
+                        f"{track.seed_spread:.2f} of the window), so the propagation cannot tell the structure from "
+                        "touching tissue by its intensity and may leak or stop early: check every slice")
     for stop in track.stops:
         if stop.direction == 0:  # a prompted slice found nothing, or a gap between boxes
             warnings.append(f"Box {track.label}: {stop.reason}")
