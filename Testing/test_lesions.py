@@ -126,17 +126,29 @@ def test_real_vessels_are_refused_with_the_vessels_pointer(totalseg_structures, 
 
 
 def test_real_vessel_shapes_without_terminology(totalseg_structures):
-    """By shape alone: the portal/splenic vein (ratio 19.6) is tubular; the 90 mm cut of abdominal aorta
-    (6.0) and the IVC (4.7) are not (that is why the terminology is checked too); organs stay compact."""
+    """By shape alone: the portal/splenic vein (ratio 19.6) is tubular, and so is the 90 mm cut of abdominal
+    aorta (6.0) by its round cross-sections of steady size; the oval IVC (4.7) is not (that is why the
+    terminology is checked too); organs stay compact."""
     runtime, ct, node, by_name = totalseg_structures
     linear = ijk_to_ras_matrix(ct)[:3, :3]
 
-    def largest_ratio(name):
+    def shape_of(name):
         components = split_components(segment_mask(node, by_name[name], ct), 27.0)
-        return tubularity(components.labels == 1, linear).ratio
+        return tubularity(components.labels == 1, linear)
+
+    def largest_ratio(name):
+        return shape_of(name).ratio
 
     assert largest_ratio("portal_vein_and_splenic_vein") == pytest.approx(19.6, abs=0.1)
-    assert largest_ratio("aorta") == pytest.approx(6.0, abs=0.1)
+    aorta = shape_of("aorta")
+    assert aorta.ratio == pytest.approx(6.0, abs=0.1) and aorta.tubular
+    assert aorta.sections.area_variation < 0.08 and aorta.sections.roundness < 1.2
+    assert "cross-section stays round" in aorta.describe()
+    assert not shape_of("inferior_vena_cava").tubular
+    for organ in ("stomach", "adrenal_gland_left", "adrenal_gland_right", "rib_left_8", "rib_right_8",
+                  "iliopsoas_right", "small_bowel"):  # ratios 4-8: their sections say no tube
+        shape = shape_of(organ)
+        assert 4 <= shape.ratio < 8 and not shape.tubular, organ
     for organ in ("spleen", "kidney_right", "kidney_left", "liver", "gallbladder"):
         assert largest_ratio(organ) < 3.5, organ
         lesions = measure_lesions(node, by_name[organ], ct)

@@ -356,3 +356,23 @@ def test_a_thin_vessel_on_thick_slices_is_measured_with_a_warning():
     vessel = measure_vessel(*tube_phantom(short, np.full(len(short), 4.0), (0.7, 0.7, 5.0), _rotation(0.5, 0.3, 0.2)))
     assert any("coarse for a vessel" in warning for warning in vessel.warnings)
     assert vessel.as_json()["warnings"] == vessel.warnings
+
+
+def test_a_short_straight_piece_of_vessel_is_tubular_by_its_cross_sections_and_a_lesion_is_not():
+    """Without terminology: a 60 mm piece of a 16 mm vessel (path over width 5, under the ratio of 8) and the same
+    piece tapering 20 -> 12 mm are tubes by their steady round sections; an ellipsoid lesion of the same ratio
+    (70 x 16 x 16 mm) swells and narrows, and a flat one (60 x 16 x 8 mm) is oval: neither is."""
+    from aiportal.measure.lesions import TUBULAR_RATIO, tubularity
+
+    piece = _STRAIGHT[:601]
+    rotation = _rotation(0.2, 0.4, 0.1)
+    for radii in (np.full(len(piece), 8.0), np.linspace(10.0, 6.0, len(piece))):
+        mask, ijk_to_ras = tube_phantom(piece, radii, (0.8, 0.8, 2.0), rotation)
+        shape = tubularity(mask, ijk_to_ras[:3, :3])
+        assert 4 <= shape.ratio < TUBULAR_RATIO and shape.tubular, shape.describe()
+        assert shape.sections.area_variation < 0.06 and "cross-section stays round" in shape.describe()
+    k, j, i = np.indices((60, 60, 120)) * np.array([2.0, 0.8, 0.8])[:, None, None, None]
+    for semi_axes in ((8.0, 8.0, 35.0), (4.0, 8.0, 30.0)):
+        lesion = ((k - 60) / semi_axes[0]) ** 2 + ((j - 24) / semi_axes[1]) ** 2 + ((i - 48) / semi_axes[2]) ** 2 <= 1
+        shape = tubularity(lesion, np.diag([0.8, 0.8, 2.0]))
+        assert 4 <= shape.ratio < TUBULAR_RATIO and not shape.tubular, (semi_axes, shape.sections)
