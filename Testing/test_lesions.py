@@ -196,3 +196,17 @@ def test_copilot_checks_a_line_against_the_lesion_it_is_drawn_on(runtime, shared
     assert check.recist.lesion_name == "Label_1 lesion 2" and check.ok, check.summary()
     assert check.suggested_length_mm == pytest.approx(small.long_axis_mm, abs=1e-9)
     assert check_line(node, segment_id, image, big.long_axis_endpoints_ras, kind="long").recist.lesion_index == 1
+
+
+@pytest.mark.parametrize("label", ["liver_seg.nrrd", "spine_seg.nrrd", "heart_seg.nrrd"])
+def test_structures_on_three_slices_are_measured_not_refused_as_tubes(runtime, shared_data, label):
+    """dcmqi's 3-slice labels: a sheet's path over width (liver 13.9, spine 9.5, heart 8.2) measures its
+    flatness, not a tube: measured as a lesion."""
+    folder = shared_data / "dcmqi" / "data" / "segmentations"
+    image = load_volume(folder / label, runtime).node
+    mask = array_from_volume(image) > 0
+    shape = tubularity(split_components(mask, 1.0).labels == 1, ijk_to_ras_matrix(image)[:3, :3])
+    assert shape.ratio >= TUBULAR_RATIO and shape.sheet and not shape.tubular
+    node = _segmentation(runtime, mask, image)
+    lesions = measure_lesions(node, segment_ids(node)[0], image)
+    assert lesions.refused == {} and len(lesions.measurements) >= 1

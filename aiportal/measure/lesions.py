@@ -18,7 +18,8 @@
   round and keep their size or taper smoothly (:mod:`aiportal.vessels.constancy`): the 90 mm cut of
   abdominal aorta in ``example_seg`` (ratio 6.0: scatter 5 %, round 1.13) is; no organ or lesion of the
   examples is. Shorter or oval pieces (a 40 mm slab of aorta: 2.9; the inferior vena cava: oval) are not told
-  from a lesion by shape, so a segment coded as a vessel (aorta, artery, vein, vena cava, trunk) is refused
+  from a lesion by shape, and neither is anything drawn on at most 3 slices (a sheet: its ratio measures
+  its flatness), so a segment coded as a vessel (aorta, artery, vein, vena cava, trunk) is refused
   by its terminology too (:func:`vessel_terminology`). RECIST does not measure vessels:
   their axial "long axis" crosses between
   separate parts of the vessel.
@@ -40,6 +41,9 @@ CONNECTIVITY = 26
 DEFAULT_MIN_LESION_MM3 = math.pi / 6 * 3.0**3  # 14.1 mm³: a sphere of 3 mm diameter
 TUBULAR_RATIO = 8.0  # path length / mean cross-section diameter at and above which a mask is a tube
 SHORT_TUBE_RATIO = 4.0  # from here to TUBULAR_RATIO, a mask is a tube if its cross-sections say so
+# a mask at most this many voxels thick along a voxel axis is a sheet (a few slices): its path over width
+# measures how flat it is, not whether it is a tube (dcmqi's 3-slice liver: 13.9, spine: 9.5, heart: 8.2)
+SHEET_VOXELS = 3
 _MAX_GRAPH_VOXELS = 60_000  # larger masks are max-pooled for the path length (organ sized: ample detail)
 
 
@@ -77,6 +81,7 @@ class Tubularity:
     length_mm: float  # longest path inside the mask
     mean_diameter_mm: float  # of a cylinder of that length with the mask's volume
     sections: SectionConstancy | None = None  # measured for ratios from SHORT_TUBE_RATIO to TUBULAR_RATIO
+    sheet: bool = False  # at most SHEET_VOXELS thick along a voxel axis: not judged by shape
 
     @property
     def ratio(self) -> float:
@@ -84,6 +89,8 @@ class Tubularity:
 
     @property
     def tubular(self) -> bool:
+        if self.sheet:
+            return False
         return self.ratio >= TUBULAR_RATIO or (self.ratio >= SHORT_TUBE_RATIO and self.sections is not None
                                                and self.sections.tube)
 
@@ -117,8 +124,10 @@ def tubularity(mask: np.ndarray, linear: np.ndarray) -> Tubularity:
     length = _geodesic_diameter(mask, linear * factor)
     # a path runs between voxel centres: add one voxel's extent along it, as a caliper would
     length += float(np.mean(np.linalg.norm(linear, axis=0)))
-    shape = Tubularity(length, 2.0 * math.sqrt(volume_mm3 / (math.pi * length)))
-    if SHORT_TUBE_RATIO <= shape.ratio < TUBULAR_RATIO:
+    box = ndimage.find_objects(original.astype(np.uint8))[0]
+    sheet = min(part.stop - part.start for part in box) <= SHEET_VOXELS
+    shape = Tubularity(length, 2.0 * math.sqrt(volume_mm3 / (math.pi * length)), sheet=sheet)
+    if SHORT_TUBE_RATIO <= shape.ratio < TUBULAR_RATIO and not sheet:
         shape.sections = section_constancy(original, linear)
     return shape
 
