@@ -126,17 +126,29 @@ def test_real_vessels_are_refused_with_the_vessels_pointer(totalseg_structures, 
 
 
 def test_real_vessel_shapes_without_terminology(totalseg_structures):
-    """By shape alone: the portal/splenic vein (ratio 19.6) is tubular; the 90 mm cut of abdominal aorta
-    (6.0) and the IVC (4.7) are not (that is why the terminology is checked too); organs stay compact."""
+    """By shape alone: the portal/splenic vein (ratio 19.6) is tubular, and so is the 90 mm cut of abdominal
+    aorta (6.0) by its round cross-sections of steady size; the oval IVC (4.7) is not (that is why the
+    terminology is checked too); organs stay compact."""
     runtime, ct, node, by_name = totalseg_structures
     linear = ijk_to_ras_matrix(ct)[:3, :3]
 
-    def largest_ratio(name):
+    def shape_of(name):
         components = split_components(segment_mask(node, by_name[name], ct), 27.0)
-        return tubularity(components.labels == 1, linear).ratio
+        return tubularity(components.labels == 1, linear)
+
+    def largest_ratio(name):
+        return shape_of(name).ratio
 
     assert largest_ratio("portal_vein_and_splenic_vein") == pytest.approx(19.6, abs=0.1)
-    assert largest_ratio("aorta") == pytest.approx(6.0, abs=0.1)
+    aorta = shape_of("aorta")
+    assert aorta.ratio == pytest.approx(6.0, abs=0.1) and aorta.tubular
+    assert aorta.sections.area_variation < 0.08 and aorta.sections.roundness < 1.2
+    assert "cross-section stays round" in aorta.describe()
+    assert not shape_of("inferior_vena_cava").tubular
+    for organ in ("stomach", "adrenal_gland_left", "adrenal_gland_right", "rib_left_8", "rib_right_8",
+                  "iliopsoas_right", "small_bowel"):  # ratios 4-8: their sections say no tube
+        shape = shape_of(organ)
+        assert 4 <= shape.ratio < 8 and not shape.tubular, organ
     for organ in ("spleen", "kidney_right", "kidney_left", "liver", "gallbladder"):
         assert largest_ratio(organ) < 3.5, organ
         lesions = measure_lesions(node, by_name[organ], ct)
@@ -184,3 +196,17 @@ def test_copilot_checks_a_line_against_the_lesion_it_is_drawn_on(runtime, shared
     assert check.recist.lesion_name == "Label_1 lesion 2" and check.ok, check.summary()
     assert check.suggested_length_mm == pytest.approx(small.long_axis_mm, abs=1e-9)
     assert check_line(node, segment_id, image, big.long_axis_endpoints_ras, kind="long").recist.lesion_index == 1
+
+
+@pytest.mark.parametrize("label", ["liver_seg.nrrd", "spine_seg.nrrd", "heart_seg.nrrd"])
+def test_structures_on_three_slices_are_measured_not_refused_as_tubes(runtime, shared_data, label):
+    """dcmqi's 3-slice labels: a sheet's path over width (liver 13.9, spine 9.5, heart 8.2) measures its
+    flatness, not a tube: measured as a lesion."""
+    folder = shared_data / "dcmqi" / "data" / "segmentations"
+    image = load_volume(folder / label, runtime).node
+    mask = array_from_volume(image) > 0
+    shape = tubularity(split_components(mask, 1.0).labels == 1, ijk_to_ras_matrix(image)[:3, :3])
+    assert shape.ratio >= TUBULAR_RATIO and shape.sheet and not shape.tubular
+    node = _segmentation(runtime, mask, image)
+    lesions = measure_lesions(node, segment_ids(node)[0], image)
+    assert lesions.refused == {} and len(lesions.measurements) >= 1

@@ -18,11 +18,13 @@ import pytest
 from dicom_validation import dciodvfy_errors
 from PIL import Image
 from pydicom.sr.codedict import codes
+from scipy import ndimage
 from scipy.spatial import cKDTree
 
 from aiportal.vessels.analysis import measure_vessel
 from aiportal.vessels.centerline import tubularity, vessel_grid
-from aiportal.vessels.cross_section import measure_cross_section
+from aiportal.vessels.cross_section import measure_cross_section, plane_basis
+from aiportal.vessels.flat import disc_plane, measure_disc
 
 
 def _rotation(ax: float, ay: float, az: float) -> np.ndarray:
@@ -130,8 +132,11 @@ def test_a_round_lesion_is_not_tubular():
     assert tubularity(ball, np.diag([1.0, 1.0, 1.0, 1.0])) < 1.5
 
 
-# TotalSegmentator 2.18's pulmonary report, made from these masks (pulmonary_report.json, diameters in cm):
-# per landmark, the plane is the landmark mask's own (PCA) plane through its centre
+# TotalSegmentator's pulmonary report (pulmonary_report.json, "version" 0.2.0 of the report, diameters in cm): per
+# landmark, the plane is the landmark disc's own (PCA) plane through its centre, and the diameters are those of the
+# landmark DISC predicted by its landmark model (pul_*.nii.gz), not of the pulmonary artery cut by that plane: the discs
+# are 1-25 % smaller in area than the artery there. (TotalSegmentator 2.18 measures the artery cut by the plane and
+# dilated by a voxel instead: up to 4.5 mm more than the json; bench/bench_vessels.py prints all of them.)
 LANDMARKS = {"1": "pul_annulus", "2": "pul_sinotubular_junction", "3": "pul_bifurcation", "4": "pul_left_start",
              "5": "pul_right_start"}
 
@@ -148,18 +153,32 @@ def measured_pulmonary_artery(folder: Path):
     return mask, affine, measure_vessel(mask, affine, "pulmonary_artery")
 
 
+def _voxel_section_area(mask: np.ndarray, affine: np.ndarray, centre: np.ndarray, normal: np.ndarray) -> float:
+    """Area (mm²) of the mask's voxels (as cubes) cut by a plane, in the piece around ``centre``: 0.1 mm samples."""
+    u, v = plane_basis(normal)
+    offsets = np.arange(-30.0, 30.0 + 1e-9, 0.1)
+    plane = (centre + offsets[:, None, None] * u + offsets[None, :, None] * v).reshape(-1, 3)
+    ijk = np.round(np.linalg.solve(affine[:3, :3], (plane - affine[:3, 3]).T)).astype(int)[::-1]
+    inside_image = np.all((ijk >= 0) & (ijk < np.array(mask.shape)[:, None]), axis=0)
+    cut = np.zeros(len(plane), bool)
+    cut[inside_image] = mask[tuple(ijk[:, inside_image])]
+    pieces, _ = ndimage.label(cut.reshape(len(offsets), len(offsets)))
+    middle = len(offsets) // 2
+    return float(ndimage.binary_fill_holes(pieces == pieces[middle, middle]).sum()) * 0.01
+
+
 def pulmonary_comparison(folder: Path) -> list[dict]:
-    """Ours beside TotalSegmentator's per landmark: at their plane, and at our centreline's nearest section."""
+    """Ours beside TotalSegmentator's per landmark: its disc measured on its plane (the json's quantity), the artery
+    cut by that plane, and our centreline's nearest section."""
     report = json.loads((folder / "pulmonary_report.json").read_text())["landmarks"]
     mask, affine, vessel = measured_pulmonary_artery(folder)
     grid = vessel_grid(mask, affine)
     centres = np.array([s.section.center for s in vessel.sections])
     rows = []
     for key, landmark in report.items():
-        landmark_mask, landmark_affine = _nifti_mask(folder / "models" / f"{LANDMARKS[key]}.nii.gz")
-        points = np.argwhere(landmark_mask)[:, ::-1] @ landmark_affine[:3, :3].T + landmark_affine[:3, 3]
-        centre = points.mean(axis=0)
-        normal = np.linalg.eigh(np.cov((points - centre).T))[1][:, 0]
+        disc_mask, disc_affine = _nifti_mask(folder / "models" / f"{LANDMARKS[key]}.nii.gz")
+        centre, normal, _ = disc_plane(disc_mask, disc_affine)
+        disc = measure_disc(disc_mask, disc_affine)
         at_plane = measure_cross_section(grid, centre, normal, 40.0)
         nearest = vessel.sections[int(np.argmin(np.linalg.norm(centres - centre, axis=1)))].section
         rows.append({
@@ -167,9 +186,13 @@ def pulmonary_comparison(folder: Path) -> list[dict]:
             "theirs_mm": float(np.linalg.norm(np.subtract(landmark["end"], landmark["start"]))),
             "theirs_perpendicular_mm": float(np.linalg.norm(np.subtract(landmark["end_pd"], landmark["start_pd"]))),
             "theirs_area_mm2": 100 * landmark["area"],
+            "ours_disc_mm": disc.max_diameter_mm,
+            "ours_disc_perpendicular_mm": disc.perpendicular_diameter_mm,
+            "ours_disc_area_mm2": disc.area_mm2,
             "ours_at_their_plane_mm": at_plane.max_diameter_mm,
             "ours_at_their_plane_perpendicular_mm": at_plane.perpendicular_diameter_mm,
             "ours_at_their_plane_area_mm2": at_plane.area_mm2,
+            "voxel_section_area_mm2": _voxel_section_area(mask, affine, centre, normal),
             "ours_on_centreline_mm": nearest.max_diameter_mm,
             "ours_on_centreline_perpendicular_mm": nearest.perpendicular_diameter_mm,
             "plane_angle_deg": float(np.degrees(np.arccos(min(1.0, abs(normal @ nearest.normal))))),
@@ -181,11 +204,43 @@ def test_pulmonary_artery_against_totalsegmentator_report(shared_data):
     rows, vessel = pulmonary_comparison(shared_data / "totalseg" / "pulmonary_report")
     # main pulmonary artery, and one branch (left and right PA form the main path from end to end)
     assert len(vessel.centreline.paths) == 2 and 100 < vessel.centerline_length_mm < 160
+    # the json's quantity, the landmark disc on its plane: max diameter within 1 mm at 4 of 5 landmarks; the
+    # sinotubular junction's disc measures 26.5 mm against the json's 25.4 (TotalSegmentator 2.18's own code on
+    # the same disc: 26.7), so the json was not made from this disc exactly
+    disc = np.array([r["ours_disc_mm"] - r["theirs_mm"] for r in rows])
+    assert np.abs(disc).max() < 1.2 and np.count_nonzero(np.abs(disc) < 1.0) >= 4
+    assert np.abs([r["ours_disc_perpendicular_mm"] - r["theirs_perpendicular_mm"] for r in rows]).max() < 1.0
+    # areas within 6 % (the json's are rounded to 0.1 cm²)
+    assert np.abs([r["ours_disc_area_mm2"] / r["theirs_area_mm2"] - 1 for r in rows]).max() < 0.06
+    # the artery cut by the same plane: the area of its voxels there (exact, 0.1 mm samples) within 3 %, and larger
+    # than the disc (the discs stop short of the wall) at every landmark but the annulus
+    for row in rows:
+        assert row["ours_at_their_plane_area_mm2"] == pytest.approx(row["voxel_section_area_mm2"], rel=0.03)
+    assert sum(r["ours_at_their_plane_area_mm2"] > 1.05 * r["ours_disc_area_mm2"] for r in rows) >= 4
     differences = np.array([r["ours_at_their_plane_mm"] - r["theirs_mm"] for r in rows])
-    # theirs is between boundary pixel centres (0.8 mm) of a nearest-neighbour plane: about a pixel short
     assert np.abs(differences).max() < 2.0 and np.abs(differences).mean() < 1.2
     on_centreline = np.array([r["ours_on_centreline_mm"] - r["theirs_mm"] for r in rows])
     assert np.abs(on_centreline).max() < 2.0
+
+
+@pytest.mark.parametrize(("diameter", "spacing", "rotation"), [
+    (24.0, (1.5, 1.5, 1.5), _rotation(0.3, 0.5, 0.7)), (18.0, (0.8, 0.8, 2.0), _rotation(0.6, -0.2, 0.4)),
+    (30.0, (0.7, 0.7, 1.0), np.eye(3))])
+def test_a_tilted_disc_is_measured_on_its_own_plane(diameter, spacing, rotation):
+    """A 3 mm thick disc (a landmark drawn across a vessel), tilted 22° to the grid, on anisotropic rotated grids."""
+    mask, ijk_to_ras = tube_phantom(np.zeros((1, 3)), np.array([diameter / 2 + 2]), spacing, rotation)
+    k, j, i = np.indices(mask.shape).reshape(3, -1)
+    ras = np.column_stack([i, j, k]) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    normal = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
+    height = ras @ normal
+    disc = ((np.abs(height) <= 1.5) & (np.linalg.norm(ras - height[:, None] * normal, axis=1) <= diameter / 2))
+    section = measure_disc(disc.reshape(mask.shape), ijk_to_ras)
+    assert section.max_diameter_mm == pytest.approx(diameter, abs=1.0)
+    assert section.perpendicular_diameter_mm == pytest.approx(diameter, abs=1.0)
+    assert section.area_mm2 == pytest.approx(np.pi * diameter**2 / 4, rel=0.05)
+    assert abs(section.normal @ normal) > np.cos(np.radians(2))
+    with pytest.raises(ValueError, match="not a disc"):
+        measure_disc(mask, ijk_to_ras)  # a ball
 
 
 def _segmentation_with(runtime, volume_node, masks: dict[str, np.ndarray], path):
@@ -301,3 +356,23 @@ def test_a_thin_vessel_on_thick_slices_is_measured_with_a_warning():
     vessel = measure_vessel(*tube_phantom(short, np.full(len(short), 4.0), (0.7, 0.7, 5.0), _rotation(0.5, 0.3, 0.2)))
     assert any("coarse for a vessel" in warning for warning in vessel.warnings)
     assert vessel.as_json()["warnings"] == vessel.warnings
+
+
+def test_a_short_straight_piece_of_vessel_is_tubular_by_its_cross_sections_and_a_lesion_is_not():
+    """Without terminology: a 60 mm piece of a 16 mm vessel (path over width 5, under the ratio of 8) and the same
+    piece tapering 20 -> 12 mm are tubes by their steady round sections; an ellipsoid lesion of the same ratio
+    (70 x 16 x 16 mm) swells and narrows, and a flat one (60 x 16 x 8 mm) is oval: neither is."""
+    from aiportal.measure.lesions import TUBULAR_RATIO, tubularity
+
+    piece = _STRAIGHT[:601]
+    rotation = _rotation(0.2, 0.4, 0.1)
+    for radii in (np.full(len(piece), 8.0), np.linspace(10.0, 6.0, len(piece))):
+        mask, ijk_to_ras = tube_phantom(piece, radii, (0.8, 0.8, 2.0), rotation)
+        shape = tubularity(mask, ijk_to_ras[:3, :3])
+        assert 4 <= shape.ratio < TUBULAR_RATIO and shape.tubular, shape.describe()
+        assert shape.sections.area_variation < 0.06 and "cross-section stays round" in shape.describe()
+    k, j, i = np.indices((60, 60, 120)) * np.array([2.0, 0.8, 0.8])[:, None, None, None]
+    for semi_axes in ((8.0, 8.0, 35.0), (4.0, 8.0, 30.0)):
+        lesion = ((k - 60) / semi_axes[0]) ** 2 + ((j - 24) / semi_axes[1]) ** 2 + ((i - 48) / semi_axes[2]) ** 2 <= 1
+        shape = tubularity(lesion, np.diag([0.8, 0.8, 2.0]))
+        assert 4 <= shape.ratio < TUBULAR_RATIO and not shape.tubular, (semi_axes, shape.sections)

@@ -6,9 +6,12 @@ side by side in one run.
    TRUE centre and normal, so only the cross-section measurement differs. TotalSegmentator's: voxelised plane
    (|distance| < 1 voxel) AND mask, dilated by one voxel, closest blob (``get_plane_aorta_intersection``), then the
    farthest pair of boundary voxel centres and the longest near-perpendicular pair (``get_plane_diameters``).
-2. **Pulmonary report landmarks** (``totalseg/pulmonary_report``): the numbers in its ``pulmonary_report.json``,
-   TotalSegmentator 2.18's own pipeline re-run on the same masks (``_load_report_data``, ``create_landmark_planes``,
-   ``measure_landmarks``), and ours at their landmark plane and on our centreline.
+2. **Pulmonary report landmarks** (``totalseg/pulmonary_report``): the numbers in its ``pulmonary_report.json``
+   (report "version" 0.2.0: the landmark DISCS of its landmark model measured on their own plane), TotalSegmentator
+   2.18's own pipeline re-run on the same masks (``_load_report_data``, ``create_landmark_planes``,
+   ``measure_landmarks``: the artery cut by the disc's plane, dilated by one voxel), the same 2.18 measurement applied
+   to the discs themselves (what its landmark 1 does), and ours: on the discs (``measure_disc``), the artery at their
+   plane, and on our centreline.
 
 Run: ``.venv/bin/python bench/bench_vessels.py`` (needs the ``totalsegmentator`` package). Not a test; prints tables.
 """
@@ -95,19 +98,32 @@ def pulmonary() -> None:
     measure_landmarks(data["landmarks"], data["ct_img"], data["affine"], largest, Path(tempfile.mkdtemp()), logger,
                       False)
     theirs_s = time.perf_counter() - started
+    reruns = [(np.linalg.norm(np.subtract(lm["end"], lm["start"])),
+               np.linalg.norm(np.subtract(lm["end_pd"], lm["start_pd"]))) for lm in data["landmarks"].values()]
+    for landmark in data["landmarks"].values():  # 2.18's measurement on the disc itself, as for its landmark 1
+        landmark["roi"] = (np.asarray(landmark["data"]) > 0).astype(np.uint8)
+    measure_landmarks(data["landmarks"], data["ct_img"], data["affine"], largest, Path(tempfile.mkdtemp()), logger,
+                      False)
     print(f"\n2. Pulmonary artery landmarks, maximum / perpendicular diameter in mm (ours: whole vessel, "
           f"{len(vessel.sections)} sections, {ours_s:.1f} s; TotalSegmentator 2.18 re-run: 5 landmarks, "
           f"{theirs_s:.1f} s incl. its CT resampling and PNGs)")
-    print("| landmark | pulmonary_report.json | TotalSegmentator 2.18 re-run | ours at their plane "
-          "| ours on centreline |")
-    print("|---|---|---|---|---|")
-    for row, landmark in zip(rows, data["landmarks"].values(), strict=True):
-        rerun = np.linalg.norm(np.subtract(landmark["end"], landmark["start"]))
-        rerun_pd = np.linalg.norm(np.subtract(landmark["end_pd"], landmark["start_pd"]))
-        at_plane = f"{row['ours_at_their_plane_mm']:.1f} / {row['ours_at_their_plane_perpendicular_mm']:.1f}"
-        on_line = f"{row['ours_on_centreline_mm']:.1f} / {row['ours_on_centreline_perpendicular_mm']:.1f}"
-        print(f"| {row['landmark']} | {row['theirs_mm']:.1f} / {row['theirs_perpendicular_mm']:.1f} | {rerun:.1f} / "
-              f"{rerun_pd:.1f} | {at_plane} | {on_line} |")
+    print("| landmark | pulmonary_report.json (discs) | TotalSegmentator 2.18 on the discs | ours on the discs "
+          "| TotalSegmentator 2.18 re-run (artery, dilated) | ours, artery at their plane | ours on centreline |")
+    print("|---|---|---|---|---|---|---|")
+    for row, landmark, rerun in zip(rows, data["landmarks"].values(), reruns, strict=True):
+        on_disc = (np.linalg.norm(np.subtract(landmark["end"], landmark["start"])),
+                   np.linalg.norm(np.subtract(landmark["end_pd"], landmark["start_pd"])))
+        print(f"| {row['landmark']} | {row['theirs_mm']:.1f} / {row['theirs_perpendicular_mm']:.1f} "
+              f"| {on_disc[0]:.1f} / {on_disc[1]:.1f} "
+              f"| {row['ours_disc_mm']:.1f} / {row['ours_disc_perpendicular_mm']:.1f} "
+              f"({row['ours_disc_mm'] - row['theirs_mm']:+.1f}) | {rerun[0]:.1f} / {rerun[1]:.1f} "
+              f"| {row['ours_at_their_plane_mm']:.1f} / {row['ours_at_their_plane_perpendicular_mm']:.1f} "
+              f"| {row['ours_on_centreline_mm']:.1f} / {row['ours_on_centreline_perpendicular_mm']:.1f} |")
+    print("\nAreas, mm²: | landmark | json (disc) | ours, disc | ours, artery at their plane | artery voxels cut "
+          "exactly (0.1 mm) |")
+    for row in rows:
+        print(f"| {row['landmark']} | {row['theirs_area_mm2']:.0f} | {row['ours_disc_area_mm2']:.0f} "
+              f"| {row['ours_at_their_plane_area_mm2']:.0f} | {row['voxel_section_area_mm2']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -121,11 +121,20 @@ def measure_cross_section(grid: VesselGrid, center: np.ndarray, normal: np.ndarr
             break
         width *= 2.0
     polygon = outline * pixel - (_SAMPLES - 1) / 2 * pixel  # mm in (u, v)
+    return section_from_outline(grid, polygon, pixel, center, normal, encloses)
+
+
+def section_from_outline(grid: VesselGrid, polygon: np.ndarray, pixel: float, center: np.ndarray,
+                         normal: np.ndarray, encloses: bool) -> CrossSection:
+    """Area and diameters (module docstring) of a closed outline in mm, in the (u, v) basis of
+    :func:`plane_basis` (``normal``) about ``center``; ``pixel``: the plane grid's sample spacing."""
+    u, v = plane_basis(normal)
     area = abs(_area(polygon))
     a, b, diameter = _farthest_pair(polygon)
     along = (b - a) / diameter if diameter > 0 else np.array([1.0, 0.0])
     c, d, perpendicular = longest_perpendicular_chord(polygon, along, pixel / 4)
     hull_area = ConvexHull(polygon).volume if len(polygon) > 3 else area
+
     def ras(point: np.ndarray) -> np.ndarray:
         return center + point[..., 0, None] * u + point[..., 1, None] * v
 
