@@ -89,3 +89,18 @@ def test_server_run_refuses_without_consent_and_what_it_cannot_send(server, resp
                               env={**os.environ, "AIPORTAL_API_KEY": key})
         assert done.returncode == 1 and message in done.stderr, done.stderr
         assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
+
+def test_box_labels_must_match_the_boxes():
+    from aiportal.errors import InputError
+    from aiportal.prompts import box_labels_for, box_prompt_params
+
+    box = [1, 2, 3, 4, 5, 3]
+    assert box_prompt_params([box, box], box_labels_for(2, one_structure=True)) == {
+        "boxes": [box, box], "box_labels": [1, 1]}
+    assert box_prompt_params([box, box], box_labels_for(2, one_structure=False))["box_labels"] == [1, 2]
+    assert box_prompt_params([]) == {}
+    with pytest.raises(InputError, match="1 box label"):
+        box_prompt_params([box, box], [1])
+    with pytest.raises(InputError, match="1 or more"):
+        box_prompt_params([box], [0])
