@@ -32,7 +32,7 @@ from aiportal.desktop_requirements import ensure_feature
 from aiportal.export.exporter import DICOM_FORMATS, ExportOptions, ExportResult
 from aiportal.export.job import ExportJob
 from aiportal.models.catalog import get_catalog
-from aiportal.prompts import box_from_roi_node
+from aiportal.prompts import boxes_from_roi_nodes
 from aiportal.remote import RemoteSegmentationJob
 from aiportal.segment import DEVICES, SegmentationJob, show_segmentation_3d
 from aiportal.segmentation import describe_segments
@@ -118,7 +118,8 @@ class AISegmentPortalParameterNode:
     inputVolume - The volume to segment.
     modelId - Catalog id of the model to run.
     device - Where to run the model: "auto" (the model's preferred device), "cpu", "cuda" or "mps".
-    promptROI - Box prompt for promptable models (LiteMedSAM): a Markups ROI around the structure.
+    boxesOneStructure - The checked box prompts (Markups ROIs, for LiteMedSAM) outline one structure (their
+        slices between filled) rather than one structure each: `aiportal segment --box-labels 1 1 ...`.
     outputSegmentation - Segmentation that receives the result; None creates a new one.
     showIn3D - Show the result as surfaces in the 3D views.
     runOnServer - Run the model on the inference server at serverURL instead of this computer.
@@ -128,7 +129,7 @@ class AISegmentPortalParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     modelId: str = DEFAULT_MODEL_ID
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    promptROI: vtkMRMLMarkupsROINode
+    boxesOneStructure: bool = False
     outputSegmentation: vtkMRMLSegmentationNode
     showIn3D: bool = True
     runOnServer: bool = False
@@ -340,6 +341,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelId = modelId
         takesBox = bool(modelId) and "box" in get_catalog().get(modelId).prompts
         self.ui.promptROILabel.visible = self.ui.promptROISelector.visible = takesBox
+        self.ui.boxesOneStructureCheckBox.visible = takesBox
         self._updateInstallButton(modelId)
 
     def _updateInstallButton(self, modelId: str | None) -> None:
@@ -388,7 +390,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.modelId,
                 self._parameterNode.device,
                 self._parameterNode.outputSegmentation,
-                self._parameterNode.promptROI,
+                list(self.ui.promptROISelector.checkedNodes()),
+                self._parameterNode.boxesOneStructure,
                 server,
             )
             self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
@@ -677,7 +680,8 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         modelId: str,
         device: str,
         outputSegmentation: vtkMRMLSegmentationNode | None,
-        promptROI: vtkMRMLMarkupsROINode | None = None,
+        promptROIs: list[vtkMRMLMarkupsROINode] | None = None,
+        boxesOneStructure: bool = False,
         server: "ServerClient | None" = None,
     ) -> "SegmentationJob | RemoteSegmentationJob":
         """A job for inputVolume (on the server when one is given), once the Python packages are installed."""
@@ -685,10 +689,8 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
             raise ValueError(_("Select an input volume."))
         self.ensureDependencies("remote" if server is not None else "segment")
         params = {}
-        if "box" in get_catalog().get(modelId).prompts:
-            if not promptROI:
-                raise ValueError(_("This model needs a box: place a Markups ROI around the structure."))
-            params["boxes"] = [box_from_roi_node(inputVolume, promptROI)]
+        if "box" in get_catalog().get(modelId).prompts:  # what --box ... --box-labels gives the CLI's model
+            params = boxes_from_roi_nodes(inputVolume, promptROIs or [], boxesOneStructure)
         if server is not None:  # the user confirmed that the image may leave this computer
             return RemoteSegmentationJob(inputVolume, modelId, server, consent=True, params=params)
         # the model runs in a child process with its own Python environment (aiportal.models.envs)
@@ -709,7 +711,8 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         modelId: str = DEFAULT_MODEL_ID,
         device: str = "auto",
         outputSegmentation: vtkMRMLSegmentationNode | None = None,
-        promptROI: vtkMRMLMarkupsROINode | None = None,
+        promptROIs: list[vtkMRMLMarkupsROINode] | None = None,
+        boxesOneStructure: bool = False,
         server: "ServerClient | None" = None,
     ) -> "SegmentationJob | RemoteSegmentationJob":
         """
@@ -720,10 +723,12 @@ class AISegmentPortalLogic(ScriptedLoadableModuleLogic):
         :param modelId: catalog id of the model
         :param device: "auto", "cpu", "cuda" or "mps"
         :param outputSegmentation: segmentation to fill; None creates a new one
-        :param promptROI: box prompt for models that take one (LiteMedSAM)
+        :param promptROIs: box prompts for models that take them (LiteMedSAM), one structure each
+        :param boxesOneStructure: the boxes outline one structure (the slices between them filled)
         :param server: run on this inference server (the caller has the user's consent to upload)
         """
-        job = self.createJob(inputVolume, modelId, device, outputSegmentation, promptROI, server)
+        job = self.createJob(inputVolume, modelId, device, outputSegmentation, promptROIs, boxesOneStructure,
+                             server)
         job.start()
         return job
 
@@ -810,6 +815,8 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         self.test_AISegmentPortalSceneClose()
         self.setUp()
         self.test_AISegmentPortalViewButtons()
+        self.setUp()
+        self.test_AISegmentPortalBoxPrompts()
 
     def test_AISegmentPortal1(self):
         """Segment the project's CT phantom with classic-ct and export it (as Testing/test_desktop_jobs.py does)."""
@@ -880,4 +887,28 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         for index in range(layoutManager.threeDViewCount):
             barWidget = layoutManager.threeDWidget(index).threeDController().barWidget()
             self.assertEqual(len(slicer.util.findChildren(widget=barWidget, name=VIEW_BUTTON_OBJECT_NAME)), 1)
+        self.delayDisplay("Test passed")
+
+    def test_AISegmentPortalBoxPrompts(self):
+        """Several ROIs give the box model what `--box ... --box ... [--box-labels 1 1]` gives it on the CLI."""
+        from aiportal.errors import InputError
+        from aiportal.io.volumes import volume_node_from_array
+        from aiportal.sample import make_ct_phantom
+
+        phantom = make_ct_phantom(shape=(40, 96, 96), spacing=(5.0, 3.5, 3.5))
+        inputVolume = volume_node_from_array(slicer.mrmlScene, phantom.hu, phantom.ijk_to_ras, "phantom")
+        rois = []
+        for k in (10, 30):  # flat boxes on two slices: voxel centres (i, j, k) -> RAS through the volume's matrix
+            corners = [phantom.ijk_to_ras @ [i, j, k, 1.0] for i, j in ((20, 30), (60, 70))]
+            roi = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsROINode")
+            roi.SetXYZ(*((corners[0][:3] + corners[1][:3]) / 2))
+            roi.SetRadiusXYZ(*(abs(corners[1][:3] - corners[0][:3]) / 2))
+            rois.append(roi)
+        logic = AISegmentPortalLogic()
+        for oneStructure, labels in ((True, [1, 1]), (False, [1, 2])):
+            job = logic.createJob(inputVolume, "litemedsam", "cpu", None, rois, oneStructure)
+            self.assertEqual(job.params, {"boxes": [[20, 30, 10, 60, 70, 10], [20, 30, 30, 60, 70, 30]],
+                                          "box_labels": labels})
+        with self.assertRaises(InputError):
+            logic.createJob(inputVolume, "litemedsam", "cpu", None, [], False)
         self.delayDisplay("Test passed")

@@ -18,6 +18,7 @@ from typing import TextIO
 from aiportal import __version__
 from aiportal.errors import AIPortalError, CancelledError
 from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
+from aiportal.remote_segment import add_server_arguments
 from aiportal.weights.cli import add_doctor_command, add_models_commands
 
 EXIT_ERROR = 1
@@ -173,6 +174,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     options = _export_options(args)
     check_output_folder(args.out, [*expected_outputs(options.formats), "run.json"], args.overwrite)  # before work
+    if args.server:  # the same run on the inference server
+        from aiportal.remote_segment import segment_on_server
+
+        return segment_on_server(args, _model_params(args))
     request = PipelineRequest(input_path=args.input, model_id=args.model, out_dir=args.out, options=options,
                               params=_model_params(args), boxes=args.box or [], boxes_ras=args.box_ras or [],
                               box_labels=args.box_labels or [],
@@ -181,15 +186,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
                               geometry=_geometry(args))
     result = run_segmentation(request, progress=TerminalProgress())
     args.pipeline_result = result  # for the PACS push of `segment --pacs --push`
-    for note in result.notes:
-        print(f"note: {note}", file=sys.stderr)
-    print(f"{result.model_id} on {args.input}: {len(result.volumes_ml)} segments in {result.model_elapsed_s:.1f} s")
-    if line := geometry_line(result.geometry):
-        print(f"  {line}")
-    for name, volume_ml in result.volumes_ml.items():
-        print(f"  {name:<12} {volume_ml:>10.1f} mL" if volume_ml is not None else f"  {name:<12} not measured")
-    if result.absent_labels:
-        print(f"  not found: {', '.join(result.absent_labels)}")
+    from aiportal.remote_segment import print_run_summary
+
+    print_run_summary(result.as_json(), str(args.input))
     _print_dicom_objects(result.files, args.out)
     print(f"wrote {len(result.files)} file(s) to {args.out}")
     return 0
@@ -486,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export_arguments(segment)
     add_segment_pacs_arguments(segment)
     _add_nan_as(segment)
+    add_server_arguments(segment)
     segment.set_defaults(handler=cmd_segment)
 
     export = commands.add_parser("export", help="export an existing segmentation (seg.nrrd) of a source image")

@@ -62,24 +62,21 @@ class PipelineResult:
     study_uid: str = ""
     series_uid: str = ""
     geometry: dict[str, Any] = field(default_factory=dict)  # which grid the outputs are on (DICOM input)
+    warnings: list[str] = field(default_factory=list)  # the run's warnings, as run.json records them
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def _model_params(request: PipelineRequest, volume_node) -> dict[str, Any]:
-    from aiportal.prompts import box_from_ras_corners, check_box
+    from aiportal.prompts import box_from_ras_corners, box_prompt_params, check_box
     from aiportal.segmentation import shape_kji
 
     params = dict(request.params)
     boxes = [check_box(box, shape_kji(volume_node), request.input_label or str(request.input_path))
              for box in request.boxes]
     boxes += [box_from_ras_corners(volume_node, box[:3], box[3:]) for box in request.boxes_ras]
-    if boxes:
-        params["boxes"] = boxes
-    if request.box_labels:
-        params["box_labels"] = list(request.box_labels)
-    return params
+    return params | box_prompt_params(boxes, request.box_labels)
 
 
 def _check_measurable(loaded, label: str, options: ExportOptions) -> None:
@@ -151,10 +148,11 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
                        else None for segment_id, count in segment_voxel_counts(node).items()}
         reference = loaded.source.reference() if loaded.source else {}
         provenance = asdict(result.provenance)
+        warnings = loaded.warnings + result.notes
         run_record = {"input": label, "source": reference or None, "geometry": loaded.geometry or None,
                       "model": result.model.id,
                       "provenance": provenance, "elapsed_s": round(result.elapsed_s, 3), "volumes_ml": volumes,
-                      "absent_labels": result.absent_labels, "warnings": loaded.warnings + result.notes}
+                      "absent_labels": result.absent_labels, "warnings": warnings}
         fields = ai_run_fields(result, label, reference)
         AuditLog(Settings.from_environment().audit_log).append(
             "ai_run", **fields | {"user": request.user or fields["user"], "via": request.via})
@@ -173,7 +171,7 @@ def run_segmentation(request: PipelineRequest, progress: ProgressCallback = no_p
             notes=loaded.warnings + result.notes + exported.notes, elapsed_s=round(time.monotonic() - started, 3),
             model_elapsed_s=round(result.elapsed_s, 3),
             study_uid=reference.get("study_uid", ""), series_uid=reference.get("series_uid", ""),
-            geometry=loaded.geometry)
+            geometry=loaded.geometry, warnings=warnings)
     finally:
         if own_runtime:
             with SCENE_LOCK:

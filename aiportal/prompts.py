@@ -55,3 +55,33 @@ def check_box(box: Sequence[int], shape_kji: Sequence[int], volume_name: str) ->
         raise InputError(f"The box {list(box)} is not inside {volume_name} (i, j, k up to {extent.tolist()})",
                          "give i0 <= i1, j0 <= j1, k0 <= k1 within the volume")
     return [int(v) for v in box]
+
+
+def box_labels_for(count: int, one_structure: bool) -> list[int]:
+    """The structure of each of ``count`` boxes: all one (2D boxes on several slices of one organ, the slices
+    between them filled) or one structure per box (what ``--box-labels`` defaults to)."""
+    return [1] * count if one_structure else list(range(1, count + 1))
+
+
+def box_prompt_params(boxes: Sequence[Sequence[int]], box_labels: Sequence[int] = ()) -> dict:
+    """A promptable model's ``boxes`` / ``box_labels`` parameters: what ``--box ... --box-labels`` and the
+    panels' box lists give the model (empty labels: box *n* is structure *n*)."""
+    if box_labels and len(box_labels) != len(boxes):
+        raise InputError(f"{len(box_labels)} box label(s) for {len(boxes)} box(es)",
+                         "give one label per box (--box ones first, then --box-ras), e.g. 1 1 for two boxes of "
+                         "one structure")
+    if box_labels and min(box_labels) < 1:
+        raise InputError(f"Box labels must be 1 or more, got {list(box_labels)}", "number the structures 1, 2, 3 ...")
+    params: dict = {"boxes": [list(box) for box in boxes]} if boxes else {}
+    if boxes and box_labels:
+        params["box_labels"] = [int(label) for label in box_labels]
+    return params
+
+
+def boxes_from_roi_nodes(volume_node, roi_nodes: Sequence, one_structure: bool) -> dict:
+    """The model parameters of several Markups ROIs (the desktop's and the workspace's box lists), in the
+    order given: each ROI one structure, or all of them one structure (``--box-labels 1 1 ...``)."""
+    if not roi_nodes:
+        raise InputError("This model needs a box around the structure", "place a Markups ROI around it")
+    boxes = [box_from_roi_node(volume_node, roi) for roi in roi_nodes]
+    return box_prompt_params(boxes, box_labels_for(len(boxes), one_structure))

@@ -42,6 +42,7 @@ class RemoteSegmentationJob(BackgroundJob):
         self._folder = Path(tempfile.mkdtemp(prefix="aiportal-remote-"))
         self._upload = self._folder / "upload.nrrd"
         self._job_id: str | None = None
+        self._final: dict[str, Any] = {}
         self._t0 = 0.0
 
     def _report(self, fraction: float, stage: str) -> None:
@@ -54,7 +55,8 @@ class RemoteSegmentationJob(BackgroundJob):
         finally:
             self._upload.unlink(missing_ok=True)
         self._job_id = job["id"]
-        final = self.client.wait(job["id"], progress=self._report, timeout_s=self.timeout_s, cancel=self._cancel)
+        final = self._final = self.client.wait(job["id"], progress=self._report, timeout_s=self.timeout_s,
+                                               cancel=self._cancel)
         if final["state"] == "cancelled" or self._cancel.cancelled:
             raise CancelledError(f"{self.model_id} on the server")
         if final["state"] != "done":
@@ -89,4 +91,5 @@ class RemoteSegmentationJob(BackgroundJob):
             raise ModelError(f"The server's result for {self.model_id} carries no provenance",
                              "update the server to the same aiportal version")
         return SegmentationResult(node, get_catalog().get(self.model_id), provenance, time.monotonic() - self._t0,
-                                  notes=[*self.notes, f"computed on {self.client.base_url}, job {self._job_id}"])
+                                  notes=[*self.notes, *self._final.get("warnings", []),  # the run's, loud here too
+                                         f"computed on {self.client.base_url}, job {self._job_id}"])

@@ -122,6 +122,7 @@ class JobView(BaseModel):
     error: str | None = None
     fix: str | None = None
     results_available: bool = False
+    warnings: list[str] = Field(default_factory=list, description="the run's warnings (as its run.json records them)")
     result: dict[str, Any] | None = None
 
 
@@ -156,7 +157,7 @@ def job_view(record: JobRecord) -> JobView:
         study_uid=record.study_uid, series_uid=record.series_uid, push=record.push, attempts=record.attempts,
         created=_iso(record.created) or "", started=_iso(record.started), finished=_iso(record.finished),
         error=record.error, fix=record.fix, results_available=bool(record.result.get("files")) and not record.expired,
-        result=record.result or None)
+        warnings=list(record.result.get("warnings") or []), result=record.result or None)
 
 
 def _error(status: int, message: str, fix: str | None = None, headers: dict | None = None) -> JSONResponse:

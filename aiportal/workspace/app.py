@@ -34,6 +34,8 @@ from aiportal.runtime import SlicerRuntime
 from aiportal.settings import Settings
 from aiportal.workspace import ui
 
+BOX_PROMPT_NAME = "AI box prompt"
+DEFAULT_BOX_RADIUS_MM = 20.0  # a box placed by one click: 40 mm wide, flat on its slice; its handles resize it
 POLL_INTERVAL_S = 0.25  # how often the page's progress follows a running model
 STATISTICS_DELAY_S = 0.6  # statistics follow edits once painting pauses this long
 
@@ -115,7 +117,8 @@ class Workspace(TrameApp):
         state.update({
             "ws_volume_name": "", "ws_loading": False, "ws_error": "", "ws_error_fix": "", "ws_message": "",
             "load_path": "", "ai_running": False, "ai_progress": 0, "ai_stage": "", "ai_error": "",
-            "ai_error_fix": "", "ai_summary": "", "ai_segments": [], "ai_pending": 0, "ai_box": None,
+            "ai_error_fix": "", "ai_summary": "", "ai_segments": [], "ai_pending": 0, "ai_boxes": [],
+            "ai_boxes_one_structure": False,
             "stats_rows": [], "stats_busy": False, "stats_error": "", "export_busy": False,
             "export_message": "", "export_error": "", "export_assign_uids": False,
             "export_key_images": False, "export_models": False,
@@ -200,7 +203,7 @@ class Workspace(TrameApp):
         self.session = Session()
         self.state.update({"ws_volume_name": "", "ai_segments": [], "ai_pending": 0, "ai_summary": "",
                            "stats_rows": [], "ai_error": "", "ai_error_fix": "", "export_message": "",
-                           "export_error": "", "ai_box": None})
+                           "export_error": "", "ai_boxes": []})
 
     # -- AI Segment ------------------------------------------------------------------------------
     def run_ai(self) -> None:
@@ -231,31 +234,44 @@ class Workspace(TrameApp):
         if model is None:
             raise AIPortalError("No model chosen", "pick a model in the list")
         if "box" in model["prompts"]:
-            box = self.state.ai_box
-            if not box:
-                raise AIPortalError(f"{model['title']} needs a box around the structure",
-                                    "press 'Place box' and draw it in a slice view")
-            from aiportal.prompts import box_from_ras_corners
+            from aiportal.prompts import boxes_from_roi_nodes
 
-            # the ROI's RAS bounds (x0, x1, y0, y1, z0, z1) as the voxel box the model receives
-            return {"boxes": [box_from_ras_corners(self.session.loaded.node, box[0::2], box[1::2])]}
+            if not self._box_rois():
+                raise AIPortalError(f"{model['title']} needs a box around the structure",
+                                    "press 'Add box' and draw it in a slice view")
+            # what `--box ... --box-labels` gives the CLI's model: each ROI's bounds as read now (after any
+            # handle drags), one structure each or all of them one structure (the slices between filled)
+            return boxes_from_roi_nodes(self.session.loaded.node, self._box_rois(),
+                                        bool(self.state.ai_boxes_one_structure))
         return {}
 
-    def place_box(self) -> None:
-        """Box prompt (LiteMedSAM-style models): an ROI markup the reader places in a slice view."""
+    def _box_rois(self) -> list:
         scene = self.slicer_app.scene
-        roi = scene.GetFirstNodeByName("AI box prompt") or scene.AddNewNodeByClass("vtkMRMLMarkupsROINode",
-                                                                                   "AI box prompt")
+        rois = [scene.GetNthNodeByClass(n, "vtkMRMLMarkupsROINode")
+                for n in range(scene.GetNumberOfNodesByClass("vtkMRMLMarkupsROINode"))]
+        return [roi for roi in rois if roi.GetName().startswith(BOX_PROMPT_NAME)]
+
+    def add_box(self) -> None:
+        """One more box prompt (LiteMedSAM-style models): an ROI markup the reader places in a slice view."""
+        scene = self.slicer_app.scene
+        roi = scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{BOX_PROMPT_NAME} {len(self._box_rois()) + 1}")
         roi.CreateDefaultDisplayNodes()
-        roi.RemoveAllControlPoints()
-        roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, lambda *_: self._read_box(roi))
+        roi.AddObserver(slicer.vtkMRMLMarkupsNode.PointPositionDefinedEvent, lambda *_: self._box_placed(roi))
         self.slicer_app.markups_logic.place_node(roi)
 
-    def _read_box(self, roi) -> None:
-        bounds = [0.0] * 6
-        roi.GetBounds(bounds)
+    def clear_boxes(self) -> None:
+        """Remove every box prompt (their ROI markups too)."""
+        for roi in self._box_rois():
+            self.slicer_app.scene.RemoveNode(roi)
         with self.state:
-            self.state.ai_box = [round(b, 2) for b in bounds]
+            self.state.ai_boxes = []
+
+    def _box_placed(self, roi) -> None:
+        # one click (the remote view sends no hover moves to size it): a flat box around it
+        if max(roi.GetSize()[:2]) <= 0:
+            roi.SetRadiusXYZ(DEFAULT_BOX_RADIUS_MM, DEFAULT_BOX_RADIUS_MM, 0.0)
+        with self.state:
+            self.state.ai_boxes = [r.GetName() for r in self._box_rois() if r.GetNumberOfDefinedControlPoints()]
 
     def cancel_ai(self) -> None:
         if self.session.job is not None:

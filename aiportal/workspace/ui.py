@@ -161,9 +161,17 @@ class AISegmentPanel(VCard):
                  classes="text-caption text-grey mt-1")
         with html.Div(v_if=("(ai_models.find(m => m.id === ai_model_id) || {prompts: []}).prompts.includes('box')",),
                       classes="my-2", raw_attrs=_testid("ai-box-prompt")):
-            html.Div("This model segments what lies in a box you draw.", classes="text-caption")
-            VBtn("Place box", click=workspace.place_box, size="small", variant="tonal", prepend_icon="mdi-selection")
-            html.Span("{{ ai_box ? 'box placed' : 'no box yet' }}", classes="text-caption ml-2")
+            html.Div("This model segments what lies in the boxes you draw (2D boxes are followed through the "
+                     "slices).", classes="text-caption")
+            VBtn("Add box", click=workspace.add_box, size="small", variant="tonal", prepend_icon="mdi-selection",
+                 raw_attrs=_testid("ai-add-box"))
+            VBtn("Clear boxes", click=workspace.clear_boxes, size="small", variant="text", classes="ml-1",
+                 disabled=("!ai_boxes.length",), raw_attrs=_testid("ai-clear-boxes"))
+            html.Div("{{ ai_boxes.length ? ai_boxes.length + ' box(es) placed' : 'no box yet' }}",
+                     classes="text-caption", raw_attrs=_testid("ai-box-count"))
+            VCheckbox(v_model=("ai_boxes_one_structure",), density="compact", hide_details=True,
+                      label="The boxes outline one structure (fill the slices between them)",
+                      raw_attrs=_testid("ai-boxes-one-structure"))
         with html.Div(classes="d-flex align-center mt-3"):
             VBtn("Run", click=workspace.run_ai, color="primary", prepend_icon="mdi-play",
                  disabled=("ai_running || !ws_volume_name",), raw_attrs=_testid("ai-run"))
