@@ -53,7 +53,7 @@ def api(tmp_path_factory, issuer):
         "full": server.key("full", "read,submit,audit"),
         "read": server.key("reader", "read"),
         "audit": server.key("auditor", "audit"),
-        "expired": server.key("old", "read,submit,audit,admin", expires_days=-1),
+        "expired": server.key("old", "read,submit,audit,admin", expires_days=1e-5),  # expires in 0.9 s
         "revoked": server.key("gone", "read,submit,audit,admin"),
         **{f"client{n}": server.key(f"client{n}", "read,submit") for n in range(4)},
     }
@@ -82,7 +82,8 @@ def _client(api, name: str = "full", **options) -> ServerClient:
 # -- security --------------------------------------------------------------------------------------
 def _operations(api) -> list[tuple[str, str, str]]:
     """(method, concrete path, scope) of every operation the OpenAPI document publishes."""
-    spec = requests.get(f"{api.url}/openapi.json", timeout=10).json()
+    spec = requests.get(f"{api.url}/openapi.json", headers={"Authorization": f"Bearer {api.keys['full']}"},
+                        timeout=10).json()
     scopes = {"/v1/audit": "audit"}
     operations = []
     for path, methods in spec["paths"].items():

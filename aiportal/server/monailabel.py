@@ -35,7 +35,7 @@ def add_monailabel_routes(app: FastAPI, state) -> None:
 
     settings, store = state.settings, state.store
 
-    def info(_: Principal = Depends(require("read"))) -> dict:
+    def info(_: Principal = Depends(require("status"))) -> dict:
         from aiportal.models.catalog import get_catalog
 
         models = {entry.id: {"type": "segmentation", "dimension": 3, "description": entry.description,
