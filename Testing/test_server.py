@@ -89,14 +89,15 @@ def _operations(api) -> list[tuple[str, str, str]]:
     for path, methods in spec["paths"].items():
         concrete = path.replace("{job_id}", "0" * 32).replace("{name}", "labels.nrrd").replace("{model}", "classic-ct")
         for method in methods:
-            scope = scopes.get(path, "submit" if method == "post" else "read")
+            scope = scopes.get(path, "submit" if method == "post" else "read" if "/results" in path else "status")
             operations.append((method.upper(), concrete, scope))
     assert len(operations) >= 13
     return operations
 
 
 def test_every_endpoint_refuses_missing_wrong_expired_or_underscoped_credentials(api, issuer):
-    under_scoped = {"read": api.keys["audit"], "submit": api.keys["read"], "audit": api.keys["read"]}
+    under_scoped = {"status": api.keys["audit"], "read": api.keys["audit"], "submit": api.keys["read"],
+                    "audit": api.keys["read"]}
     bad = {"none": {}, "wrong key": {"Authorization": "Bearer aip_000000000000_wrongsecret"},
            "garbage": {"Authorization": "Bearer not-a-token"}, "basic scheme": {"Authorization": "Basic dXNlcjpw"},
            "expired key": {"Authorization": f"Bearer {api.keys['expired']}"},
@@ -116,7 +117,7 @@ def test_every_endpoint_refuses_missing_wrong_expired_or_underscoped_credentials
         assert answer.status_code == 403, (method, path, answer.text)
         assert scope in answer.json()["error"]
         token = issuer.token(roles=("aiportal-auditor",) if scope != "audit" else ("aiportal-reader",))
-        if scope == "read":
+        if scope in ("read", "status"):
             token = issuer.token(roles=("some-other-role",))
         answer = requests.request(method, api.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert answer.status_code == 403, (method, path, "jwt", answer.text)

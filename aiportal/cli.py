@@ -414,14 +414,14 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     log = AuditLog(args.log) if args.log else _audit()
     if args.audit_command == "verify":
-        problems = log.verify()
+        verdict, problems = log.status()
         for problem in problems:
-            where = f"line {problem.line}" if problem.line else "head"
+            where = f"line {problem.line}" if problem.line else "head/anchor"
             print(f"{log.path}: {where}: {problem.problem}", file=sys.stderr)
         if problems:
-            print(f"aiportal: error: audit log {log.path} is NOT intact ({len(problems)} problem(s))", file=sys.stderr)
+            print(f"aiportal: error: audit log {log.path} is {verdict} ({len(problems)} problem(s))", file=sys.stderr)
             return EXIT_ERROR
-        print(f"{log.path}: intact, {len(log.records())} records")
+        print(f"{log.path}: {verdict}, {len(log.records())} records")
         return 0
     if args.audit_command == "review":
         import getpass
@@ -611,7 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--run", help="only this run id")
         parser_.add_argument("--event", choices=["ai_run", "export", "review"])
         parser_.add_argument("--json", action="store_true")
-    audit_commands.add_parser("verify", help="check the hash chain; exit 1 when broken")
+    audit_commands.add_parser("verify", help="check the keyed hash chain and its anchor: INTACT, EMPTY, "
+                                             "MISSING or TAMPERED; exit 1 unless intact/empty")
     review = audit_commands.add_parser("review", help="record the reader's decision on an AI segment")
     review.add_argument("run_id")
     review.add_argument("segment")
