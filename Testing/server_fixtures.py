@@ -64,7 +64,7 @@ class ApiServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the API server exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/v1/health", timeout=2).status_code in (200, 401):  # up; the API needs a key
+                if requests.get(f"{self.url}/v1/health", timeout=2).status_code in (200, 401):  # up (needs a key)
                     return self
             except requests.ConnectionError:
                 pass
