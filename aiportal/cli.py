@@ -636,8 +636,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from aiportal.interrupts import os_error_line, sigterm_as_interrupt
+
     args = build_parser().parse_args(argv)
     _quiet_vtk(args.debug)
+    sigterm_as_interrupt()
     try:
         return args.handler(args)
     except CancelledError as error:
@@ -649,6 +652,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aiportal: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
+    except OSError as error:  # a path the user gave (an --out inside a file, a missing input): not our bug
+        print(f"aiportal: error: {os_error_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as error:  # anything else is our bug: still one line, traceback on request
         if args.debug:
             traceback.print_exc()
