@@ -22,7 +22,7 @@ from aiportal.server.client import ServerClient, ServerError  # noqa: E402
 
 CT = "totalseg/example_ct_sm.nii.gz"
 MAX_UPLOAD_MB = 5.0
-ROLES = ("submitter", "viewer", "reviewer", "auditor", "admin")
+ROLES = ("submitter", "viewer", "reviewer", "auditor", "admin", "monitor")
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,8 @@ def _route_scope(method: str, path: str) -> str:
     """The scope each route needs (the documented table, kept here independently of the server)."""
     if path == "/v1/audit":
         return "audit"
+    if path == "/metrics":
+        return "metrics"
     if method == "post":
         return "submit"
     if "/results" in path:
@@ -164,7 +166,8 @@ def _route_scope(method: str, path: str) -> str:
 
 ROLE_SCOPES = {"submitter": {"status", "submit"}, "viewer": {"status", "read"},
                "reviewer": {"status", "read", "review"}, "auditor": {"status", "audit"},
-               "admin": {"status", "read", "submit", "review", "audit", "admin"}}
+               "admin": {"status", "read", "submit", "review", "audit", "metrics", "admin"},
+               "monitor": {"metrics"}}
 
 
 def test_every_route_times_every_role(api):
@@ -203,3 +206,26 @@ def test_which_results_each_role_sees(api, shared_data, tmp_path):
             ServerClient(api.url, api_key=api.keys[role]).status(job["id"])
         assert caught.value.status == 404, role
         assert ServerClient(api.url, api_key=api.keys[role]).jobs() == []
+
+
+def test_metrics_need_their_own_credential_and_count_routes_and_jobs(api, shared_data):
+    assert requests.get(f"{api.url}/metrics", timeout=10).status_code == 401
+    assert requests.get(f"{api.url}/metrics", headers=_auth(api, "reviewer"), timeout=10).status_code == 403
+    admin = ServerClient(api.url, api_key=api.keys["admin"])
+    job = admin.submit_file(shared_data / CT, "classic-ct", consent=True)
+    admin.wait(job["id"], timeout_s=180)
+    answer = requests.get(f"{api.url}/metrics", headers=_auth(api, "monitor"), timeout=10)
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for line in answer.text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    done = samples['aiportal_jobs{model="classic-ct",state="done"}']
+    assert done >= 1 and samples["aiportal_queue_depth"] == 0
+    assert samples['aiportal_inference_seconds_count{model="classic-ct"}'] == done
+    assert 0 < samples['aiportal_inference_seconds_sum{model="classic-ct"}'] < 600 * done
+    posted = samples['aiportal_http_request_seconds_count{route="/v1/jobs",method="POST"}']
+    assert posted >= 1 and samples['aiportal_http_requests_total{route="/v1/jobs",method="POST",status="201"}'] >= 1
+    assert samples['aiportal_http_request_seconds_bucket{route="/v1/jobs/{job_id}",method="GET",le="+Inf"}'] >= 1
+    assert job["id"] not in answer.text  # templates, never ids

@@ -340,6 +340,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from aiportal.server.monailabel import add_monailabel_routes
 
     add_monailabel_routes(app, state)
+    from aiportal.server.metrics import add_metrics
+
+    add_metrics(app, state, require)
     return app
 
 

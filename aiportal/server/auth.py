@@ -26,7 +26,7 @@ from aiportal.server.jobs import metadata
 from aiportal.server.roles import expand
 from aiportal.server.settings import ServerSettings
 
-SCOPES = ("status", "read", "submit", "review", "audit", "admin")  # roles: aiportal.server.roles
+SCOPES = ("status", "read", "submit", "review", "audit", "metrics", "admin")  # roles: aiportal.server.roles
 KEY_PREFIX = "aip_"
 
 keys_table = sa.Table(

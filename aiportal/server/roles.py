@@ -11,6 +11,7 @@ viewer        its own jobs' state and results              read
 reviewer      state and results of every client's job      read, review
 auditor       the audit trail and the server's health      status, audit
 admin         everything, every client's jobs              read, submit, audit, admin
+monitor       ``GET /metrics`` only (Prometheus)           metrics
 ============  ===========================================  ==============================
 
 ``read`` implies ``status``; ``review`` lets GET routes reach other clients' jobs (never cancel
@@ -27,8 +28,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "reviewer": ("read", "review"),
     "auditor": ("status", "audit"),
     "admin": ("read", "submit", "audit", "admin"),
+    "monitor": ("metrics",),  # Prometheus' own credential: counts and latencies, no job or image
 }
-IMPLIED = {"read": ("status",), "admin": ("review",)}
+IMPLIED = {"read": ("status",), "admin": ("review", "metrics")}
 
 #: identity-provider role -> scopes; the aiportal-<role> names follow ROLES, the older names stay valid.
 OIDC_ROLE_SCOPES: dict[str, list[str]] = {
