@@ -167,28 +167,26 @@ class Workspace(TrameApp):
 
     async def _load(self, path: Path, name: str, upload_dir: Path | None = None) -> None:
         from aiportal.io.volumes import load_volume
-        from aiportal.workspace.scene_swap import drop_partial_load, drop_previous_study, node_ids
+        from aiportal.workspace.scene_swap import check_openable
 
         with self.state:
             self.clear_error()
             self.state.ws_loading = True
             self.state.ws_message = f"Loading {name}…"
         await asyncio.sleep(0)  # let the page show it before the (blocking) read
-        scene = self.slicer_app.scene
-        before = node_ids(scene)
         try:
+            check_openable(path)  # a failed OPEN keeps the open study: checked before the scene is cleared
+            self.cancel_ai()
+            self.slicer_app.scene.Clear()
+            self._reset_session()
             loaded = load_volume(path, self.runtime)
-        except Exception as error:  # the open study stays as it was, views included
-            drop_partial_load(scene, before)
+        except Exception as error:
             if upload_dir is not None:
                 shutil.rmtree(upload_dir, ignore_errors=True)
             self.show_error(error)
             with self.state:
                 self.state.ws_loading, self.state.ws_message = False, ""
             return
-        self.cancel_ai()
-        drop_previous_study(scene, before)
-        self._reset_session()
         self.session.loaded, self.session.input_name, self.session.upload_dir = loaded, name, upload_dir
         self.slicer_app.display_manager.show_volume(loaded.node, do_reset_views=True)
         self._volume_loaded_signal(loaded.node)  # segment editor, volume properties, layout buttons follow

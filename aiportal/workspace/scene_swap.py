@@ -1,26 +1,50 @@
-"""Opening a study replaces the one shown only once the new one has loaded: a failed OPEN keeps it."""
+"""Opening a study replaces the one shown: check first that the new one can be opened, so that a
+failed OPEN (a wrong path, a file that is no image, a folder without DICOM) keeps the open study.
+
+The check reads headers only (ITK's image information, pydicom without pixels); the scene is
+cleared (Slicer's close events reset the views and the segment editor) only once it passed.
+"""
 
 from __future__ import annotations
 
-_DATA_CLASSES = ("vtkMRMLStorableNode", "vtkMRMLDisplayNode", "vtkMRMLStorageNode")
+from pathlib import Path
+
+from aiportal.errors import InputError
+
+_MAX_FILES_PROBED = 200
 
 
-def node_ids(scene) -> set[str]:
-    return {scene.GetNthNode(index).GetID() for index in range(scene.GetNumberOfNodes())}
+def check_openable(path: Path) -> None:
+    """Raise :class:`InputError` naming ``path`` when it cannot be a volume or DICOM series."""
+    if not path.exists():
+        raise InputError(f"{path} does not exist", "check the path of the volume file or DICOM folder")
+    if path.is_dir():
+        files = [item for item in sorted(path.rglob("*")) if item.is_file()][:_MAX_FILES_PROBED]
+        if not any(_is_dicom(item) or _is_image(item) for item in files):
+            raise InputError(f"{path} holds no DICOM file or volume", "open the folder of one DICOM series")
+        return
+    if not (_is_dicom(path) or _is_image(path)):
+        raise InputError(f"{path.name} is not a readable volume or DICOM file",
+                         "open a NIfTI, NRRD or MetaImage volume, or a DICOM folder")
 
 
-def _remove_data_nodes(scene, ids) -> None:
-    for node_id in ids:
-        node = scene.GetNodeByID(node_id)
-        if node is not None and not node.GetSingletonTag() and any(node.IsA(name) for name in _DATA_CLASSES):
-            scene.RemoveNode(node)
+def _is_dicom(path: Path) -> bool:
+    import pydicom
+
+    try:
+        pydicom.dcmread(path, stop_before_pixels=True)
+        return True
+    except Exception:
+        return False
 
 
-def drop_partial_load(scene, before: set[str]) -> None:
-    """Remove what a failed read added (half a DICOM series), leaving the open study as it was."""
-    _remove_data_nodes(scene, node_ids(scene) - before)
+def _is_image(path: Path) -> bool:
+    import SimpleITK as sitk
 
-
-def drop_previous_study(scene, before: set[str]) -> None:
-    """Remove the previous study's data (volumes, segmentations, markups), keeping the new one."""
-    _remove_data_nodes(scene, before)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+        return reader.GetDimension() >= 2
+    except RuntimeError:
+        return False
