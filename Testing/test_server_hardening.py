@@ -46,10 +46,15 @@ def database(request):
 def api(tmp_path_factory, database):
     server = ApiServer(tmp_path_factory.mktemp("server"), env=database, args=[
         "--executor", "thread", "--workers", "1", "--max-upload-mb", str(MAX_UPLOAD_MB), "--rate-limit", "100000"])
-    server.keys = {}  # type: ignore[attr-defined]
-    for role in ROLES:
-        server.keys[role] = _role_key(server, role)  # type: ignore[attr-defined]
-    server.keys["viewer2"] = _role_key(server, "viewer")  # type: ignore[attr-defined]
+    from aiportal.server.auth import ApiKeyStore
+    from aiportal.server.jobs import make_engine
+    from aiportal.server.roles import role_scopes
+
+    store = ApiKeyStore(make_engine(database.get("AIPORTAL_SERVER_DATABASE_URL")
+                                    or f"sqlite:///{server.data_dir / 'server.db'}"))
+    server.keys = {"admin": _role_key(server, "admin")}  # type: ignore[attr-defined]  # the CLI's --role
+    for role in [*ROLES[:-2], "monitor", "viewer2"]:  # the others straight into the store (faster)
+        server.keys[role] = store.create(role, role_scopes(role.rstrip("2")))  # type: ignore[attr-defined]
     server.start()
     yield server
     server.stop()
