@@ -423,6 +423,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
             return EXIT_ERROR
         print(f"{log.path}: {verdict}, {len(log.records())} records")
         return 0
+    if args.audit_command == "report":
+        from aiportal.audit_report import governance, table
+
+        figures = governance(log.records(), args.window)
+        print(json.dumps([item.as_dict() for item in figures], indent=2) if args.json else table(figures, args.window))
+        return 0
     if args.audit_command == "review":
         import getpass
 
@@ -613,6 +619,10 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--json", action="store_true")
     audit_commands.add_parser("verify", help="check the keyed hash chain and its anchor: INTACT, EMPTY, "
                                              "MISSING or TAMPERED; exit 1 unless intact/empty")
+    report = audit_commands.add_parser("report", help="per model: runs, accept/modify/reject rates, time to "
+                                                      "decision, edit-rate drift alarm")
+    report.add_argument("--window", type=int, default=20, help="decisions in the drift window (default 20)")
+    report.add_argument("--json", action="store_true")
     review = audit_commands.add_parser("review", help="record the reader's decision on an AI segment")
     review.add_argument("run_id")
     review.add_argument("segment")
