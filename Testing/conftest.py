@@ -15,7 +15,11 @@ def pytest_configure(config):
     # every run the tests make (in-process or as child processes) audits into a scratch log, never the user's
     import tempfile
 
-    os.environ["AIPORTAL_AUDIT_LOG"] = str(Path(tempfile.mkdtemp(prefix="aiportal-audit-")) / "audit.jsonl")
+    scratch = Path(tempfile.mkdtemp(prefix="aiportal-audit-"))
+    os.environ["AIPORTAL_AUDIT_LOG"] = str(scratch / "audit.jsonl")
+    # its HMAC key and anchors too, never the user's ~/.config/aiportal
+    os.environ.setdefault("AIPORTAL_AUDIT_KEY", os.urandom(16).hex())
+    os.environ["AIPORTAL_AUDIT_ANCHOR_DIR"] = str(scratch / "anchors")
 
 
 @pytest.fixture(scope="session")

@@ -64,7 +64,7 @@ class ApiServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the API server exited with {self.process.returncode}: {self.log_tail()}")
             try:
-                if requests.get(f"{self.url}/openapi.json", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}/v1/health", timeout=2).status_code in (200, 401):  # up (needs a key)
                     return self
             except requests.ConnectionError:
                 pass
@@ -121,13 +121,14 @@ class CeleryWorker:
     queues: list[str]
     log_path: Path
     name: str = "w1"
+    pool: str = "solo"
     process: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 60.0) -> CeleryWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process' life
         self.process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "aiportal.server.celery_app", "worker", "--loglevel", "INFO",
-             "-Q", ",".join(self.queues), "--concurrency", "1", "--pool", "solo", "-n", f"{self.name}@%h",
+             "-Q", ",".join(self.queues), "--concurrency", "1", "--pool", self.pool, "-n", f"{self.name}@%h",
              "--without-gossip", "--without-mingle"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=REPO, start_new_session=True)
         log.close()

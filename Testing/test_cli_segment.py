@@ -179,6 +179,9 @@ def test_each_run_is_audited_and_the_cli_detects_tampering(dicom_outputs, tmp_pa
     copy = tmp_path / "audit.jsonl"
     copy.write_text(log.read_text())
     (tmp_path / "audit.jsonl.head").write_text(log.with_name(log.name + ".head").read_text())
+    from aiportal.audit_chain import anchor_path
+
+    anchor_path(copy).write_text(anchor_path(log).read_text())  # a copied log comes with its anchor
     assert _run_cli("audit", "--log", str(copy), "verify").returncode == 0
     done = _run_cli("audit", "--log", str(copy), "review", ours[0]["run_id"], "Bone", "accepted", "--user", "dr-a")
     assert done.returncode == 0
@@ -186,7 +189,7 @@ def test_each_run_is_audited_and_the_cli_detects_tampering(dicom_outputs, tmp_pa
     assert [r["event"] for r in shown] == ["ai_run", "export", "review"] and shown[2]["user"] == "dr-a"
     copy.write_text(copy.read_text().replace('"classic-ct"', '"other-model"', 1))
     done = _run_cli("audit", "--log", str(copy), "verify")
-    assert done.returncode == 1 and "NOT intact" in done.stderr
+    assert done.returncode == 1 and "is TAMPERED" in done.stderr
 
 
 def test_every_format_from_the_cli_and_export_of_an_existing_segmentation(shared_data, tmp_path):

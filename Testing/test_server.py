@@ -53,7 +53,7 @@ def api(tmp_path_factory, issuer):
         "full": server.key("full", "read,submit,audit"),
         "read": server.key("reader", "read"),
         "audit": server.key("auditor", "audit"),
-        "expired": server.key("old", "read,submit,audit,admin", expires_days=-1),
+        "expired": server.key("old", "read,submit,audit,admin", expires_days=1e-5),  # expires in 0.9 s
         "revoked": server.key("gone", "read,submit,audit,admin"),
         **{f"client{n}": server.key(f"client{n}", "read,submit") for n in range(4)},
     }
@@ -82,20 +82,22 @@ def _client(api, name: str = "full", **options) -> ServerClient:
 # -- security --------------------------------------------------------------------------------------
 def _operations(api) -> list[tuple[str, str, str]]:
     """(method, concrete path, scope) of every operation the OpenAPI document publishes."""
-    spec = requests.get(f"{api.url}/openapi.json", timeout=10).json()
-    scopes = {"/v1/audit": "audit"}
+    spec = requests.get(f"{api.url}/openapi.json", headers={"Authorization": f"Bearer {api.keys['full']}"},
+                        timeout=10).json()
+    scopes = {"/v1/audit": "audit", "/metrics": "metrics"}
     operations = []
     for path, methods in spec["paths"].items():
         concrete = path.replace("{job_id}", "0" * 32).replace("{name}", "labels.nrrd").replace("{model}", "classic-ct")
         for method in methods:
-            scope = scopes.get(path, "submit" if method == "post" else "read")
+            scope = scopes.get(path, "submit" if method == "post" else "read" if "/results" in path else "status")
             operations.append((method.upper(), concrete, scope))
     assert len(operations) >= 13
     return operations
 
 
 def test_every_endpoint_refuses_missing_wrong_expired_or_underscoped_credentials(api, issuer):
-    under_scoped = {"read": api.keys["audit"], "submit": api.keys["read"], "audit": api.keys["read"]}
+    under_scoped = {"status": api.keys["audit"], "read": api.keys["audit"], "submit": api.keys["read"],
+                    "audit": api.keys["read"], "metrics": api.keys["read"]}
     bad = {"none": {}, "wrong key": {"Authorization": "Bearer aip_000000000000_wrongsecret"},
            "garbage": {"Authorization": "Bearer not-a-token"}, "basic scheme": {"Authorization": "Basic dXNlcjpw"},
            "expired key": {"Authorization": f"Bearer {api.keys['expired']}"},
@@ -115,7 +117,7 @@ def test_every_endpoint_refuses_missing_wrong_expired_or_underscoped_credentials
         assert answer.status_code == 403, (method, path, answer.text)
         assert scope in answer.json()["error"]
         token = issuer.token(roles=("aiportal-auditor",) if scope != "audit" else ("aiportal-reader",))
-        if scope == "read":
+        if scope in ("read", "status"):
             token = issuer.token(roles=("some-other-role",))
         answer = requests.request(method, api.url + path, headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert answer.status_code == 403, (method, path, "jwt", answer.text)
@@ -280,7 +282,7 @@ def test_schemathesis_fuzz_finds_no_server_error(api):
                "--request-timeout", "30", "--no-color"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "Tested: 13" in done.stdout and " passed" in done.stdout, done.stdout[-2000:]
+    assert "Tested: 14" in done.stdout and " passed" in done.stdout, done.stdout[-2000:]
 
 
 # -- Celery, Redis, Orthanc --------------------------------------------------------------------------

@@ -4,6 +4,9 @@ Append-only JSON lines. Each record carries the SHA-256 of the previous record a
 SHA-256 over its canonical JSON, so editing, removing or reordering a record breaks the chain;
 a small ``.head`` file next to the log holds the last sequence number and hash, so removing
 records from the end is detected too. Appends from several processes are serialised with a lock.
+Each record also carries an HMAC of its hash under a key kept outside the log, and an anchor
+outside the log's folder names the last record (:mod:`aiportal.audit_chain`): without the key an
+edited chain cannot be recomputed, and a deleted or truncated log verifies as MISSING/TAMPERED.
 Records hold UIDs, model and run facts — no patient names or IDs.
 """
 
@@ -19,6 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from aiportal.audit_chain import (
+    EMPTY,
+    INTACT,
+    MISSING,
+    TAMPERED,
+    anchor_ok,
+    audit_key,
+    mac,
+    mac_ok,
+    read_anchor,
+    write_anchor,
+)
 from aiportal.errors import AIPortalError
 from aiportal.provenance import REVIEW_STATES, now_iso
 
@@ -28,7 +43,7 @@ REVIEW_DECISIONS = tuple(state for state in REVIEW_STATES if state != "suggested
 
 
 def _digest(record: dict[str, Any]) -> str:
-    body = {key: value for key, value in record.items() if key != "hash"}
+    body = {key: value for key, value in record.items() if key not in ("hash", "mac")}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -68,6 +83,8 @@ class AuditLog:
             seq, previous = self._head()
             record = {"seq": seq + 1, "time": now_iso(), "event": event, **fields, "prev_hash": previous}
             record["hash"] = _digest(record)
+            key = audit_key()
+            record["mac"] = mac(key, record["hash"])
             line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
             with open(self.path, "a", encoding="utf-8") as log:
                 log.write(line)
@@ -76,6 +93,7 @@ class AuditLog:
             temporary = self.head_path.with_name(self.head_path.name + ".tmp")
             temporary.write_text(json.dumps({"seq": record["seq"], "hash": record["hash"]}))
             temporary.replace(self.head_path)  # atomic: the head never points past the log
+            write_anchor(self.path, key, record["seq"], record["hash"])
         return record
 
     def records(self) -> list[dict[str, Any]]:
@@ -85,11 +103,19 @@ class AuditLog:
             return [json.loads(line) for line in log if line.strip()]
 
     def verify(self) -> list[ChainProblem]:
-        """Every break in the chain; an empty list means the log is intact."""
+        """Every break in the chain, its MACs or its anchor; an empty list means the log is intact."""
+        return self.status()[1]
+
+    def status(self) -> tuple[str, list[ChainProblem]]:
+        """(INTACT, EMPTY, MISSING or TAMPERED; the problems found)."""
+        key, anchor = audit_key(create=False), read_anchor(self.path)
+        if not self.path.is_file():
+            if anchor is not None or self.head_path.is_file():
+                seq = anchor.seq if anchor else self._head()[0]
+                return MISSING, [ChainProblem(0, f"log file is missing (its anchor names record {seq})")]
+            return EMPTY, []
         problems: list[ChainProblem] = []
         previous, expected_seq = GENESIS, 1
-        if not self.path.is_file():
-            return [ChainProblem(0, "log file is missing")] if self.head_path.is_file() else []
         with open(self.path, encoding="utf-8") as log:
             for number, line in enumerate(log, start=1):
                 try:
@@ -100,6 +126,9 @@ class AuditLog:
                     continue
                 if record.get("hash") != _digest(record):
                     problems.append(ChainProblem(number, f"record {record.get('seq')} was modified"))
+                elif key is None or not mac_ok(key, record["hash"], record.get("mac")):
+                    problems.append(ChainProblem(number, f"record {record.get('seq')} has no valid MAC (written "
+                                                         "without the audit key, or forged)"))
                 if record.get("prev_hash") != previous:
                     problems.append(ChainProblem(number, f"record {record.get('seq')} does not follow its "
                                                          "predecessor (a record before it was removed or changed)"))
@@ -111,7 +140,14 @@ class AuditLog:
         if (head_seq, head_hash) != (expected_seq - 1, previous):
             problems.append(ChainProblem(0, f"the log ends at record {expected_seq - 1} but its head says "
                                             f"{head_seq}: records were removed from the end or the head was changed"))
-        return problems
+        if anchor is None:
+            problems.append(ChainProblem(0, "the log has no anchor (it was removed, or the log was copied here)"))
+        elif key is None or not anchor_ok(key, anchor):
+            problems.append(ChainProblem(0, "the anchor's MAC is wrong (the anchor was edited)"))
+        elif (anchor.seq, anchor.hash) != (expected_seq - 1, previous):
+            problems.append(ChainProblem(0, f"the anchor names record {anchor.seq} but the log ends at record "
+                                            f"{expected_seq - 1}: records were removed from the end"))
+        return (TAMPERED if problems else INTACT), problems
 
     def check(self) -> None:
         """Raise when the chain is broken."""

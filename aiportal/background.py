@@ -8,6 +8,7 @@ caller uses :meth:`BackgroundJob.run`. Segmentation (local or on the server) and
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,8 +86,16 @@ class BackgroundJob:
         self._cancel.cancel()
 
     def wait(self, timeout: float | None = None) -> JobStatus:
-        if self._thread is not None:
-            self._thread.join(timeout)
+        # on the job's status, not join() alone: a join cut short by Ctrl-C can later return at once
+        # although the thread still runs (CPython 3.11), and the model's processes would outlive the CLI
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._thread is not None and self.poll().state == "running":
+            left = 0.05 if deadline is None else min(0.05, deadline - time.monotonic())
+            if left <= 0:
+                break
+            self._thread.join(left)
+            if not self._thread.is_alive():
+                time.sleep(0.01)
         return self.poll()
 
     def finish(self, *args: Any, **kwargs: Any) -> Any:

@@ -377,14 +377,20 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     log = AuditLog(args.log) if args.log else _audit()
     if args.audit_command == "verify":
-        problems = log.verify()
+        verdict, problems = log.status()
         for problem in problems:
-            where = f"line {problem.line}" if problem.line else "head"
+            where = f"line {problem.line}" if problem.line else "head/anchor"
             print(f"{log.path}: {where}: {problem.problem}", file=sys.stderr)
         if problems:
-            print(f"aiportal: error: audit log {log.path} is NOT intact ({len(problems)} problem(s))", file=sys.stderr)
+            print(f"aiportal: error: audit log {log.path} is {verdict} ({len(problems)} problem(s))", file=sys.stderr)
             return EXIT_ERROR
-        print(f"{log.path}: intact, {len(log.records())} records")
+        print(f"{log.path}: {verdict}, {len(log.records())} records")
+        return 0
+    if args.audit_command == "report":
+        from aiportal.audit_report import governance, table
+
+        figures = governance(log.records(), args.window)
+        print(json.dumps([item.as_dict() for item in figures], indent=2) if args.json else table(figures, args.window))
         return 0
     if args.audit_command == "review":
         import getpass
@@ -562,7 +568,12 @@ def build_parser() -> argparse.ArgumentParser:
         parser_.add_argument("--run", help="only this run id")
         parser_.add_argument("--event", choices=["ai_run", "export", "review"])
         parser_.add_argument("--json", action="store_true")
-    audit_commands.add_parser("verify", help="check the hash chain; exit 1 when broken")
+    audit_commands.add_parser("verify", help="check the keyed hash chain and its anchor: INTACT, EMPTY, "
+                                             "MISSING or TAMPERED; exit 1 unless intact/empty")
+    report = audit_commands.add_parser("report", help="per model: runs, accept/modify/reject rates, time to "
+                                                      "decision, edit-rate drift alarm")
+    report.add_argument("--window", type=int, default=20, help="decisions in the drift window (default 20)")
+    report.add_argument("--json", action="store_true")
     review = audit_commands.add_parser("review", help="record the reader's decision on an AI segment")
     review.add_argument("run_id")
     review.add_argument("segment")
@@ -587,8 +598,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from aiportal.interrupts import os_error_line, sigterm_as_interrupt
+
     args = build_parser().parse_args(argv)
     _quiet_vtk(args.debug)
+    sigterm_as_interrupt()
     try:
         return args.handler(args)
     except CancelledError as error:
@@ -600,6 +614,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("aiportal: interrupted", file=sys.stderr)
         return EXIT_CANCELLED
+    except OSError as error:  # a path the user gave (an --out inside a file, a missing input): not our bug
+        print(f"aiportal: error: {os_error_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as error:  # anything else is our bug: still one line, traceback on request
         if args.debug:
             traceback.print_exc()

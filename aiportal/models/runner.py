@@ -162,6 +162,9 @@ class ChildRunner:
             result = self._run_child(folder, progress, cancel, what, report)
             ok = True
             return result
+        except (CancelledError, KeyboardInterrupt):  # stopped on request: nobody needs the child's log
+            ok = True
+            raise
         finally:
             if ok or not (folder / "child.log").exists():
                 shutil.rmtree(folder, ignore_errors=True)

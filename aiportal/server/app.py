@@ -1,13 +1,13 @@
 # ruff: noqa: B008  (FastAPI declares parameters with Depends/File/Query defaults)
-"""The inference server's HTTP API (FastAPI): ``create_app(settings)``; OpenAPI at ``/openapi.json``.
+"""The inference server's HTTP API (FastAPI): ``create_app(settings)``; OpenAPI at ``/openapi.json`` (authenticated).
 
 Routes (all under authentication; scopes in brackets):
 
-- ``GET /v1/health`` [read] · ``GET /v1/models`` [read]
+- ``GET /v1/health`` [status] · ``GET /v1/models`` [status]
 - ``POST /v1/jobs`` [submit]: multipart upload (NIfTI, NRRD, MetaImage, or a DICOM series as .zip),
   ``consent=true`` required; ``client_request_id`` makes the submission idempotent
 - ``POST /v1/jobs/pacs`` [submit]: a job from study/series UIDs on the configured PACS (pulled by DICOMweb)
-- ``GET /v1/jobs`` · ``GET /v1/jobs/{id}`` · ``GET /v1/jobs/{id}/events`` (server-sent events) [read]
+- ``GET /v1/jobs`` · ``GET /v1/jobs/{id}`` · ``GET /v1/jobs/{id}/events`` (server-sent events) [status]
 - ``POST /v1/jobs/{id}/cancel`` · ``POST /v1/jobs/{id}/push`` [submit]
 - ``GET /v1/jobs/{id}/results`` · ``GET /v1/jobs/{id}/results/{name}`` [read]
 - ``GET /v1/audit`` [audit]
@@ -33,7 +33,6 @@ import logging
 import shutil
 import time
 import uuid
-import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -50,11 +49,13 @@ from aiportal.server.auth import ApiKeyStore, Authenticator, AuthError, Principa
 from aiportal.server.engine import Engine, job_folder, make_engine, push_results, results_folder
 from aiportal.server.jobs import JobRecord, JobStore
 from aiportal.server.jobs import make_engine as make_db_engine
+from aiportal.server.limits import UploadRefused, safe_extract, unpacked_cap
+from aiportal.server.roles import may_reach
+from aiportal.server.routing import allowed_methods
 from aiportal.server.settings import ServerSettings
 
 log = logging.getLogger("aiportal.server")
 
-PUBLIC_PATHS = ("/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc")
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
 STATE_PATTERN = "^(queued|running|done|failed|cancelled)$"
 SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # .nhdr/.mhd need a data file beside them
@@ -184,7 +185,7 @@ class SecurityMiddleware:
         self.app, self.authenticator, self.limiter, self.max_body = app, authenticator, limiter, max_body
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC_PATHS:
+        if scope["type"] != "http":  # the API description (/openapi.json, /docs) needs a credential too
             await self.app(scope, receive, send)
             return
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
@@ -206,19 +207,25 @@ class SecurityMiddleware:
             await _too_large(send, self.max_body)
             return
         received = 0
-        started = False
+        started = over = False
 
         async def counted_receive():
-            nonlocal received
+            nonlocal received, over
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
+                    over = True
                     raise _BodyTooLarge
             return message
 
         async def tracked_send(message):
             nonlocal started
+            if over:  # the body parser turned our abort into its own 400: answer 413 instead (chunked uploads)
+                if not started:
+                    started = True
+                    await _too_large(send, self.max_body)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
@@ -298,9 +305,9 @@ class ServerState:
         if created:
             self.engine.submit(record)
 
-    def own_job(self, job_id: str, principal: Principal) -> JobRecord:
+    def own_job(self, job_id: str, principal: Principal, reading: bool = True) -> JobRecord:
         record = self.store.get(job_id)
-        if record is None or (record.owner != principal.subject and "admin" not in principal.scopes):
+        if record is None or not may_reach(principal.scopes, record.owner, principal.subject, reading):
             raise ApiError(404, f"no job {job_id!r} for this client", "check the job id (GET /v1/jobs)")
         return record
 
@@ -334,6 +341,9 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from aiportal.server.monailabel import add_monailabel_routes
 
     add_monailabel_routes(app, state)
+    from aiportal.server.metrics import add_metrics
+
+    add_metrics(app, state, require)
     return app
 
 
@@ -358,8 +368,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, f"invalid request: {problems}", "see the API description at /openapi.json")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_request: Request, error: StarletteHTTPException):
-        return _error(error.status_code, str(error.detail), None)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        headers = {"Allow": allowed_methods(app, request.scope)} if error.status_code == 405 else error.headers
+        return _error(error.status_code, str(error.detail), None, headers)
+
+    @app.exception_handler(UploadRefused)
+    async def upload_refused(_request: Request, error: UploadRefused):
+        return _error(error.status, error.message, error.fix)
 
     @app.exception_handler(Exception)
     async def internal_error(_request: Request, error: Exception):
@@ -409,11 +424,11 @@ def save_upload(settings: ServerSettings, job_id: str, file, suffix: str) -> Pat
     return target
 
 
-def check_upload(path: Path, suffix: str) -> Path:
+def check_upload(path: Path, suffix: str, max_unpacked: int) -> Path:
     """Reject a malformed volume or archive now (400), not as a failed job later; returns the model input."""
     if suffix == ".zip":
         folder = path.parent / "dicom"
-        _safe_extract(path, folder)
+        safe_extract(path, folder, max_unpacked)
         path.unlink()
         import pydicom
 
@@ -451,20 +466,6 @@ def _check_gzip(path: Path) -> None:
             pass
 
 
-def _safe_extract(archive: Path, folder: Path, max_files: int = 5000) -> None:
-    try:
-        with zipfile.ZipFile(archive) as bundle:
-            members = [info for info in bundle.infolist() if not info.is_dir()]
-            if len(members) > max_files:
-                raise ApiError(400, f"the .zip holds more than {max_files} files", "upload one series per job")
-            folder.mkdir(parents=True)
-            for index, info in enumerate(members):  # our own names: never a path from the archive
-                with bundle.open(info) as source, open(folder / f"{index:05d}.dcm", "wb") as target:
-                    shutil.copyfileobj(source, target)
-    except zipfile.BadZipFile as error:
-        raise ApiError(400, "the upload is not a valid .zip archive", "zip the DICOM series folder again") from error
-
-
 def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the route table reads best in one place
     settings, store = state.settings, state.store
 
@@ -477,13 +478,13 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
             raise ApiError(503, "the job queue (broker) is unreachable", "retry later") from error
 
     @app.get("/v1/health", response_model=Health, tags=["server"])
-    def health(_: Principal = Depends(require("read"))) -> Health:
+    def health(_: Principal = Depends(require("status"))) -> Health:
         return Health(status="ok", version=__version__, engine=settings.engine,
                       queued=len(store.list(state="queued", limit=10000)),
                       running=len(store.list(state="running", limit=10000)), pacs=settings.pacs_endpoint or None)
 
     @app.get("/v1/models", response_model=list[ModelInfo], tags=["models"])
-    def models(_: Principal = Depends(require("read"))) -> list[ModelInfo]:
+    def models(_: Principal = Depends(require("status"))) -> list[ModelInfo]:
         from aiportal.models.catalog import get_catalog
 
         return [ModelInfo(id=m.id, title=m.title, modality=m.modality, task=m.task, description=m.description,
@@ -521,7 +522,8 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
         parsed = _parse_params(params)
         job_id = uuid.uuid4().hex
         try:
-            model_input = check_upload(save_upload(settings, job_id, file, suffix), suffix)
+            model_input = check_upload(save_upload(settings, job_id, file, suffix), suffix,
+                                           unpacked_cap(settings.max_upload_bytes))
             record, created = store.create(
                 job_id=job_id, owner=principal.subject, model=model, source_kind="upload", formats=chosen_formats,
                 client_request_id=client_request_id, params=parsed, input_name=model_input.name,
@@ -558,18 +560,18 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
 
     @app.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
     def list_jobs(job_state: str | None = Query(None, alias="state", pattern=STATE_PATTERN),
-                  limit: int = Query(100, ge=1, le=1000), principal: Principal = Depends(require("read"))):
-        owner = None if "admin" in principal.scopes else principal.subject
+                  limit: int = Query(100, ge=1, le=1000), principal: Principal = Depends(require("status"))):
+        owner = None if {"admin", "review"} & principal.scopes else principal.subject
         return [job_view(record) for record in store.list(owner=owner, state=job_state, limit=limit)]
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses={404: {"model": ErrorBody}})
-    def get_job(job_id: str, principal: Principal = Depends(require("read"))):
+    def get_job(job_id: str, principal: Principal = Depends(require("status"))):
         return job_view(state.own_job(job_id, principal))
 
     @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], responses={
         200: {"content": {"text/event-stream": {}}, "description": "progress events until the job ends"},
         404: {"model": ErrorBody}})
-    async def job_events(job_id: str, principal: Principal = Depends(require("read"))):
+    async def job_events(job_id: str, principal: Principal = Depends(require("status"))):
         await asyncio.to_thread(state.own_job, job_id, principal)
 
         async def stream():
@@ -595,14 +597,14 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"], responses={404: {"model": ErrorBody}})
     def cancel_job(job_id: str, principal: Principal = Depends(require("submit"))):
-        state.own_job(job_id, principal)
+        state.own_job(job_id, principal, reading=False)
         record = store.request_cancel(job_id)
         assert record is not None
         log.info("job %s: cancel requested", job_id)
         return job_view(record)
 
-    def finished_job(job_id: str, principal: Principal) -> JobRecord:
-        record = state.own_job(job_id, principal)
+    def finished_job(job_id: str, principal: Principal, reading: bool = True) -> JobRecord:
+        record = state.own_job(job_id, principal, reading)
         if record.expired:
             raise ApiError(410, f"the results of job {job_id} have expired and were deleted", "submit the job again")
         if not record.result.get("files"):
@@ -632,7 +634,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
     @app.post("/v1/jobs/{job_id}/push", response_model=PushReportView, tags=["results"],
               responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
     def push_job(job_id: str, principal: Principal = Depends(require("submit"))):
-        record = finished_job(job_id, principal)
+        record = finished_job(job_id, principal, reading=False)
         report = push_results(settings, job_id, record.result)
         store.update_result(job_id, push=report)
         return report

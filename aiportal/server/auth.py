@@ -6,8 +6,9 @@ secret is 32 random bytes, so a plain hash is as strong as a slow one), compared
 time. JWTs are checked against the configured issuer's JWKS (signature, ``exp``, ``iss``,
 ``aud``), and the identity provider's roles are mapped to scopes.
 
-Scopes: ``read`` (health, catalog, own jobs and results), ``submit`` (create, cancel, push),
-``audit`` (query the audit trail), ``admin`` (every owner's jobs).
+Scopes: ``status`` (health, catalog, own jobs' state), ``read`` (also their results), ``submit``
+(create, cancel, push), ``review`` (see every owner's jobs and results), ``audit`` (query the audit
+trail), ``admin`` (every owner's jobs). Roles bundle them: :mod:`aiportal.server.roles`.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from aiportal.server.jobs import metadata
+from aiportal.server.roles import expand
 from aiportal.server.settings import ServerSettings
 
-SCOPES = ("read", "submit", "audit", "admin")
+SCOPES = ("status", "read", "submit", "review", "audit", "metrics", "admin")  # roles: aiportal.server.roles
 KEY_PREFIX = "aip_"
 
 keys_table = sa.Table(
@@ -54,7 +56,7 @@ class Principal:
     kind: str  # "api-key" or "jwt"
 
     def require(self, scope: str) -> None:
-        if scope not in self.scopes:
+        if scope not in expand(self.scopes):
             raise AuthError(403, f"this credential lacks the {scope!r} scope",
                             f"use an API key or role granting {scope!r}")
 

@@ -2,14 +2,12 @@
 
 A worker reads the same ``AIPORTAL_SERVER_*`` settings as the API server (database URL, data
 folder, broker URL) and runs :func:`aiportal.server.engine.execute_job`. Start one worker per
-GPU, each with ``--concurrency 1 --pool solo`` (a model run uses the whole device), subscribed to
-the queues of the models it serves (``aiportal.<model id>``).
+GPU, each with ``--concurrency 1`` (a model run uses the whole device), subscribed to the queues
+of the models it serves (``aiportal.<model id>``). With the default prefork pool a pool child that
+dies mid-job has its task redelivered at once and taken over (:mod:`.redelivery`).
 """
 
 from __future__ import annotations
-
-import os
-import socket
 
 from celery import Celery
 
@@ -31,10 +29,12 @@ def make_celery(settings: ServerSettings) -> Celery:
     @app.task(name="aiportal.run_job", ignore_result=True)
     def run_job(job_id: str) -> str | None:
         from aiportal.server.engine import execute_job
+        from aiportal.server.redelivery import take_over_orphan, worker_name
 
         worker_settings = ServerSettings.from_environment()
-        return execute_job(worker_settings, _store(worker_settings), job_id,
-                           f"celery@{socket.gethostname()}:{os.getpid()}")
+        store, worker = _store(worker_settings), worker_name()
+        taken = take_over_orphan(store, job_id, worker, worker_settings.max_attempts)  # its child died mid-job
+        return execute_job(worker_settings, store, job_id, worker, claimed=taken)
 
     return app
 

@@ -56,11 +56,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_server_key(args: argparse.Namespace) -> int:
     from aiportal.server.auth import ApiKeyStore
     from aiportal.server.jobs import make_engine
+    from aiportal.server.roles import role_scopes
 
     keys = ApiKeyStore(make_engine(_settings(args).db_url))
     if args.key_command == "create":
-        expires = args.expires_days * 86400.0 if args.expires_days else None
-        key = keys.create(args.name, [scope.strip() for scope in args.scopes.split(",") if scope.strip()], expires)
+        if args.expires_days is not None and args.expires_days <= 0:
+            raise AIPortalError(f"--expires-days {args.expires_days:g} would make a key that is already expired",
+                                "give a positive number of days, or leave --expires-days out for no expiry")
+        expires = args.expires_days * 86400.0 if args.expires_days is not None else None
+        scopes = role_scopes(args.role) if args.role else [scope.strip() for scope in args.scopes.split(",")
+                                                           if scope.strip()]
+        key = keys.create(args.name, scopes, expires)
         print(key)
         print("store this key now: the server keeps only its hash", file=sys.stderr)
         return 0
@@ -121,7 +127,10 @@ def add_serve_command(subparsers) -> None:
     key_commands = key.add_subparsers(dest="key_command", required=True)
     create = key_commands.add_parser("create", help="a new key (printed once)")
     create.add_argument("name", help="who or what uses it, e.g. 'ct-workstation-3'")
-    create.add_argument("--scopes", default="read,submit", help="comma-separated: read, submit, audit, admin")
+    create.add_argument("--scopes", default="read,submit",
+                        help="comma-separated: status, read, submit, review, audit, metrics, admin")
+    create.add_argument("--role", choices=("submitter", "viewer", "reviewer", "auditor", "admin", "monitor"),
+                        help="a role instead of --scopes (see aiportal.server.roles)")
     create.add_argument("--expires-days", type=float, help="expiry (default: never)")
     listing = key_commands.add_parser("list", help="all keys (never the secrets)")
     listing.add_argument("--json", action="store_true")

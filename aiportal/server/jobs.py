@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from aiportal.errors import AIPortalError
+from aiportal.server.limits import redact_paths
 
 TERMINAL_STATES = ("done", "failed", "cancelled")
 JOB_STATES = ("queued", "running", *TERMINAL_STATES)
@@ -235,6 +236,7 @@ class JobStore:
     def finish(self, job_id: str, state: str, *, error: str | None = None, fix: str | None = None,
                result: dict | None = None) -> None:
         assert state in TERMINAL_STATES
+        error, fix = redact_paths(error), redact_paths(fix)  # clients never see the server's folders
         values: dict[str, Any] = dict(state=state, error=error, fix=fix, finished=time.time(), stage=state)
         if state == "done":
             values["fraction"] = 1.0

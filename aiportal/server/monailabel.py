@@ -32,10 +32,11 @@ from aiportal.server.auth import Principal
 def add_monailabel_routes(app: FastAPI, state) -> None:
     from aiportal.server.app import ApiError, _parse_params, check_upload, require, save_upload, upload_suffix
     from aiportal.server.engine import job_folder, results_folder
+    from aiportal.server.limits import unpacked_cap
 
     settings, store = state.settings, state.store
 
-    def info(_: Principal = Depends(require("read"))) -> dict:
+    def info(_: Principal = Depends(require("status"))) -> dict:
         from aiportal.models.catalog import get_catalog
 
         models = {entry.id: {"type": "segmentation", "dimension": 3, "description": entry.description,
@@ -68,7 +69,7 @@ def add_monailabel_routes(app: FastAPI, state) -> None:
         job_id = uuid.uuid4().hex
         try:
             target = await asyncio.to_thread(save_upload, settings, job_id, file, suffix)
-            model_input = await asyncio.to_thread(check_upload, target, suffix)
+            model_input = await asyncio.to_thread(check_upload, target, suffix, unpacked_cap(settings.max_upload_bytes))
             record, _ = store.create(job_id=job_id, owner=principal.subject, model=model, source_kind="upload",
                                      formats=("nrrd", "json"), params=parsed, input_name=model_input.name,
                                      deidentify=settings.deidentify)

@@ -13,17 +13,13 @@ from pathlib import Path
 from typing import Literal
 
 from aiportal.errors import AIPortalError
+from aiportal.server.roles import OIDC_ROLE_SCOPES
 
 EngineMode = Literal["embedded", "celery"]
 Executor = Literal["process", "thread"]
 
 #: Default mapping of identity-provider roles to server scopes (override with AIPORTAL_SERVER_OIDC_ROLES).
-DEFAULT_ROLE_SCOPES = {
-    "aiportal-reader": ["read"],
-    "aiportal-user": ["read", "submit"],
-    "aiportal-auditor": ["read", "audit"],
-    "aiportal-admin": ["read", "submit", "audit", "admin"],
-}
+DEFAULT_ROLE_SCOPES = OIDC_ROLE_SCOPES
 
 
 def _data_home() -> Path:

@@ -170,14 +170,16 @@ class Workspace(TrameApp):
 
     async def _load(self, path: Path, name: str, upload_dir: Path | None = None) -> None:
         from aiportal.io.volumes import load_volume
+        from aiportal.workspace.scene_swap import check_openable
 
-        self.cancel_ai()
         with self.state:
             self.clear_error()
             self.state.ws_loading = True
             self.state.ws_message = f"Loading {name}…"
         await asyncio.sleep(0)  # let the page show it before the (blocking) read
         try:
+            check_openable(path)  # a failed OPEN keeps the open study: checked before the scene is cleared
+            self.cancel_ai()
             self.slicer_app.scene.Clear()
             self._reset_session()
             loaded = load_volume(path, self.runtime)
