@@ -18,6 +18,7 @@ from typing import TextIO
 from aiportal import __version__
 from aiportal.errors import AIPortalError, CancelledError
 from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
+from aiportal.planning.cli import add_planning_commands
 
 EXIT_ERROR = 1
 EXIT_CANCELLED = 130
@@ -631,6 +632,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pacs_commands(commands)  # `aiportal pacs query|pull|push|list|add|remove|check`
     add_serve_command(commands)  # `aiportal serve` and `aiportal server-key ...`
     add_workspace_command(commands)  # `aiportal workspace`: the browser face
+    add_planning_commands(commands)  # `aiportal plan proximity|trajectory|margin|resect|angle|bundle|outcome`
     return parser
 
 
