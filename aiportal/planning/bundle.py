@@ -29,7 +29,7 @@ def _segmentation_node(scene, grid: LabelGrid, masks: dict[str, np.ndarray]):
         labelmap = volume_node_from_array(scene, mask.astype(np.uint8), grid.ijk_to_ras, name,
                                           "vtkMRMLLabelMapVolumeNode")
         before = set(node.GetSegmentation().GetSegmentIDs())
-        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node, "", "")
+        slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node)
         for segment_id in set(node.GetSegmentation().GetSegmentIDs()) - before:
             node.GetSegmentation().GetSegment(segment_id).SetName(name)
         scene.RemoveNode(labelmap)
@@ -67,7 +67,7 @@ def _csv_rows(plan: dict) -> list[dict]:
 def write_bundle(grid: LabelGrid, folder: Path, plan: dict, *, segments: list[str],
                  resected_mask: np.ndarray | None = None, coordinates: str = "LPS", runtime=None) -> dict:
     """Write the bundle into ``folder`` (must be empty or new) and return the manifest."""
-    from aiportal.export.surfaces import export_surfaces
+    from aiportal.export.surfaces import export_surfaces, safe_file_stem
     from aiportal.runtime import get_runtime
 
     folder = Path(folder)
@@ -82,16 +82,17 @@ def write_bundle(grid: LabelGrid, folder: Path, plan: dict, *, segments: list[st
         masks[f"{organ} remnant"] = organ_mask & ~resected_mask
     masks = {name: mask for name, mask in masks.items() if mask.any()}
     node = _segmentation_node(scene, grid, masks)
+    (folder / "models").mkdir(exist_ok=True)
     files = [Path(p) for p in export_surfaces(node, folder / "models", coordinates=coordinates)]
     scene.RemoveNode(node)
     markups = folder / "markups"
     markups.mkdir(exist_ok=True)
     for index, trajectory in enumerate(plan.get("trajectories", []), start=1):
-        files.append(_line_markups(scene, markups, f"trajectory {index}", trajectory["entry_ras"],
+        files.append(_line_markups(scene, markups, f"trajectory_{index}", trajectory["entry_ras"],
                                    trajectory["target_ras"]))
     for row in plan.get("proximity", []):
         if row["centre_distance_mm"] > 0:
-            files.append(_line_markups(scene, markups, f"{row['target']} to {row['structure']}",
+            files.append(_line_markups(scene, markups, safe_file_stem(f"{row['target']}_to_{row['structure']}"),
                                        row["target_point_ras"], row["structure_point_ras"]))
     with open(folder / "measurements.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, ["kind", "item", "value", "unit", "alert"])
