@@ -18,7 +18,7 @@ import numpy as np
 from aiportal.planning.grid import LabelGrid
 
 
-def _segmentation_node(scene, grid: LabelGrid, masks: dict[str, np.ndarray]):
+def segmentation_node_from_masks(scene, grid: LabelGrid, masks: dict[str, np.ndarray]):
     """A segmentation node holding ``masks`` (name → boolean kji array) on the grid."""
     import slicer
 
@@ -81,7 +81,7 @@ def write_bundle(grid: LabelGrid, folder: Path, plan: dict, *, segments: list[st
         masks[f"{organ} resected"] = organ_mask & resected_mask
         masks[f"{organ} remnant"] = organ_mask & ~resected_mask
     masks = {name: mask for name, mask in masks.items() if mask.any()}
-    node = _segmentation_node(scene, grid, masks)
+    node = segmentation_node_from_masks(scene, grid, masks)
     (folder / "models").mkdir(exist_ok=True)
     files = [Path(p) for p in export_surfaces(node, folder / "models", coordinates=coordinates)]
     scene.RemoveNode(node)

@@ -168,14 +168,21 @@ def _class_names(class_map: Path | None, task: str) -> dict[int, str]:
 
 
 def _from_seg_nrrd(path: Path, volume: Path | None, runtime) -> LabelGrid:
-    from aiportal.io.volumes import ijk_to_ras_matrix, load_volume
-    from aiportal.segmentation import export_label_map, label_value, load_segmentation, segment_ids
+    from aiportal.io.volumes import load_volume
+    from aiportal.segmentation import load_segmentation
 
     if volume is None:
         raise InputError(f"{path} needs its reference image", "pass --volume with the image it was made on")
     reference = load_volume(volume, runtime).node
-    segmentation_node = load_segmentation(path, runtime)
-    labels = export_label_map(segmentation_node, reference)
+    return grid_from_segmentation(load_segmentation(path, runtime), reference, source=path.name)
+
+
+def grid_from_segmentation(segmentation_node, reference_volume, source: str = "") -> LabelGrid:
+    """A segmentation node's segments as one label map on the reference volume's grid, named by segment."""
+    from aiportal.io.volumes import ijk_to_ras_matrix
+    from aiportal.segmentation import export_label_map, label_value, segment_ids
+
+    labels = export_label_map(segmentation_node, reference_volume)
     segmentation = segmentation_node.GetSegmentation()
     ids = segment_ids(segmentation_node)
     values = [label_value(segmentation.GetSegment(i)) for i in ids]
@@ -185,4 +192,5 @@ def _from_seg_nrrd(path: Path, volume: Path | None, runtime) -> LabelGrid:
         if value is None:  # export_label_map numbers untagged segments the same way
             value, next_free = next_free, next_free + 1
         names[value] = segmentation.GetSegment(segment_id).GetName()
-    return LabelGrid(labels.astype(np.int32), ijk_to_ras_matrix(reference), names, source=path.name)
+    return LabelGrid(labels.astype(np.int32), ijk_to_ras_matrix(reference_volume), names,
+                     source=source or segmentation_node.GetName())
