@@ -111,3 +111,19 @@ def test_cli_bundle_and_errors(shared_data, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
     outside = _cli("plan", "trajectory", seg, *class_map, "--entry", "0", "0", "0", "--target", "0", "0", "900")
     assert outside.returncode == 1 and "leaves the image" in outside.stderr
+
+
+def test_cli_outcome_and_angle(shared_data, tmp_path):
+    folder = shared_data / "totalseg"
+    seg = str(folder / "example_seg.nii.gz")
+    class_map = ["--class-map", str(folder / "class_map_total_totalmr.json")]
+    done = _cli("plan", "outcome", seg, *class_map, seg, "--structures", "liver", "aorta",
+                "--planned-trajectory", "0", "0", "0", "0", "0", "50", "--actual-trajectory", "0", "3", "0", "0", "0",
+                "54", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    for row in result["structures"]:  # the same segmentation: no difference
+        assert row["dice"] == 1.0 and row["hausdorff_mm"] == 0.0 and row["volume_change_percent"] == 0.0
+    assert result["trajectory"]["entry_deviation_mm"] == 3.0 and result["trajectory"]["target_deviation_mm"] == 4.0
+    angle = _cli("plan", "angle", "--plane", "0", "0", "0", "0", "0", "1", "--plane", "0", "0", "0", "0", "1", "1")
+    assert angle.returncode == 0 and "plane-plane angle: 45.00°" in angle.stdout
