@@ -58,6 +58,10 @@ def _segment_distances(points: np.ndarray, start: np.ndarray, end: np.ndarray) -
     return np.linalg.norm(points - feet, axis=1), t
 
 
+COARSE_STEP_MM = 4.0  # first pass along the path
+QUERY_EPS = 1.0  # coarse pass k-d tree approximation; the bounds keep the final answer exact
+
+
 class TrajectoryPlanner:
     """Precomputed structures of one segmentation, for fast path updates."""
 
@@ -97,13 +101,26 @@ class TrajectoryPlanner:
         return report
 
     def _clearance(self, name, samples, start, end, length, labels_along, along, spacing, radius) -> StructureClearance:
-        sampled, _ = self.trees[name].query(samples)
-        # no surface point is nearer the segment than (sampled minimum − half a sample step): refine over those
-        bound = float(sampled.min()) + spacing / 2.0 + 1e-9
-        # the closest point p lies within ``bound`` of the sample nearest its foot, whose own distance is ≤ bound
-        close_samples = samples[sampled <= bound]
+        tree = self.trees[name]
+        # Coarse pass with approximate k-d tree queries (distance d returned: true in [d / (1 + eps), d]). The
+        # distance to a structure changes by at most s along s mm of path, so only windows around coarse samples
+        # whose lower bound can beat the best upper bound can hold the closest point.
+        stride = max(1, int(round(COARSE_STEP_MM / spacing)))
+        coarse = np.unique(np.r_[np.arange(0, len(samples), stride), len(samples) - 1])
+        upper, _ = tree.query(samples[coarse], eps=QUERY_EPS)
+        best_upper = float(upper.min())
+        chosen = coarse[upper / (1.0 + QUERY_EPS) - stride * spacing / 2.0 <= best_upper + 1e-9]
+        window = np.zeros(len(samples), bool)
+        for index in chosen:
+            window[max(0, index - stride // 2 - 1):index + stride // 2 + 2] = True
+        fine = np.flatnonzero(window)
+        # exact queries, pruned beyond what can matter (the sample nearest the closest point's foot is within it)
+        exact, _ = tree.query(samples[fine], distance_upper_bound=best_upper + spacing / 2.0 + 1e-6)
+        bound = float(exact.min()) + spacing / 2.0 + 1e-9
+        # the closest point p lies within ``bound`` of the fine sample nearest its foot, whose distance is ≤ bound
+        close_samples = samples[fine[exact <= bound]]
         nearby = np.unique(np.concatenate([np.asarray(found, dtype=int) for found in
-                                           self.trees[name].query_ball_point(close_samples, bound)]))
+                                           tree.query_ball_point(close_samples, bound)]))
         points = self.surfaces[name][nearby]
         distances, t = _segment_distances(points, start, end)
         best = int(np.argmin(distances))
