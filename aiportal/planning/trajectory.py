@@ -1,9 +1,9 @@
 """A planned straight path (entry → target, optional tool radius) checked against at-risk structures.
 
 :class:`TrajectoryPlanner` precomputes, once per segmentation, a k-d tree of each structure's surface
-voxel centres; every update (an end point moved) then costs a few milliseconds: path samples are
-queried against the trees, and the minimum clearance is refined exactly over the few surface points
-that can beat the sampled minimum (point-to-segment distance, no sampling error). Entry into a
+voxel centres; every update (an end point moved) then queries path samples coarse to fine (4 mm, then
+half the finest voxel spacing near the candidates), and the minimum clearance is refined exactly over
+the few surface points that can beat the sampled minimum (point-to-segment distance, no sampling error). Entry into a
 structure and the length inside (screw length in a bone) come from the label map along the path.
 """
 
