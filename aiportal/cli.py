@@ -17,7 +17,9 @@ from typing import TextIO
 
 from aiportal import __version__
 from aiportal.errors import AIPortalError, CancelledError
+from aiportal.followup.cli import add_followup_command
 from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
+from aiportal.planning.cli import add_planning_commands
 from aiportal.remote_segment import add_server_arguments
 from aiportal.weights.cli import add_doctor_command, add_models_commands
 
@@ -593,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pacs_commands(commands)  # `aiportal pacs query|pull|push|list|add|remove|check`
     add_serve_command(commands)  # `aiportal serve` and `aiportal server-key ...`
     add_workspace_command(commands)  # `aiportal workspace`: the browser face
-    __import__("aiportal.followup.cli").followup.cli.add_followup_command(commands)  # `aiportal followup`
+    add_followup_command(commands)  # `aiportal followup`
+    add_planning_commands(commands)  # `aiportal plan proximity|trajectory|margin|resect|angle|bundle|outcome`
     return parser
 
 

@@ -1,0 +1,59 @@
+"""The workspace's Planning panel in Debian's Chromium: classic-ct on a real CT, then the closest
+approach of every segment to the left lung, checked against aiportal.planning on the CLI's output."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
+
+WAIT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
+    yield workspace
+    workspace.stop()
+    shutil.copy(workspace.log_path, artifacts_dir("planning-server") / "server.log")
+
+
+def test_proximity_panel_matches_the_library(server, shared_data, tmp_path):
+    from aiportal.cli import main
+    from aiportal.planning.grid import load_label_grid
+    from aiportal.planning.proximity import proximity_table
+
+    ct = shared_data / "totalseg" / "example_ct_sm.nii.gz"
+    assert main(["segment", str(ct), "--model", "classic-ct", "--out", str(tmp_path / "cli")]) == 0
+    grid = load_label_grid(tmp_path / "cli" / "segmentation.seg.nrrd", volume=ct)
+    expected = {row.structure: row for row in proximity_table(grid, "Left lung", default_threshold_mm=5.0)}
+
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        console = ConsoleErrors(page)
+        page.goto(server.url)
+        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
+        page.get_by_test_id("load-path").locator("input").fill(str(ct))
+        page.get_by_test_id("load-open").click()
+        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
+        page.get_by_test_id("ai-run").click()
+        page.get_by_test_id("ai-summary").wait_for(timeout=WAIT_MS)
+
+        page.get_by_test_id("planning-toolbar").click()
+        page.get_by_test_id("plan-target").click()
+        page.locator(".v-overlay .v-list-item", has_text="Left lung").click()
+        page.get_by_test_id("plan-proximity").click()
+        page.get_by_test_id("plan-table").wait_for(timeout=WAIT_MS)
+        page.screenshot(path=str(artifacts_dir("planning-proximity") / "01-proximity.png"))
+        shown = {name: float(page.get_by_test_id(f"plan-gap-{name}").inner_text()) for name in expected}
+        assert shown == {name: pytest.approx(row.gap_mm, abs=0.051) for name, row in expected.items()}
+        alerts = sum(row.alert for row in expected.values())
+        assert (page.get_by_test_id("plan-alerts").count() == 1) == (alerts > 0)
+        assert not console.errors, console.errors
+        browser.close()

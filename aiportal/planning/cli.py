@@ -1,0 +1,247 @@
+"""``aiportal plan proximity|trajectory|margin|resect|angle|bundle|outcome``.
+
+:func:`add_planning_commands` registers them on the main parser (one line in :mod:`aiportal.cli`).
+Every command prints one line per result (alerts marked ``ALERT``) or JSON with ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from aiportal.errors import InputError
+
+
+def _thresholds(pairs: list[str]) -> dict[str, float]:
+    thresholds = {}
+    for pair in pairs or []:
+        name, _, value = pair.rpartition("=")
+        try:
+            thresholds[name] = float(value)
+        except ValueError:
+            raise InputError(f"threshold {pair!r} is not NAME=MM", "write e.g. --threshold aorta=5") from None
+    return thresholds
+
+
+def _grid(args: argparse.Namespace, path: Path | None = None):
+    from aiportal.planning.grid import load_label_grid
+
+    return load_label_grid(path or args.segmentation, class_map=args.class_map, task=args.task, volume=args.volume)
+
+
+def _emit(args: argparse.Namespace, result, lines: list[str]) -> int:
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print("\n".join(lines))
+    return 0
+
+
+def _proximity_rows(args, grid) -> list[dict]:
+    from aiportal.planning.proximity import proximity_table
+
+    rows = proximity_table(grid, args.target, args.structures, _thresholds(args.threshold), args.default_threshold)
+    return [row.as_dict() for row in rows]
+
+
+def _proximity_line(row: dict) -> str:
+    flag = f"  ALERT (< {row['threshold_mm']:g} mm)" if row["alert"] else ""
+    touching = " touching" if row["gap_mm"] == 0 and row["overlap_ml"] == 0 else ""
+    overlap = f" overlap {row['overlap_ml']:.2f} ml" if row["overlap_ml"] else ""
+    return (f"{row['structure']:<32} gap {row['gap_mm']:7.2f} mm  centres {row['centre_distance_mm']:7.2f} mm"
+            f"{touching}{overlap}{flag}")
+
+
+def cmd_proximity(args: argparse.Namespace) -> int:
+    rows = _proximity_rows(args, _grid(args))
+    return _emit(args, rows, [f"closest approach to {args.target}:"] + [_proximity_line(r) for r in rows])
+
+
+def _trajectory(args, grid, entry, target) -> dict:
+    from aiportal.planning.trajectory import TrajectoryPlanner
+
+    planner = TrajectoryPlanner(grid, args.structures, _thresholds(args.threshold), args.default_threshold)
+    return planner.check(entry, target, args.radius).as_dict()
+
+
+def _trajectory_lines(report: dict) -> list[str]:
+    lines = [f"path {report['length_mm']:.1f} mm, tool radius {report['tool_radius_mm']:g} mm:"]
+    for row in report["structures"]:
+        inside = (f"  enters at {row['first_entry_mm']:.1f} mm, {row['length_inside_mm']:.1f} mm inside"
+                  if row["entered"] else "")
+        lines.append(f"{row['structure']:<32} clearance {row['clearance_mm']:7.2f} mm at {row['at_path_mm']:6.1f} mm"
+                     f"{inside}{'  ALERT' if row['alert'] else ''}")
+    return lines
+
+
+def cmd_trajectory(args: argparse.Namespace) -> int:
+    report = _trajectory(args, _grid(args), args.entry, args.target_point)
+    return _emit(args, report, _trajectory_lines(report))
+
+
+def cmd_margin(args: argparse.Namespace) -> int:
+    from aiportal.planning.resection import margin_shell
+
+    shell, _ = margin_shell(_grid(args), args.target, args.margin)
+    lines = [f"{args.target} + {args.margin:g} mm: shell {shell.shell_ml:.2f} ml, touches:"]
+    lines += [f"  {name:<32} {ml:9.3f} ml" for name, ml in shell.touches.items()] or ["  nothing"]
+    return _emit(args, asdict(shell), lines)
+
+
+def _planes(values: list[list[float]] | None):
+    from aiportal.planning.resection import Plane
+
+    return [Plane(tuple(v[:3]), tuple(v[3:])) for v in values or []]
+
+
+def cmd_resect(args: argparse.Namespace) -> int:
+    from aiportal.planning.resection import resect
+
+    result, _ = resect(_grid(args), args.organ, planes=_planes(args.plane), combine=args.combine,
+                       target=args.target, margin_mm=args.margin)
+    lines = [f"{result.organ} ({result.method}): {result.organ_ml:.1f} ml, resected {result.resected_ml:.1f} ml, "
+             f"remnant {result.remnant_ml:.1f} ml = {result.remnant_percent:.1f} %"]
+    if result.target_margin_mm is not None:
+        lines.append(f"{result.target} margin to the cut: {result.target_margin_mm:.1f} mm")
+    lines += [f"WARNING: {w}" for w in result.warnings]
+    return _emit(args, result.as_dict(), lines)
+
+
+def cmd_angle(args: argparse.Namespace) -> int:
+    from aiportal.planning.geometry import measure_angle
+
+    lines = [(v[:3], v[3:]) for v in args.line or []]
+    planes = [(v[:3], v[3:]) for v in args.plane or []]
+    result = measure_angle(lines, planes)
+    return _emit(args, result, [f"{result['kind']} angle: {result['angle_deg']:.2f}°"])
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from aiportal.planning.bundle import write_bundle
+    from aiportal.planning.resection import resect
+
+    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
+        raise InputError(f"output folder {args.out} is not empty", "choose a new folder or pass --overwrite")
+    grid = _grid(args)
+    plan: dict = {"segmentation": grid.source, "target": args.target}
+    if args.target:
+        plan["proximity"] = _proximity_rows(args, grid)
+    plan["trajectories"] = [_trajectory(args, grid, v[:3], v[3:]) for v in args.trajectory or []]
+    resected = None
+    if args.organ:
+        result, resected = resect(grid, args.organ, planes=_planes(args.plane), combine=args.combine,
+                                  target=args.target, margin_mm=args.margin)
+        plan["resection"] = result.as_dict()
+    segments = args.segments or ([args.target] if args.target else []) + list(args.structures or []) + (
+        [args.organ] if args.organ else [])
+    manifest = write_bundle(grid, args.out, plan, segments=list(dict.fromkeys(segments)), resected_mask=resected,
+                            coordinates=args.coordinates.upper())
+    return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"])
+
+
+def cmd_outcome(args: argparse.Namespace) -> int:
+    from aiportal.planning.geometry import trajectory_deviation
+    from aiportal.planning.outcome import compare_outcome
+
+    planned, actual = _grid(args), _grid(args, args.actual)
+    result: dict = {"structures": compare_outcome(planned, actual, args.structures)}
+    lines = [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
+             f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
+             f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
+             for r in result["structures"]]
+    if args.planned_trajectory and args.actual_trajectory:
+        p, a = args.planned_trajectory, args.actual_trajectory
+        result["trajectory"] = trajectory_deviation((p[:3], p[3:]), (a[:3], a[3:]))
+        lines.append("trajectory: " + ", ".join(f"{k} {v}" for k, v in result["trajectory"].items()))
+    return _emit(args, result, lines)
+
+
+def _common(parser: argparse.ArgumentParser, segmentation: bool = True) -> None:
+    if segmentation:
+        parser.add_argument("segmentation", type=Path,
+                            help="label map (NIfTI/NRRD; names from a TotalSegmentator class map) or .seg.nrrd")
+        parser.add_argument("--volume", type=Path, help="the image a .seg.nrrd was made on (its grid)")
+        parser.add_argument("--class-map", type=Path, help="TotalSegmentator class map JSON {task: {value: name}} "
+                                                           "(default: the installed TotalSegmentator's)")
+        parser.add_argument("--task", default="total", help="task in the class map")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _structures(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--structures", nargs="+", help="at-risk segments (default: every other segment)")
+    parser.add_argument("--threshold", action="append", metavar="NAME=MM", help="alert below this distance")
+    parser.add_argument("--default-threshold", type=float, metavar="MM", help="alert threshold for the rest")
+
+
+def _resection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--plane", nargs=6, type=float, action="append", metavar=("R", "A", "S", "NR", "NA", "NS"),
+                        help="cut plane: a RAS point and the normal pointing at the part removed; repeatable")
+    parser.add_argument("--combine", choices=["all", "any"], default="all",
+                        help="several planes: remove their intersection (wedge, default) or union")
+    parser.add_argument("--margin", type=float, metavar="MM", help="without planes: remove the target + this margin")
+
+
+def add_planning_commands(commands) -> None:
+    """Add ``aiportal plan ...`` to the main parser's sub-commands."""
+    plan = commands.add_parser("plan", help="surgical planning: proximity, trajectories, margins, resection, "
+                                            "angles, plan bundle, plan vs outcome")
+    sub = plan.add_subparsers(dest="plan_command", required=True)
+
+    proximity = sub.add_parser("proximity", help="closest approach of each structure to a target, nearest first")
+    _common(proximity)
+    proximity.add_argument("--target", required=True)
+    _structures(proximity)
+    proximity.set_defaults(handler=cmd_proximity)
+
+    trajectory = sub.add_parser("trajectory", help="a straight path checked against at-risk structures")
+    _common(trajectory)
+    trajectory.add_argument("--entry", nargs=3, type=float, required=True, metavar=("R", "A", "S"))
+    trajectory.add_argument("--target", dest="target_point", nargs=3, type=float, required=True,
+                            metavar=("R", "A", "S"))
+    trajectory.add_argument("--radius", type=float, default=0.0, help="tool radius in mm")
+    _structures(trajectory)
+    trajectory.set_defaults(handler=cmd_trajectory)
+
+    margin = sub.add_parser("margin", help="a margin shell around a segment and what it touches")
+    _common(margin)
+    margin.add_argument("--target", required=True)
+    margin.add_argument("--margin", type=float, required=True, metavar="MM")
+    margin.set_defaults(handler=cmd_margin)
+
+    resect = sub.add_parser("resect", help="virtual resection: resected and remnant volumes, remnant percentage")
+    _common(resect)
+    resect.add_argument("--organ", required=True)
+    resect.add_argument("--target", help="tumour: its margin to the cut (with --plane) or removed with --margin")
+    _resection_arguments(resect)
+    resect.set_defaults(handler=cmd_resect)
+
+    angle = sub.add_parser("angle", help="angle between two lines, two planes, or a line and a plane")
+    _common(angle, segmentation=False)
+    angle.add_argument("--line", nargs=6, type=float, action="append", metavar=("R0", "A0", "S0", "R1", "A1", "S1"))
+    angle.add_argument("--plane", nargs=6, type=float, action="append", metavar=("R", "A", "S", "NR", "NA", "NS"))
+    angle.set_defaults(handler=cmd_angle)
+
+    bundle = sub.add_parser("bundle", help="plan bundle for navigation / 3D printing: STL, JSON, CSV, markups")
+    _common(bundle)
+    bundle.add_argument("--out", type=Path, required=True, help="output folder")
+    bundle.add_argument("--overwrite", action="store_true")
+    bundle.add_argument("--target", help="target segment (proximity table to --structures)")
+    _structures(bundle)
+    bundle.add_argument("--segments", nargs="+", help="segments written as STL (default: target, structures, organ)")
+    bundle.add_argument("--trajectory", nargs=6, type=float, action="append",
+                        metavar=("R0", "A0", "S0", "R1", "A1", "S1"), help="entry and target; repeatable")
+    bundle.add_argument("--radius", type=float, default=0.0, help="tool radius in mm")
+    bundle.add_argument("--organ", help="organ to resect (with --plane or --target/--margin)")
+    _resection_arguments(bundle)
+    bundle.add_argument("--coordinates", choices=["lps", "ras"], default="lps", help="of the STL files")
+    bundle.set_defaults(handler=cmd_bundle)
+
+    outcome = sub.add_parser("outcome", help="planned vs post-operative segments (same frame of reference)")
+    _common(outcome)
+    outcome.add_argument("actual", type=Path, help="post-operative segmentation (registered to the planning CT)")
+    outcome.add_argument("--structures", nargs="+", help="segments to compare (default: those in both)")
+    outcome.add_argument("--planned-trajectory", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"))
+    outcome.add_argument("--actual-trajectory", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"))
+    outcome.set_defaults(handler=cmd_outcome)

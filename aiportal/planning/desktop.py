@@ -1,0 +1,69 @@
+"""What the desktop Planning section (AIMeasure) calls: scene nodes in, text and markups out.
+
+A :class:`PlanningSession` keeps the label grid and the trajectory planner of the current
+segmentation, rebuilt only when the segmentation or the volume changes, so that dragging a
+trajectory line's end point re-checks it in milliseconds.
+"""
+
+from __future__ import annotations
+
+from aiportal.planning.grid import LabelGrid, grid_from_segmentation
+from aiportal.planning.proximity import Proximity, proximity_table
+from aiportal.planning.trajectory import TrajectoryPlanner, TrajectoryReport
+
+
+class PlanningSession:
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._grid: LabelGrid | None = None
+        self._planner: TrajectoryPlanner | None = None
+
+    def grid(self, segmentation_node, volume_node) -> LabelGrid:
+        key = (segmentation_node.GetID(), segmentation_node.GetSegmentation().GetMTime(), volume_node.GetID(),
+               volume_node.GetMTime())
+        if key != self._key:
+            self._grid, self._planner, self._key = grid_from_segmentation(segmentation_node, volume_node), None, key
+        return self._grid
+
+    def proximity(self, segmentation_node, volume_node, segment_id: str, threshold_mm: float) -> list[Proximity]:
+        """The picked segment against every other segment, nearest first; alerts below ``threshold_mm``."""
+        grid = self.grid(segmentation_node, volume_node)
+        target = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+        return proximity_table(grid, target, default_threshold_mm=threshold_mm or None)
+
+    def trajectory(self, segmentation_node, volume_node, line_node, threshold_mm: float,
+                   tool_radius_mm: float = 0.0) -> TrajectoryReport:
+        """The line (first point: entry, second: target) against every segment."""
+        grid = self.grid(segmentation_node, volume_node)
+        if self._planner is None:
+            self._planner = TrajectoryPlanner(grid, default_threshold_mm=threshold_mm or None)
+        self._planner.thresholds = {name: threshold_mm or None for name in self._planner.structures}
+        entry, target = (list(line_node.GetNthControlPointPositionWorld(i)) for i in (0, 1))
+        return self._planner.check(entry, target, tool_radius_mm)
+
+
+def add_closest_lines(scene, rows: list[Proximity], only_alerts: bool = True) -> list:
+    """A line markup per closest approach (alerts only by default), named 'target ↔ structure'."""
+    lines = []
+    for row in rows:
+        if (only_alerts and not row.alert) or row.centre_distance_mm == 0:
+            continue
+        line = scene.AddNewNodeByClass("vtkMRMLMarkupsLineNode", f"{row.target} ↔ {row.structure}")
+        for point in (row.target_point_ras, row.structure_point_ras):
+            line.AddControlPointWorld(*point)
+        lines.append(line)
+    return lines
+
+
+def proximity_text(rows: list[Proximity]) -> str:
+    lines = [f"{'⚠ ' if row.alert else ''}{row.structure}: {row.gap_mm:.1f} mm" for row in rows]
+    alerts = sum(row.alert for row in rows)
+    return (f"ALERT: {alerts} structure(s) below the threshold\n" if alerts else "") + "\n".join(lines)
+
+
+def trajectory_text(report: TrajectoryReport) -> str:
+    lines = [f"Path {report.length_mm:.1f} mm"]
+    for row in report.structures[:8]:
+        inside = f", inside {row.length_inside_mm:.1f} mm from {row.first_entry_mm:.1f} mm" if row.entered else ""
+        lines.append(f"{'⚠ ' if row.alert else ''}{row.structure}: clearance {row.clearance_mm:.1f} mm{inside}")
+    return "\n".join(lines)

@@ -1,0 +1,56 @@
+"""Plan vs outcome: planned segments against post-operative ones, in the same frame of reference.
+
+Surface distances are computed between world (RAS) surface points with k-d trees, so the two
+segmentations need not share a grid, only a frame (register the post-operative CT first:
+``aiportal register``). Dice is reported when both are on the same grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+from aiportal.planning.grid import LabelGrid
+
+
+@dataclass
+class StructureOutcome:
+    structure: str
+    planned_ml: float
+    actual_ml: float
+    volume_change_percent: float
+    mean_surface_distance_mm: float  # symmetric mean of nearest surface distances
+    hausdorff_mm: float
+    hausdorff95_mm: float
+    dice: float | None
+
+
+def surface_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Nearest-point distances of each point set to the other, concatenated (symmetric)."""
+    forward, _ = cKDTree(second).query(first)
+    backward, _ = cKDTree(first).query(second)
+    return np.concatenate([forward, backward])
+
+
+def compare_structure(planned: LabelGrid, actual: LabelGrid, name: str) -> StructureOutcome:
+    planned_ml = float(np.count_nonzero(planned.mask(name))) * planned.voxel_ml
+    actual_ml = float(np.count_nonzero(actual.mask(name))) * actual.voxel_ml
+    distances = surface_distances(planned.surface_ras(name), actual.surface_ras(name))
+    same_grid = planned.labels.shape == actual.labels.shape and np.allclose(planned.ijk_to_ras, actual.ijk_to_ras,
+                                                                             atol=1e-3)
+    dice = None
+    if same_grid:
+        a, b = planned.mask(name), actual.mask(name)
+        dice = round(2.0 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b)), 4)
+    return StructureOutcome(name, round(planned_ml, 3), round(actual_ml, 3),
+                            round(100.0 * (actual_ml - planned_ml) / planned_ml, 2),
+                            round(float(distances.mean()), 3), round(float(distances.max()), 3),
+                            round(float(np.percentile(distances, 95)), 3), dice)
+
+
+def compare_outcome(planned: LabelGrid, actual: LabelGrid, structures: list[str] | None = None) -> list[dict]:
+    """Every structure present in both (or the ones named), planned vs actual."""
+    names = structures or [n for n in planned.present_names() if n in set(actual.present_names())]
+    return [asdict(compare_structure(planned, actual, name)) for name in names]
