@@ -192,3 +192,35 @@ def test_export_push_stores_the_structure_set_on_orthanc(exported, tmp_path, mon
         assert remote == local
     finally:
         server.stop()
+
+
+def test_deidentified_run_gives_a_structure_set_that_reidentifies(exported, shared_data, tmp_path):
+    """As a server with --deidentify does: export on de-identified images, then put the identity back; the
+    re-identified structure set references the original study, series, frame and images, and stays valid."""
+    from aiportal.pacs.deidentify import ReidentificationMap, deidentify_files, reidentify_files
+
+    runtime = exported[0]
+    series = ct_with_uids(shared_data / "totalseg" / "example_ct_dicom", tmp_path / "ct", patient_id="REAL-7",
+                          patient_name="Real^Patient")
+    mapping = ReidentificationMap()
+    deidentify_files(series.files, tmp_path / "clean", mapping)
+    ct = load_volume(tmp_path / "clean", runtime)
+    node = totalseg_segmentation(runtime, shared_data, ct.node)
+    export_to_folder(node, ct.node, ct.source, tmp_path / "out", ExportOptions(formats=("rtstruct",)))
+    made = pydicom.dcmread(tmp_path / "out" / "structures.dcm")
+    assert made.PatientID != "REAL-7" and made.StudyInstanceUID != series.study_uid
+    assert dciodvfy_errors(tmp_path / "out" / "structures.dcm") == []
+    (restored,) = reidentify_files([tmp_path / "out" / "structures.dcm"], tmp_path / "back", mapping)
+    ds = pydicom.dcmread(restored)
+    assert (ds.StudyInstanceUID, ds.PatientID, str(ds.PatientName)) == (series.study_uid, "REAL-7", "Real^Patient")
+    frame = ds.ReferencedFrameOfReferenceSequence[0]
+    originals = [pydicom.dcmread(path, stop_before_pixels=True) for path in series.files]
+    assert frame.FrameOfReferenceUID == originals[0].FrameOfReferenceUID
+    study = frame.RTReferencedStudySequence[0]
+    assert study.ReferencedSOPInstanceUID == series.study_uid
+    assert study.RTReferencedSeriesSequence[0].SeriesInstanceUID == series.series_uid
+    referenced = {str(item.ContourImageSequence[0].ReferencedSOPInstanceUID)
+                  for roi in ds.ROIContourSequence for item in roi.ContourSequence}
+    assert referenced <= {str(o.SOPInstanceUID) for o in originals}
+    assert dciodvfy_errors(restored) == [], restored
+    runtime.scene.RemoveNode(node)
