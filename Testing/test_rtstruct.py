@@ -224,3 +224,40 @@ def test_deidentified_run_gives_a_structure_set_that_reidentifies(exported, shar
     assert referenced <= {str(o.SOPInstanceUID) for o in originals}
     assert dciodvfy_errors(restored) == [], restored
     runtime.scene.RemoveNode(node)
+
+
+def test_tilted_series_is_contoured_on_its_acquired_slices(exported, shared_data, tmp_path):
+    """Second real case: the Philips phantom with -18.5° gantry tilt (resampled onto a regular grid on load).
+    The contours lie on the acquired slices, valid, and import back onto the loaded grid exactly."""
+    from aiportal.models.backend import LabelMapResult
+    from aiportal.models.catalog import Code, LabelSpec
+    from aiportal.provenance import Provenance, now_iso
+    from aiportal.rt.importer import import_rtstruct
+    from aiportal.segmentation import import_label_map
+
+    runtime = exported[0]
+    ct = load_volume(shared_data / "dcm_qa_ct" / "Philips-tilt-minus18.5", runtime)
+    assert ct.source.regular_grid is not None
+    from aiportal.io.volumes import array_from_volume
+
+    bone = (array_from_volume(ct.node) > 300).astype(np.uint8)  # the phantom's dense parts
+    label = LabelSpec(1, "dense", Code("SCT", "91723000", "Anatomical Structure"), Code("SCT", "272673000", "Bone"))
+    provenance = Provenance(model_id="threshold", model_version="1", weights_sha256="none", parameters={},
+                            device="cpu", started=now_iso(), finished=now_iso())
+    node = import_label_map(LabelMapResult(layers=[bone]), [label], ct.node, provenance, runtime=runtime)
+    export_to_folder(node, ct.node, ct.source, tmp_path, ExportOptions(formats=("rtstruct",)))
+    assert dciodvfy_errors(tmp_path / "structures.dcm") == []
+    ds = pydicom.dcmread(tmp_path / "structures.dcm")
+    acquired = {str(h.SOPInstanceUID): h for h in ct.source.headers}
+    for contour in ds.ROIContourSequence[0].ContourSequence:  # each in the plane of the slice it references
+        header = acquired[str(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)]
+        normal = np.cross(*np.asarray(header.ImageOrientationPatient, dtype=float).reshape(2, 3))
+        points = np.asarray(contour.ContourData, dtype=float).reshape(-1, 3)
+        offsets = (points - np.asarray(header.ImagePositionPatient, dtype=float)) @ normal
+        assert np.abs(offsets).max() < 1e-3
+    imported = import_rtstruct(tmp_path / "structures.dcm", ct.node,
+                               frame_of_reference_uid=str(ct.source.headers[0].FrameOfReferenceUID))
+    (roi,) = imported.structure_set.rois
+    assert dice(roi.mask, bone > 0) >= 0.99
+    for created in (node, imported.segmentation_node):
+        runtime.scene.RemoveNode(created)

@@ -222,7 +222,7 @@ def export_source(
         _check_regular_grid(grid, volume_node, where)
     else:
         _check_registration(datasets, volume_node, where)
-    mapped = ([f"DICOM SEG: the labels on the regular grid are mapped back (nearest neighbour) onto the "
+    mapped = ([f"DICOM SEG/RTSTRUCT: the labels on the regular grid are mapped back (nearest neighbour) onto the "
                f"{len(datasets)} acquired slices it references"] if grid is not None else [])
     missing = _missing_uids(datasets)
     if not missing:
