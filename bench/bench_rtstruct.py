@@ -133,8 +133,9 @@ def main() -> int:
         ours = _timed([*me, "--child", "ours", "--folder", str(folder)])
         peer = _timed([*me, "--child", "rt-utils", "--folder", str(folder)])
         counts = json.loads(ours["stdout"].strip().splitlines()[-1])
-        print(f"ours:     wall {ours['wall']:.2f} s, CPU {ours['cpu']:.2f} s, peak {ours['peak_mb']:.0f} MB", flush=True)
-        print(f"rt-utils: wall {peer['wall']:.2f} s, CPU {peer['cpu']:.2f} s, peak {peer['peak_mb']:.0f} MB", flush=True)
+        for name, timing in (("ours", ours), ("rt-utils", peer)):  # before the slow evaluation
+            print(f"{name + ':':9} wall {timing['wall']:.2f} s, CPU {timing['cpu']:.2f} s, "
+                  f"peak {timing['peak_mb']:.0f} MB", flush=True)
         quality = json.loads(_timed([*me, "--child", "evaluate", "--folder", str(folder)])["stdout"]
                              .strip().splitlines()[-1])
     print(f"ours: {counts['rois']} ROIs, {counts['contours']} contours, {counts['points']} points")
