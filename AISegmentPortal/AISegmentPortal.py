@@ -441,7 +441,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         formats = [name for name, checkBox in (
             ("nrrd", self.ui.exportNrrdCheckBox), ("json", self.ui.exportJsonCheckBox),
             ("csv", self.ui.exportCsvCheckBox), ("seg", self.ui.exportSegCheckBox), ("sr", self.ui.exportSrCheckBox),
-            ("sc", self.ui.exportScCheckBox), ("estl", self.ui.exportEstlCheckBox),
+            ("rtstruct", self.ui.exportRtStructCheckBox), ("sc", self.ui.exportScCheckBox),
+            ("estl", self.ui.exportEstlCheckBox),
             ("stl", self.ui.exportStlCheckBox), ("obj", self.ui.exportObjCheckBox)) if checkBox.checked]
         options = ExportOptions(
             formats=tuple(formats),

@@ -193,7 +193,7 @@ def _seg_uids(paths) -> set[str]:
 
 def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exported, shared_data, tmp_path,
                                                                               monkeypatch):
-    """`aiportal segment --pacs NAME --study UID --formats seg,sr,sc,estl,stl --push` against a real Orthanc: every
+    """`aiportal segment --pacs NAME --study UID --formats seg,sr,rtstruct,sc,estl --push` against a real Orthanc: every
     DICOM object stored, found by QIDO, retrieved identical, and named with its UIDs in the audit trail; then
     `aiportal export --formats seg --push` of the 31-label segmentation stores its SEG."""
     import json
@@ -222,20 +222,20 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exp
         server.upload(series.files)
         out = tmp_path / "out"
         assert main(["segment", "--pacs", "orthanc", "--study", series.study_uid, "--push", "--protocol", "dicomweb",
-                     "--formats", "seg,sr,sc,estl", "--out", str(out)]) == 0
+                     "--formats", "seg,sr,rtstruct,sc,estl", "--out", str(out)]) == 0
         local = [pydicom.dcmread(path) for path in sorted(out.rglob("*.dcm"))]
         modalities = sorted({ds.Modality for ds in local})
-        assert modalities == ["M3D", "OT", "SEG", "SR"]
+        assert modalities == ["M3D", "OT", "RTSTRUCT", "SEG", "SR"]
         client = DICOMwebClient(server.dicomweb_url,
                                 session=create_session_from_user_pass(server.user, server.password))
-        for modality in ("OT", "M3D"):
+        for modality in ("OT", "M3D", "RTSTRUCT"):
             found = client.search_for_series(series.study_uid, search_filters={"Modality": modality})
             assert len(found) == 1, modality
         for ds in local:
             assert str(ds.StudyInstanceUID) == series.study_uid
             remote = client.retrieve_instance(series.study_uid, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID))
             assert remote == ds, f"{ds.Modality} {ds.SOPInstanceUID} read back differs"
-        # the PACS takes Secondary Capture and Encapsulated STL over DIMSE (C-STORE, found by C-FIND) as well
+        # the PACS takes Secondary Capture, Encapsulated STL and RT Structure Set over DIMSE (C-STORE, C-FIND) too
         over_dimse = push_files(endpoint, sorted(out.rglob("*.dcm")), protocol="dimse")
         assert over_dimse.protocol == "DIMSE" and len(over_dimse.objects) == len(local)
         records = [json.loads(line) for line in Path(os.environ["AIPORTAL_AUDIT_LOG"]).read_text().splitlines()]

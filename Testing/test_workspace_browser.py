@@ -203,8 +203,8 @@ def _closed_stl_volume_mm3(path: Path) -> float:
 
 
 def test_dicom_folder_to_seg_and_sr(chromium, server, shared_data):
-    """A DICOM folder opened by path; SEG + SR, key images and 3D models saved (the series is anonymised: new
-    UIDs asked for)."""
+    """A DICOM folder opened by path; SEG + SR, key images, 3D models and the RT Structure Set saved (the series
+    is anonymised: new UIDs asked for)."""
     page = chromium.new_page(viewport=VIEWPORT)
     console = ConsoleErrors(page)
     steps = Steps(page, "dicom-seg-sr")
@@ -216,6 +216,7 @@ def test_dicom_folder_to_seg_and_sr(chromium, server, shared_data):
     page.get_by_test_id("assign-uids").locator("input").check()
     page.get_by_test_id("export-key-images").locator("input").check()
     page.get_by_test_id("export-models").locator("input").check()
+    page.get_by_test_id("export-rtstruct").locator("input").check()
     page.get_by_test_id("save-dicom").click()
     message = page.get_by_test_id("export-message")
     playwright_api.expect(message).to_contain_text("measurements.dcm", timeout=WAIT_MS)
@@ -223,9 +224,10 @@ def test_dicom_folder_to_seg_and_sr(chromium, server, shared_data):
     folder = Path(re.search(r" in (/\S+)$", message.inner_text().strip()).group(1))
     assert (folder / "segmentation.dcm").is_file() and (folder / "measurements.dcm").is_file()
     assert list((folder / "key_images").glob("*.dcm")) and list((folder / "models").glob("*.dcm"))
+    assert (folder / "structures.dcm").is_file()
     export = [r for r in _audit(server) if r["event"] == "export"][-1]
-    assert export["formats"] == ["seg", "sr", "sc", "estl"]
-    assert {o["kind"] for o in export["outputs"]} >= {"seg", "sr", "sc", "estl"}
+    assert sorted(export["formats"]) == ["estl", "rtstruct", "sc", "seg", "sr"]
+    assert {o["kind"] for o in export["outputs"]} >= {"seg", "sr", "sc", "estl", "rtstruct"}
     assert not console.errors, console.errors
     page.close()
 

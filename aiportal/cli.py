@@ -117,7 +117,7 @@ def _print_dicom_objects(files: list[dict], out: Path) -> None:
     for file in files:
         if not file["sop_instance_uid"] or file["kind"] == "source":
             continue
-        if file["kind"] in ("seg", "sr"):
+        if file["kind"] in ("seg", "sr", "rtstruct"):
             print(f"  {file['kind'].upper():<4} {out / file['name']}  SOPInstanceUID {file['sop_instance_uid']}")
         else:
             key = (file["kind"], str(Path(file["name"]).parent))
@@ -442,8 +442,8 @@ def _add_export_arguments(parser: argparse.ArgumentParser, default_formats: str 
     group = parser.add_argument_group("export")
     group.add_argument("--formats", default=default_formats,
                        help=f"comma-separated, from: {','.join(FORMATS)} (default {default_formats}; sr and estl "
-                            "bring seg; sc: key images as DICOM Secondary Capture; estl: 3D models as DICOM "
-                            "Encapsulated STL)")
+                            "bring seg; rtstruct: DICOM RT Structure Set; sc: key images as DICOM Secondary Capture; "
+                            "estl: 3D models as DICOM Encapsulated STL)")
     group.add_argument("--seg-type", choices=["binary", "labelmap"], default="binary", help="DICOM SEG type")
     group.add_argument("--assign-uids", action="store_true",
                        help="anonymised series with empty UIDs: give them UIDs and write a corrected copy "
@@ -589,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--overwrite", action="store_true")
     sample.set_defaults(handler=cmd_sample)
 
+    from aiportal.rt.cli import add_rtstruct_commands
     from aiportal.server.cli import add_serve_command
     from aiportal.workspace.cli import add_workspace_command
 
@@ -597,6 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_workspace_command(commands)  # `aiportal workspace`: the browser face
     add_followup_command(commands)  # `aiportal followup`
     add_planning_commands(commands)  # `aiportal plan proximity|trajectory|margin|resect|angle|bundle|outcome`
+    add_rtstruct_commands(commands)  # `aiportal import-rtstruct`
     return parser
 
 

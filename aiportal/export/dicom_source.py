@@ -205,8 +205,8 @@ def export_source(
     """
     if loaded_source is None:
         raise InputError(
-            f"{_input_name(volume_node)} is not a DICOM series: a DICOM SEG/SR must reference the DICOM images "
-            "it was made from",
+            f"{_input_name(volume_node)} is not a DICOM series: a DICOM SEG/SR/RTSTRUCT must reference the DICOM "
+            "images it was made from",
             "load the DICOM series instead of the NIfTI/NRRD file and segment that, or save as .seg.nrrd/NIfTI",
         )
     where = str(loaded_source.files[0].parent) if loaded_source.files else volume_node.GetName()
@@ -222,7 +222,7 @@ def export_source(
         _check_regular_grid(grid, volume_node, where)
     else:
         _check_registration(datasets, volume_node, where)
-    mapped = ([f"DICOM SEG: the labels on the regular grid are mapped back (nearest neighbour) onto the "
+    mapped = ([f"DICOM SEG/RTSTRUCT: the labels on the regular grid are mapped back (nearest neighbour) onto the "
                f"{len(datasets)} acquired slices it references"] if grid is not None else [])
     missing = _missing_uids(datasets)
     if not missing:
@@ -230,10 +230,10 @@ def export_source(
                             changes=mapped, regular_grid=grid)
     if not assign_missing_uids:
         raise InputError(
-            f"The DICOM series in {where} has empty {', '.join(missing)} (anonymised?), so a SEG/SR cannot "
+            f"The DICOM series in {where} has empty {', '.join(missing)} (anonymised?), so a SEG/SR/RTSTRUCT cannot "
             "reference it",
             "export it again from the PACS with its UIDs, or allow assigning new UIDs (--assign-uids; a corrected "
-            "copy of the series is written and must be sent together with the SEG/SR)",
+            "copy of the series is written and must be sent together with the SEG/SR/RTSTRUCT)",
         )
     if corrected_copy_folder is None:
         raise ValueError("assign_missing_uids needs corrected_copy_folder: the copy with the new UIDs goes there")

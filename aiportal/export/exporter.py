@@ -1,7 +1,8 @@
 """Export a segmentation in the formats a hospital uses — the one entry point for every face.
 
 Formats: ``nrrd`` (seg.nrrd + label map), ``json`` (label table + statistics), ``csv``
-(statistics), ``seg`` (DICOM SEG), ``sr`` (DICOM TID 1500 SR; implies ``seg``), ``sc`` (key images as DICOM
+(statistics), ``seg`` (DICOM SEG), ``sr`` (DICOM TID 1500 SR; implies ``seg``), ``rtstruct`` (DICOM RT
+Structure Set: planar contours for radiotherapy planning), ``sc`` (key images as DICOM
 Secondary Capture), ``estl`` (3D models as DICOM Encapsulated STL; implies ``seg``), ``stl``, ``obj``.
 Everything is written into a caller-given folder (a staging folder: see :mod:`aiportal.outputs`).
 DICOM prerequisites are checked before any heavy work, so a refusal costs nothing.
@@ -21,9 +22,9 @@ from aiportal.export.files import ExportedFile
 from aiportal.io.dicom_series import SourceSeries
 from aiportal.progress import ProgressCallback, no_progress, scaled
 
-FORMATS = ("nrrd", "json", "csv", "seg", "sr", "sc", "estl", "stl", "obj")
+FORMATS = ("nrrd", "json", "csv", "seg", "sr", "rtstruct", "sc", "estl", "stl", "obj")
 #: Formats written as DICOM objects of the source study: they need the DICOM source series.
-DICOM_FORMATS = frozenset({"seg", "sr", "sc", "estl"})
+DICOM_FORMATS = frozenset({"seg", "sr", "rtstruct", "sc", "estl"})
 DEFAULT_FORMATS = ("nrrd", "json")
 
 
@@ -45,6 +46,7 @@ _OUTPUT_NAMES = {
     "csv": ("statistics.csv",),
     "seg": ("segmentation.dcm", "source"),  # source/: corrected copy of an anonymised series, when made
     "sr": ("measurements.dcm",),
+    "rtstruct": ("structures.dcm",),
     "sc": ("key_images",),
     "estl": ("models",),
     "stl": ("surfaces",),
@@ -165,6 +167,14 @@ def export_results(
             dicom_files = _ForkedCall(write_dicom)
         else:
             result.files[slot:slot] = write_dicom()
+
+    if "rtstruct" in formats:
+        from aiportal.rt.writer import write_rtstruct
+
+        progress(0.7, "writing DICOM RT Structure Set")
+        structures = write_rtstruct(segmentation_node, volume_node, dicom_source, folder / "structures.dcm")
+        result.files.append(ExportedFile("rtstruct", "structures.dcm", structures.sop_instance_uid,
+                                         structures.series_instance_uid))
 
     if "nrrd" in formats:  # after the SEG: it tags each segment with its tracking UID, which seg.nrrd keeps
         progress(0.75, "writing seg.nrrd")

@@ -398,10 +398,10 @@ def _parse_formats(text: str, dicom_source: bool) -> tuple[str, ...]:
 
     formats = parse_formats(text)
     if {"stl", "obj"} & set(formats):
-        raise ApiError(400, "surface formats are not served", "ask for nrrd, json, csv, seg, sr, sc or estl")
+        raise ApiError(400, "surface formats are not served", "ask for nrrd, json, csv, seg, sr, rtstruct, sc or estl")
     if not dicom_source and DICOM_FORMATS & set(formats):
-        raise ApiError(400, "a DICOM SEG/SR must reference the DICOM images it was made from; this upload is not "
-                            "a DICOM series", "upload the DICOM series as a .zip, or ask for formats nrrd,json")
+        raise ApiError(400, "a DICOM SEG/SR/RTSTRUCT must reference the DICOM images it was made from; this upload "
+                            "is not a DICOM series", "upload the DICOM series as a .zip, or ask for formats nrrd,json")
     return formats
 
 

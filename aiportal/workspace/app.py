@@ -121,7 +121,7 @@ class Workspace(TrameApp):
             "ai_boxes_one_structure": False,
             "stats_rows": [], "stats_busy": False, "stats_error": "", "export_busy": False,
             "export_message": "", "export_error": "", "export_assign_uids": False,
-            "export_key_images": False, "export_models": False,
+            "export_key_images": False, "export_models": False, "export_rtstruct": False,
         })
 
     def show_error(self, error: BaseException, key: str = "ws") -> None:
@@ -433,8 +433,8 @@ class Workspace(TrameApp):
             return None
 
     async def save_dicom(self) -> None:
-        """DICOM SEG + TID 1500 SR of the shown segmentation, with its key images (Secondary Capture) and 3D
-        models (Encapsulated STL) when ticked, into the export folder (PACS push comes later)."""
+        """DICOM SEG + TID 1500 SR of the shown segmentation, with its key images (Secondary Capture), 3D
+        models (Encapsulated STL) and RT Structure Set when ticked, into the export folder (PACS push comes later)."""
         from aiportal.export.exporter import ExportOptions, export_to_folder
 
         with self.state:
@@ -444,14 +444,15 @@ class Workspace(TrameApp):
         try:
             node, loaded = self._export_inputs()
             formats = ("seg", "sr") + (("sc",) if self.state.export_key_images else ()) \
-                + (("estl",) if self.state.export_models else ())
+                + (("estl",) if self.state.export_models else ()) \
+                + (("rtstruct",) if self.state.export_rtstruct else ())
             out = self.export_dir / f"{_file_stem(loaded.node.GetName())}-{time.strftime('%Y%m%d-%H%M%S')}"
             self.export_dir.mkdir(parents=True, exist_ok=True)
             result = export_to_folder(node, loaded.node, loaded.source, out,
                                       ExportOptions(formats=formats,
                                                     assign_missing_uids=bool(self.state.export_assign_uids)),
                                       modality=loaded.source.modality if loaded.source else None)
-            written = ", ".join(f.name for f in result.files if f.kind in ("seg", "sr"))
+            written = ", ".join(f.name for f in result.files if f.kind in ("seg", "sr", "rtstruct"))
             counted = {kind: sum(f.kind == kind for f in result.files) for kind in ("sc", "estl")}
             extra = "".join(f", {count} {what}" for what, count in (("key image(s)", counted["sc"]),
                                                                     ("3D model(s)", counted["estl"])) if count)

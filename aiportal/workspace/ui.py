@@ -255,6 +255,9 @@ class ResultsPanel(VCard):
                           raw_attrs=_testid("export-key-images"))
                 VCheckbox(v_model=("export_models",), density="compact", hide_details=True,
                           label="3D models (Encapsulated STL, one per segment)", raw_attrs=_testid("export-models"))
+                VCheckbox(v_model=("export_rtstruct",), density="compact", hide_details=True,
+                          label="RT Structure Set (contours for radiotherapy planning)",
+                          raw_attrs=_testid("export-rtstruct"))
                 VBtn("Save DICOM", click=workspace.save_dicom, loading=("export_busy",), size="small",
                      variant="tonal", prepend_icon="mdi-content-save", disabled=("!stats_rows.length",),
                      raw_attrs=_testid("save-dicom"))

@@ -1,0 +1,305 @@
+"""RT Structure Set (RTSTRUCT) from a segmentation: planar contours that reference the source CT/MR.
+
+Radiotherapy planning systems read structure sets, not SEG. Each non-empty segment becomes one ROI
+(name, display colour, generation algorithm, RT ROI Interpreted Type and the segment's SNOMED type in
+RT ROI Identification Code Sequence) with one CLOSED_PLANAR contour per outline on every acquired slice
+it crosses, in LPS mm, each referencing its slice (Contour Image Sequence). The outlines lie on the voxel
+boundary (:mod:`aiportal.rt.contours`), holes are contours inside contours, so filling them back gives
+the segment exactly. The structure set references its Frame of Reference, study, series and every
+source image (RT Referenced Study/Series), and carries the source's patient and study modules.
+
+:func:`plan_rois` reads the scene; :func:`encode_rtstruct` is pure numpy / pydicom and also takes plain
+label arrays (the bench feeds it the same arrays as rt-utils).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom import config
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian
+
+from aiportal import __version__, terminology
+from aiportal.errors import InputError
+from aiportal.export.dicom_seg import MANUFACTURER, with_utf8
+from aiportal.export.dicom_source import ExportSource, copy_patient_and_study
+from aiportal.io.geometry import labels_to_acquired
+from aiportal.models.catalog import Code
+from aiportal.provenance import Provenance, read_tag, software_versions
+from aiportal.rt.contours import mask_contours
+from aiportal.segmentation import (
+    REVIEW_TAG,
+    label_boxes,
+    segment_mask,
+    segment_number_map,
+    segment_voxel_counts,
+)
+from aiportal.segmentation import segment_ids as all_segment_ids
+
+RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
+# What RT Referenced Study Sequence items name as their SOP class (PS3.3 C.8.8.5; what planning systems write)
+STUDY_COMPONENT_MANAGEMENT = "1.2.840.10008.3.1.2.3.2"
+# SNOMED categories whose segments are organs for RT ROI Interpreted Type (CID 7150 codes)
+_ORGAN_CATEGORIES = {"91723000", "123037004", "85756007"}  # anatomical structure (new, old), tissue
+_DECIMALS = 3  # mm: 1 µm, far below a pixel; keeps every ContourData value within DS's 16 characters
+
+
+@dataclass
+class RoiSpec:
+    """One ROI of a structure set: what the segment is, and its voxels (a boolean box on the acquired slices)."""
+
+    name: str
+    color: tuple[int, int, int]
+    mask: np.ndarray  # (k, j, i) boolean, the ROI's bounding box
+    origin: tuple[int, int, int]  # where the box starts in (k, j, i)
+    codes: terminology.SegmentCodes | None = None
+    algorithm: str = "AUTOMATIC"  # ROI Generation Algorithm: AUTOMATIC, SEMIAUTOMATIC or MANUAL
+    description: str = ""  # ROI Generation Description (the model that made it)
+
+
+@dataclass
+class RtStructExport:
+    path: Path
+    sop_instance_uid: str
+    series_instance_uid: str
+    roi_numbers: dict[str, int]  # ROI name -> ROI number
+    empty_segments: list[str] = field(default_factory=list)
+    number_of_contours: int = 0
+    number_of_points: int = 0
+    size_bytes: int = 0
+    seconds: float = 0.0
+
+
+def rois_from_labels(labels: np.ndarray, names: dict[int, str], colors: dict[int, tuple[int, int, int]] | None = None,
+                     codes: dict[int, terminology.SegmentCodes] | None = None) -> list[RoiSpec]:
+    """ROIs of a label array on the acquired slices (k, j, i): one per label value present, in value order."""
+    rois = []
+    for value, box in enumerate(label_boxes(labels), start=1):
+        if box is None or value not in names:
+            continue
+        rois.append(RoiSpec(names[value], (colors or {}).get(value, (128, 174, 128)), labels[box] == value,
+                            tuple(s.start for s in box), (codes or {}).get(value)))
+    return rois
+
+
+def plan_rois(segmentation_node, volume_node, source: ExportSource,
+              segment_ids: list[str] | None = None) -> tuple[list[RoiSpec], list[str]]:
+    """The ROIs of the segments (default: all) on the source's acquired slices, and the names of the empty ones."""
+    if source.volume_node_id != volume_node.GetID():  # the source was checked against another volume
+        raise ValueError(f"source describes volume {source.volume_node_id}, not {volume_node.GetID()}")
+    segmentation = segmentation_node.GetSegmentation()
+    ids = list(segment_ids) if segment_ids is not None else all_segment_ids(segmentation_node)
+    voxels = segment_voxel_counts(segmentation_node)
+    empty = [segmentation.GetSegment(i).GetName() for i in ids if not voxels.get(i)]
+    kept = [i for i in ids if voxels.get(i)]
+    if not kept:
+        raise InputError(f"Segmentation {segmentation_node.GetName()} has no voxels in the chosen segments",
+                         "segment something first, or choose non-empty segments")
+    first = source.datasets[0]
+
+    def on_acquired(array: np.ndarray) -> np.ndarray:  # tilted / uneven series: back onto the acquired slices
+        if source.regular_grid is None:
+            return array
+        return labels_to_acquired(array, source.regular_grid, int(first.Rows), int(first.Columns))
+
+    numbers = segment_number_map(segmentation_node, volume_node, kept)
+    if numbers is not None:
+        numbers = on_acquired(numbers)
+        boxes = label_boxes(numbers)
+        masks = [(numbers[boxes[n]] == n + 1, boxes[n]) if n < len(boxes) and boxes[n] else None
+                 for n in range(len(kept))]
+    else:  # overlapping segments: one mask each, kept as its bounding box
+        masks = []
+        for segment_id in kept:
+            mask = on_acquired(segment_mask(segmentation_node, segment_id, volume_node).astype(np.uint8))
+            box = label_boxes(mask)
+            masks.append((mask[box[0]] > 0, box[0]) if box and box[0] else None)
+    rois = []
+    for segment_id, placed in zip(kept, masks, strict=True):
+        segment = segmentation.GetSegment(segment_id)
+        if placed is None:  # every voxel fell between acquired slices
+            empty.append(segment.GetName())
+            continue
+        provenance = Provenance.of_segment(segment)
+        rois.append(RoiSpec(
+            name=segment.GetName(),
+            color=tuple(int(round(channel * 255)) for channel in segment.GetColor()),
+            mask=placed[0],
+            origin=tuple(s.start for s in placed[1]),
+            codes=terminology.deserialize(segment.GetTerminology()),
+            algorithm=("MANUAL" if provenance is None else
+                       "SEMIAUTOMATIC" if read_tag(segment, REVIEW_TAG) == "modified" else "AUTOMATIC"),
+            description=(f"{provenance.model_id} {provenance.model_version}".strip() if provenance else ""),
+        ))
+    return rois, empty
+
+
+def write_rtstruct(segmentation_node, volume_node, source: ExportSource, path, **options) -> RtStructExport:
+    """Write the segments (default: all) as an RT Structure Set that references ``source``'s images."""
+    started = time.monotonic()
+    rois, empty = plan_rois(segmentation_node, volume_node, source, options.pop("segment_ids", None))
+    written = encode_rtstruct(rois, source.datasets, path, **options)
+    written.empty_segments = empty
+    written.seconds = time.monotonic() - started
+    return written
+
+
+def _code_item(code: Code) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code.value, code.scheme, code.meaning[:64]
+    return item
+
+
+def _image_reference(header: Dataset) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = header.SOPClassUID, header.SOPInstanceUID
+    return item
+
+
+def _slice_geometry(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Origin and the mm steps of one row and one column of a slice, in LPS."""
+    orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
+    row_spacing, column_spacing = (float(v) for v in header.PixelSpacing)
+    return (np.asarray(header.ImagePositionPatient, dtype=float), orientation[3:] * row_spacing,
+            orientation[:3] * column_spacing)
+
+
+def _contour_items(roi: RoiSpec, headers: list[Dataset], references: list[Dataset],
+                   geometry: list) -> tuple[list[Dataset], int]:
+    items, points = [], 0
+    k0, j0, i0 = roi.origin
+    for dk in range(roi.mask.shape[0]):
+        k = k0 + dk
+        origin, row_step, column_step = geometry[k]
+        for outline in mask_contours(roi.mask[dk]):
+            rows, columns = outline[:, 0] + j0, outline[:, 1] + i0
+            lps = origin + rows[:, None] * row_step + columns[:, None] * column_step
+            item = Dataset()
+            item.ContourImageSequence = Sequence([references[k]])
+            item.ContourGeometricType = "CLOSED_PLANAR"
+            item.NumberOfContourPoints = len(lps)
+            item.ContourNumber = len(items) + 1
+            item.ContourData = np.round(lps, _DECIMALS).ravel().tolist()
+            items.append(item)
+            points += len(lps)
+    return items, points
+
+
+@contextmanager
+def _numbers_we_formatted() -> Iterator[None]:
+    """Skip pydicom's per-value DS check while setting ContourData: the values are rounded to 3 decimals
+    (at most 16 characters, checked by dciodvfy in the tests), and the check is half the encoding time."""
+    mode = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        yield
+    finally:
+        config.settings.writing_validation_mode = mode
+
+
+def _interpreted_type(codes: terminology.SegmentCodes | None) -> str:
+    """ORGAN for anatomy; otherwise empty (Type 2): a target or avoidance role is the planner's call."""
+    return "ORGAN" if codes is not None and codes.category.value in _ORGAN_CATEGORIES else ""
+
+
+def encode_rtstruct(
+    rois: list[RoiSpec],
+    headers: list[Dataset],
+    path,
+    *,
+    series_number: int = 302,
+    series_description: str = "AI structure set",
+    label: str = "AI structures",
+) -> RtStructExport:
+    """Encode and save ROIs (on ``headers``' slices, in their order) as an RT Structure Set."""
+    started = time.monotonic()
+    first = headers[0]
+    frame_of_reference = str(first.FrameOfReferenceUID)
+    dataset = with_utf8(
+        hd.base.SOPClass,
+        study_instance_uid=first.StudyInstanceUID,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        sop_class_uid=RT_STRUCTURE_SET_STORAGE,
+        instance_number=1,
+        modality="RTSTRUCT",
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MANUFACTURER,
+        software_versions=software_versions()[:64],
+        device_serial_number=__version__,
+        series_description=series_description[:64],
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+    )
+    copy_patient_and_study(dataset, first)
+    dataset.OperatorsName = ""  # RT Series, Type 2
+    dataset.FrameOfReferenceUID = frame_of_reference  # Frame of Reference module (dciodvfy asks for it)
+    dataset.PositionReferenceIndicator = first.get("PositionReferenceIndicator", "")
+    dataset.StructureSetLabel = label[:16]
+    dataset.StructureSetName = label[:64]
+    now = datetime.now()
+    dataset.StructureSetDate, dataset.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    dataset.SeriesDate, dataset.SeriesTime = dataset.StructureSetDate, dataset.StructureSetTime
+
+    references = [_image_reference(header) for header in headers]
+    series = Dataset()
+    series.SeriesInstanceUID = first.SeriesInstanceUID
+    series.ContourImageSequence = Sequence([_image_reference(header) for header in headers])
+    study = Dataset()
+    study.ReferencedSOPClassUID, study.ReferencedSOPInstanceUID = STUDY_COMPONENT_MANAGEMENT, first.StudyInstanceUID
+    study.RTReferencedSeriesSequence = Sequence([series])
+    frame = Dataset()
+    frame.FrameOfReferenceUID = frame_of_reference
+    frame.RTReferencedStudySequence = Sequence([study])
+    dataset.ReferencedFrameOfReferenceSequence = Sequence([frame])
+
+    geometry = [_slice_geometry(header) for header in headers]
+    structure_rois, roi_contours, observations = [], [], []
+    numbers, contours, points = {}, 0, 0
+    for number, roi in enumerate(rois, start=1):
+        numbers[roi.name] = number
+        structure = Dataset()
+        structure.ROINumber = number
+        structure.ReferencedFrameOfReferenceUID = frame_of_reference
+        structure.ROIName = roi.name[:64]
+        structure.ROIGenerationAlgorithm = roi.algorithm
+        if roi.description:
+            structure.ROIGenerationDescription = roi.description[:64]
+        structure_rois.append(structure)
+
+        with _numbers_we_formatted():
+            items, roi_points = _contour_items(roi, headers, references, geometry)
+        contour = Dataset()
+        contour.ROIDisplayColor = list(roi.color)
+        contour.ContourSequence = Sequence(items)
+        contour.ReferencedROINumber = number
+        roi_contours.append(contour)
+        contours, points = contours + len(items), points + roi_points
+
+        observation = Dataset()
+        observation.ObservationNumber = number
+        observation.ReferencedROINumber = number
+        if roi.codes is not None:  # the segment's SNOMED type (CID 4 / 7150 family)
+            observation.RTROIIdentificationCodeSequence = Sequence([_code_item(roi.codes.type)])
+        observation.RTROIInterpretedType = _interpreted_type(roi.codes)
+        observation.ROIInterpreter = ""
+        observations.append(observation)
+    dataset.StructureSetROISequence = Sequence(structure_rois)
+    dataset.ROIContourSequence = Sequence(roi_contours)
+    dataset.RTROIObservationsSequence = Sequence(observations)
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset.save_as(path, enforce_file_format=True)
+    return RtStructExport(path, str(dataset.SOPInstanceUID), str(dataset.SeriesInstanceUID), numbers,
+                          number_of_contours=contours, number_of_points=points, size_bytes=path.stat().st_size,
+                          seconds=time.monotonic() - started)
