@@ -54,6 +54,7 @@ from aiportal.register.auto import (
     fitted_moving,
     perturbed,
 )
+from aiportal.register.bspline import fast_bspline_stage
 from aiportal.register.landmarks import LandmarkPairs, TargetRegistrationError, transform_tre
 from aiportal.register.stages import StageRunner, as_affine, bspline_stage, stage_start
 
@@ -296,8 +297,13 @@ def register_volumes(
     final_metric = linear.final_metric
 
     if kind == "bspline":
-        warp = bspline_stage(fixed, moving_for_metric, found, metric_name, levels, fixed_mask_image,
-                              moving_mask_image, scaled(progress, 1.0 - 1.0 / shares, 1.0), cancel)
+        warp_progress = scaled(progress, 1.0 - 1.0 / shares, 1.0)
+        if metric_name == "mean_squares":  # same contrast: ours (aiportal/register/bspline.py), ahead of elastix
+            warp = fast_bspline_stage(fixed, moving_for_metric, found, fixed_mask_image, warp_progress, cancel)
+            warnings.extend(warp.warnings)
+        else:  # different contrasts: ITK's Mattes mutual information B-spline
+            warp = bspline_stage(fixed, moving_for_metric, found, metric_name, levels, fixed_mask_image,
+                                 moving_mask_image, warp_progress, cancel)
         iterations += warp.iterations
         notes.append(warp.note)
         final_metric, coefficients = warp.final_metric, warp.coefficients
