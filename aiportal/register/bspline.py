@@ -172,6 +172,9 @@ class FastWarp:
 def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Transform, fixed_mask: sitk.Image | None,
                        progress: ProgressCallback, cancel: CancelToken | None) -> FastWarp:
     """A B-spline warp (fixed LPS → fixed LPS, applied before ``linear``) by mean squares on same-contrast images."""
+    progress(0.0, f"bspline level 1/{len(GRID_SPACINGS_MM)}")
+    if cancel is not None and cancel.cancelled:
+        raise CancelledError("the registration")
     fixed = sitk.Cast(fixed, sitk.sitkFloat32)
     # the moving image through the affine result, on the fixed grid (outside: its lowest value, like the warp)
     low = float(sitk.GetArrayViewFromImage(moving).min())
@@ -188,6 +191,9 @@ def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Trans
     cost_calls = 0
     for level, (grid_mm, level_mm, limit) in enumerate(zip(GRID_SPACINGS_MM, LEVEL_SPACINGS_MM, ITERATIONS,
                                                            strict=True)):
+        progress(level / len(GRID_SPACINGS_MM), f"bspline level {level + 1}/{len(GRID_SPACINGS_MM)}")
+        if cancel is not None and cancel.cancelled:
+            raise CancelledError("the registration")
         shrink = np.maximum(1, np.floor(level_mm / spacing_kji)).astype(int)
         grid = _Grid.covering(size_kji, spacing_kji, grid_mm)
         coefficients = (np.zeros((*grid.shape, 3), np.float32) if previous is None
@@ -211,7 +217,7 @@ def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Trans
 
         cost_calls = 0
         found = optimize.minimize(cost, coefficients.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
-                                  options={"maxiter": limit, "maxcor": 10, "ftol": 1e-10, "gtol": 1e-9})
+                                  options={"maxiter": limit, "maxcor": 10})
         coefficients = found.x.reshape(*grid.shape, 3).astype(np.float32)
         iterations += int(found.nit)
         value, previous = float(found.fun) * scale**2, grid
