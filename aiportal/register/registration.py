@@ -9,6 +9,8 @@ Why SimpleITK with our settings and not elastix (bench/bench_registration.py, on
 - elastix 3DCT_lung lung masks, affine, landmark TRE: ours 5.3 mm, 14.5 s; elastix defaults stop with
   "too many samples map outside moving image" (no initialisation); centred elastix 8.9 mm in 0.7x our time;
   SimpleITK textbook 7.9 mm in 0.28x.
+- B-spline: same-contrast pairs use our numpy/SciPy warp (:mod:`aiportal.register.bspline`, ahead of elastix's
+  B-spline map in TRE and time on real CTs warped by a known field); different contrasts ITK's Mattes MI B-spline.
 - So: SimpleITK (already a dependency, shipped by Slicer) with multi-level regular-step descent, scales from
   physical shift and a fixed sample set is the most accurate of the three on both pairs; itk-elastix would add
   a ~1 GB-resident dependency for worse results at its defaults. It stays a bench-only peer.
