@@ -17,9 +17,9 @@ from aiportal.progress import CancelToken, ProgressCallback, scaled
 _LINEAR_ITERATIONS = 200
 _METRIC_SAMPLES = 50_000
 _BSPLINE_ITERATIONS = 100
-# B-spline defaults: NOT yet validated to the 1 mm goal. On a real CT warped by a known smooth field
-# (bench/bench_registration_bspline.py, ct-6mm) they reach a median TRE of 1.11 mm in ~390 s on a loaded 2-core
-# machine; the 12 mm version 1.60 mm. 50k samples were ~5x slower per iteration at the finest level.
+# ITK's B-spline, now only for different contrasts (Mattes mutual information); same-contrast pairs run ours
+# (aiportal/register/bspline.py). On a real CT warped by a known smooth field it reached a median TRE of
+# 1.11 mm in ~390 s with mean squares (bench/bench_registration_bspline.py); its MI numbers are in that bench.
 _BSPLINE_SAMPLES = 10_000
 _BSPLINE_MESH_SPACING_MM = 25.0  # control-point spacing: organ-scale warps (bumps of 50-60 mm), few parameters
 
