@@ -157,15 +157,21 @@ def test_cancel_stops_promptly_and_leaves_nothing_in_the_scene(runtime, anatomic
     nodes_before = runtime.scene.GetNumberOfNodes()
     token = CancelToken()
 
+    after_cancel: list[str] = []
+
     def cancel_in_stage(fraction: float, stage: str) -> None:
-        if stage.startswith(cancelled_stage):
+        if token.cancelled:
+            after_cancel.append(stage)
+        elif stage.startswith(cancelled_stage):
             token.cancel()
 
-    started = time.perf_counter()
     with pytest.raises(CancelledError):
         register_volumes(anatomical, moving, kind="bspline", metric="mean_squares", progress=cancel_in_stage,
                          cancel=token)
-    assert time.perf_counter() - started < 3.0  # the whole run takes ~8 s
+    # promptly: the run stops inside the stage it was cancelled in (no later stage or warp level starts);
+    # judged by what it reported, not by the clock (no timing assertions)
+    first_level = {"affine": "affine", "bspline": "bspline level 1/"}[cancelled_stage]
+    assert all(stage.startswith(first_level) for stage in after_cancel), after_cancel
     assert runtime.scene.GetNumberOfNodes() == nodes_before
 
 
@@ -284,7 +290,6 @@ def test_fusion_modes_set_every_slice_view(runtime, anatomical):
 
 def test_registration_job_runs_in_the_background_and_cancel_adds_nothing(runtime, shared_data, anatomical):
     """What the AIRegister panel uses: start / poll / cancel / finish, the scene touched only by finish()."""
-    import time
 
     from aiportal.errors import CancelledError
     from aiportal.register.job import RegistrationJob
