@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from aiportal.vessels.analysis import VesselMeasurement
 
 # Procedure reported (CID 100) by source modality.
-_PROCEDURES = {
+PROCEDURES_BY_MODALITY = {
     "CT": codes.LN.CTUnspecifiedBodyRegion,
     "MR": codes.LN.MRIUnspecifiedBodyRegion,
     "PT": codes.LN.PETUnspecifiedBodyRegion,
@@ -131,7 +131,7 @@ def _finding(description: hd.seg.SegmentDescription) -> dict:
     }
 
 
-def _axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd.sr.Measurement]:
+def axis_measurements(axes: RecistMeasurement, source: ExportSource) -> list[hd.sr.Measurement]:
     """The long and short axis as NUM items, each with its line: SCOORD on the slice's source image
     when the slice is an acquired image (slices along k), else SCOORD3D in the frame of reference."""
     on_image = axes.slice_axis == "k" and 0 <= axes.slice_index < len(source.datasets)
@@ -166,7 +166,7 @@ def _axes_group(axes: RecistMeasurement, description: hd.seg.SegmentDescription,
         **{**_finding(description),
            "tracking_identifier": hd.sr.TrackingIdentifier(uid=uid, identifier=identifier)},
         method=codes.cid6147.RECIST1Point1,
-        measurements=_axis_measurements(axes, source),
+        measurements=axis_measurements(axes, source),
         source_images=[hd.sr.SourceImageForMeasurementGroup(str(image.SOPClassUID), str(image.SOPInstanceUID))]
         if image is not None else None,
     )
@@ -309,7 +309,7 @@ def write_sr(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(name=observer_person),
     ) if observer_person else None
-    procedure = coded(procedure_reported) if procedure_reported else _PROCEDURES.get(
+    procedure = coded(procedure_reported) if procedure_reported else PROCEDURES_BY_MODALITY.get(
         source.modality, codes.LN.DiagnosticImagingReport)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_person_context=observer_person_context,

@@ -15,7 +15,7 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from aiportal.export.dicom_seg import MANUFACTURER, coded, with_utf8
-from aiportal.export.dicom_sr import _PROCEDURES, _axis_measurements, sr_number
+from aiportal.export.dicom_sr import PROCEDURES_BY_MODALITY, axis_measurements, sr_number
 from aiportal.followup.tracking import Longitudinal, Track
 from aiportal.terminology import deserialize
 
@@ -24,7 +24,7 @@ _DEVICE = "AIPortal follow-up"
 
 def _group(track: Track, index: int, source) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     measurement = track.states[index].measurement
-    items = _axis_measurements(measurement, source)
+    items = axis_measurements(measurement, source)
     items.append(hd.sr.Measurement(name=codes.SCT.Volume, value=sr_number(measurement.volume_ml * 1000.0),
                                    unit=codes.UCUM.CubicMillimeter))
     found = deserialize(track.terminology) if track.terminology else None
@@ -53,7 +53,7 @@ def write_time_point_sr(result: Longitudinal, index: int, source, path: Path, *,
     )
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=_PROCEDURES.get(source.modality, codes.LN.DiagnosticImagingReport),
+        procedure_reported=PROCEDURES_BY_MODALITY.get(source.modality, codes.LN.DiagnosticImagingReport),
         imaging_measurements=groups,
     )
     sr = with_utf8(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import slicer
 
 from aiportal import terminology
 from aiportal.errors import InputError
@@ -15,7 +16,7 @@ from aiportal.io.volumes import ijk_to_ras_matrix
 from aiportal.models.catalog import TISSUE, Code, LabelSpec
 from aiportal.rt.reader import StructureSetRead, rasterize_structure_set, read_structure_set
 from aiportal.runtime import SlicerRuntime, get_runtime
-from aiportal.segmentation import _Logic, ijk_to_ras_vtk, oriented_image, segment_ids, shape_kji
+from aiportal.segmentation import ijk_to_ras_vtk, oriented_image, segment_ids, shape_kji
 
 ANATOMICAL_STRUCTURE = Code("SCT", "91723000", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED = Code("SCT", "49755003", "Morphologically Altered Structure")
@@ -78,7 +79,8 @@ def import_rtstruct(path: Path, volume_node, *, frame_of_reference_uid: str | No
         for index in members:
             layer[masks[index]] = index + 1
         before = set(segment_ids(node))
-        if not _Logic.ImportLabelmapToSegmentationNode(oriented_image(layer, grid), node, "", ""):
+        logic = slicer.vtkSlicerSegmentationsModuleLogic
+        if not logic.ImportLabelmapToSegmentationNode(oriented_image(layer, grid), node, "", ""):
             raise RuntimeError("Slicer could not import the structure set's label map")
         for segment_id in segment_ids(node):
             if segment_id in before:
