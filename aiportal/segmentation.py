@@ -88,12 +88,7 @@ def import_label_map(
                 raise ValueError(f"label map shape {layer.shape} differs from the volume's {shape}")
             if not layer.any():
                 continue
-            before = set(segment_ids(segmentation_node))
-            if not _Logic.ImportLabelmapToSegmentationNode(oriented_image(layer, grid), segmentation_node, "", ""):
-                raise RuntimeError("Slicer could not import the label map into the segmentation")
-            for segment_id in segment_ids(segmentation_node):
-                if segment_id in before:
-                    continue
+            for segment_id in import_layer(segmentation_node, layer, grid):
                 segment = segmentation.GetSegment(segment_id)
                 label = by_value.get(segment.GetLabelValue())
                 if label is None:
@@ -103,6 +98,14 @@ def import_label_map(
         segmentation_node.EndModify(was_modifying)
     _place_next_to(runtime, segmentation_node, reference_volume)
     return segmentation_node
+
+
+def import_layer(segmentation_node, layer: np.ndarray, grid: vtk.vtkMatrix4x4) -> list[str]:
+    """Import one label-map layer (on the IJK→RAS ``grid``) into the node; the new segments' ids, one per label."""
+    before = set(segment_ids(segmentation_node))
+    if not _Logic.ImportLabelmapToSegmentationNode(oriented_image(layer, grid), segmentation_node, "", ""):
+        raise RuntimeError("Slicer could not import the label map into the segmentation")
+    return [segment_id for segment_id in segment_ids(segmentation_node) if segment_id not in before]
 
 
 def shape_kji(volume_node) -> tuple[int, int, int]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import slicer
 
 from aiportal import terminology
 from aiportal.errors import InputError
@@ -16,7 +15,7 @@ from aiportal.io.volumes import ijk_to_ras_matrix
 from aiportal.models.catalog import TISSUE, Code, LabelSpec
 from aiportal.rt.reader import StructureSetRead, rasterize_structure_set, read_structure_set
 from aiportal.runtime import SlicerRuntime, get_runtime
-from aiportal.segmentation import ijk_to_ras_vtk, oriented_image, segment_ids, shape_kji
+from aiportal.segmentation import ijk_to_ras_vtk, import_layer, shape_kji
 
 ANATOMICAL_STRUCTURE = Code("SCT", "91723000", "Anatomical Structure")
 MORPHOLOGICALLY_ALTERED = Code("SCT", "49755003", "Morphologically Altered Structure")
@@ -78,13 +77,7 @@ def import_rtstruct(path: Path, volume_node, *, frame_of_reference_uid: str | No
         layer = np.zeros(masks[0].shape, dtype=np.uint8 if len(read.rois) < 255 else np.uint16)
         for index in members:
             layer[masks[index]] = index + 1
-        before = set(segment_ids(node))
-        logic = slicer.vtkSlicerSegmentationsModuleLogic
-        if not logic.ImportLabelmapToSegmentationNode(oriented_image(layer, grid), node, "", ""):
-            raise RuntimeError("Slicer could not import the structure set's label map")
-        for segment_id in segment_ids(node):
-            if segment_id in before:
-                continue
+        for segment_id in import_layer(node, layer, grid):
             segment = segmentation.GetSegment(segment_id)
             label = _label(read.rois[int(segment.GetLabelValue()) - 1], int(segment.GetLabelValue()))
             segment.SetName(label.name)
