@@ -10,7 +10,6 @@ has no rounding to absorb, unlike rt-utils, which moves vertices onto pixel cent
 from __future__ import annotations
 
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +25,20 @@ from aiportal.segmentation import segment_ids, segment_mask  # noqa: E402
 
 
 def import_dicompyler_core():
-    """dicompyler-core 0.5.6 (the latest) imports two names pydicom 3 renamed: ``pydicom.dicomio.read_file`` (now
-    ``dcmread``) and ``pydicom.pixel_data_handlers.util.pixel_dtype`` (now in ``pydicom.pixels.utils``). Lend them
-    for its import only, then take them back, so no other test sees them; its parsing and rasterising run as shipped."""
+    """dicompyler-core 0.5.6 (the latest) imports ``pydicom.dicomio.read_file``, which pydicom 3 renamed ``dcmread``.
+    Lend that name for its import only, then take it back so no other test sees it; its parsing and rasterising run
+    as shipped."""
     import pydicom.dicomio
-    from pydicom.pixels.utils import pixel_dtype
 
     lent = not hasattr(pydicom.dicomio, "read_file")
-    shims = {"pydicom.pixel_data_handlers": types.ModuleType("pydicom.pixel_data_handlers"),
-             "pydicom.pixel_data_handlers.util": types.ModuleType("pydicom.pixel_data_handlers.util")}
-    shims["pydicom.pixel_data_handlers.util"].pixel_dtype = pixel_dtype
     if lent:
         pydicom.dicomio.read_file = pydicom.dcmread
-        sys.modules.update({name: module for name, module in shims.items() if name not in sys.modules})
     try:
         parser = pytest.importorskip("dicompylercore.dicomparser")
         calc = pytest.importorskip("dicompylercore.dvhcalc")
     finally:
         if lent:
             del pydicom.dicomio.read_file
-            for name, module in shims.items():
-                if sys.modules.get(name) is module:
-                    del sys.modules[name]
     return parser, calc
 
 
