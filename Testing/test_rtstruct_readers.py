@@ -28,14 +28,16 @@ def import_dicompyler_core():
     """dicompyler-core 0.5.6 (the latest) imports ``pydicom.dicomio.read_file``, which pydicom 3 renamed ``dcmread``.
     Lend that name for its import only, then take it back so no other test sees it; its parsing and rasterising run
     as shipped."""
+    import importlib
+
     import pydicom.dicomio
 
     lent = not hasattr(pydicom.dicomio, "read_file")
     if lent:
         pydicom.dicomio.read_file = pydicom.dcmread
     try:
-        parser = pytest.importorskip("dicompylercore.dicomparser")
-        calc = pytest.importorskip("dicompylercore.dvhcalc")
+        parser = importlib.import_module("dicompylercore.dicomparser")
+        calc = importlib.import_module("dicompylercore.dvhcalc")
     finally:
         if lent:
             del pydicom.dicomio.read_file
