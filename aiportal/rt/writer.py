@@ -34,7 +34,7 @@ from aiportal.export.dicom_source import ExportSource, copy_patient_and_study
 from aiportal.io.geometry import labels_to_acquired
 from aiportal.models.catalog import Code
 from aiportal.provenance import Provenance, read_tag, software_versions
-from aiportal.rt.contours import mask_contours
+from aiportal.rt.contours import stack_contours
 from aiportal.segmentation import (
     REVIEW_TAG,
     label_boxes,
@@ -178,10 +178,10 @@ def _contour_items(roi: RoiSpec, headers: list[Dataset], references: list[Datase
                    geometry: list) -> tuple[list[Dataset], int]:
     items, points = [], 0
     k0, j0, i0 = roi.origin
-    for dk in range(roi.mask.shape[0]):
+    for dk, outlines in enumerate(stack_contours(roi.mask)):
         k = k0 + dk
         origin, row_step, column_step = geometry[k]
-        for outline in mask_contours(roi.mask[dk]):
+        for outline in outlines:
             rows, columns = outline[:, 0] + j0, outline[:, 1] + i0
             lps = origin + rows[:, None] * row_step + columns[:, None] * column_step
             item = Dataset()
