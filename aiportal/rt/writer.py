@@ -166,6 +166,13 @@ def _image_reference(header: Dataset) -> Dataset:
     return item
 
 
+def _as_written(item: Dataset) -> Dataset:
+    """Mark an item as already in the file's encoding (explicit VR little endian, its character set), as if
+    read from a file: pydicom then writes its elements as they are instead of re-checking every one."""
+    item.set_original_encoding(False, True, item._character_set)
+    return item
+
+
 def _slice_geometry(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Origin and the mm steps of one row and one column of a slice, in LPS."""
     orientation = np.asarray(header.ImageOrientationPatient, dtype=float)
@@ -190,8 +197,7 @@ def _contour_items(roi: RoiSpec, headers: list[Dataset], references: list[Datase
             item.NumberOfContourPoints = len(lps)
             item.ContourNumber = len(items) + 1
             item[_CONTOUR_DATA] = _contour_data(lps.ravel())
-            # the item holds an explicit VR little endian value already, as if read from a file
-            item.set_original_encoding(False, True, item._character_set)
+            _as_written(item)
             items.append(item)
             points += len(lps)
     return items, points
@@ -251,7 +257,7 @@ def encode_rtstruct(
     dataset.StructureSetDate, dataset.StructureSetTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     dataset.SeriesDate, dataset.SeriesTime = dataset.StructureSetDate, dataset.StructureSetTime
 
-    references = [_image_reference(header) for header in headers]
+    references = [_as_written(_image_reference(header)) for header in headers]  # one per contour: 10^4 writes
     series = Dataset()
     series.SeriesInstanceUID = first.SeriesInstanceUID
     series.ContourImageSequence = Sequence([_image_reference(header) for header in headers])
