@@ -20,7 +20,7 @@ from test_dicom_sc_estl import totalseg_segmentation  # noqa: E402
 from aiportal.cli import main  # noqa: E402
 from aiportal.export.exporter import ExportOptions, export_to_folder  # noqa: E402
 from aiportal.io.volumes import load_volume  # noqa: E402
-from aiportal.rt.contours import fill_contours, mask_contours  # noqa: E402
+from aiportal.rt.contours import fill_contours, mask_contours, stack_contours  # noqa: E402
 from aiportal.rt.writer import RT_STRUCTURE_SET_STORAGE  # noqa: E402
 from aiportal.segmentation import load_segmentation, segment_ids, segment_mask  # noqa: E402
 
@@ -60,6 +60,29 @@ def test_contours_with_holes_and_islands_fill_back_exactly():
     # every vertex is on a pixel edge: half-way between two pixel centres along a row or a column
     vertices = np.concatenate(outlines)
     assert np.all(np.isclose(np.abs(vertices - np.rint(vertices)).max(axis=1), 0.5))
+
+
+def test_stacked_contours_are_scikit_image_marching_squares():
+    """The vectorised outlines of a whole stack are find_contours' (level 0.5, diagonals connected) slice by
+    slice: the same outlines with the same vertices (collinear ones dropped), and they fill back exactly."""
+    from scipy import ndimage
+    from skimage.measure import find_contours
+
+    rng = np.random.default_rng(7)
+    stack = ndimage.binary_opening(rng.random((12, 40, 50)) > 0.55)
+    stack[3] = rng.random((40, 50)) > 0.5  # saddles everywhere
+    stack[4], stack[5] = True, False  # touching every edge; empty
+
+    def vertex_sets(outlines):
+        return sorted(sorted(map(tuple, np.rint(outline * 2).astype(int).tolist())) for outline in outlines)
+
+    for k, outlines in enumerate(stack_contours(stack)):
+        theirs = find_contours(np.pad(stack[k].astype(float), 1), 0.5, fully_connected="high")
+        steps = [np.diff(np.vstack([o[-2:-1], o]), axis=0) for o in theirs]  # drop straight-on vertices
+        turning = [o[:-1][np.abs(s[:-1, 0] * s[1:, 1] - s[:-1, 1] * s[1:, 0]) > 1e-9] - 1 for o, s in
+                   zip(theirs, steps, strict=True)]
+        assert vertex_sets(outlines) == vertex_sets(turning), k
+        assert np.array_equal(fill_contours(outlines, stack[k].shape), stack[k]), k
 
 
 def test_rtstruct_is_valid_and_references_the_source_series(exported):
