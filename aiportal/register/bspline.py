@@ -234,6 +234,10 @@ def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Trans
             return stage.cost(flat)
 
         cost_calls = 0
+        # scipy's default gtol/ftol stay on purpose: they stop early, and that is what keeps the warp right. Run to
+        # convergence (gtol=0), L-BFGS-B finds warps with LOWER mean squares than the true one that are wrong
+        # (warp alone on ct-6mm: 0.55 → 1.7 mm median TRE, min Jacobian 0.17; also worse on brain CT and MR T1,
+        # and a 50x bending weight does not cure it), so the metric, not the stopping rule, limits accuracy
         found = optimize.minimize(cost, coefficients.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
                                   options={"maxiter": limit, "maxcor": 10})
         coefficients = found.x.reshape(*grid.shape, 3).astype(np.float32)
