@@ -11,6 +11,10 @@ left 1-6 mm of error. Here:
 - The moving image is first resampled through the affine result onto the fixed grid, so the warp only
   needs the fixed image's index space: the field on the voxel grid is three small dense matrix products
   (separable B-spline), and its adjoint gives the analytic gradient of the mean squared difference.
+- Both images go through the fixed body's cumulative histogram first (same monotone map for both), so mean
+  squares weighs each tissue by its share of the body rather than its contrast²: on head CT the skull otherwise
+  dominates and the brain's motion is barely seen (brain-ct-2mm: warp stage alone 3.6 → 1.5 mm median TRE, whole
+  bench run 2.46 → 1.95 mm).
 - At most ``SAMPLES`` voxels inside the body (fixed mask, else the data) carry the metric, the same ones at
   every iteration, so L-BFGS-B sees a smooth deterministic function; a bending penalty (second differences
   of the control grid) keeps the warp smooth where the images are flat.
@@ -150,6 +154,17 @@ def _shrunk(image: sitk.Image, shrink: list[int]) -> np.ndarray:
     return sitk.GetArrayFromImage(image).astype(np.float32)
 
 
+def _equalized(image: sitk.Image, body: np.ndarray, levels: int = 1024) -> sitk.Image:
+    """``image`` through the cumulative histogram of ``body`` (fixed body voxels): values in [0, 1], monotone, so
+    the same map on both images keeps a same-contrast pair same-contrast."""
+    quantiles = np.quantile(body, np.linspace(0, 1, levels))
+    values, first = np.unique(quantiles, return_index=True)
+    ranks = np.linspace(0, 1, levels)[first]
+    out = sitk.GetImageFromArray(np.interp(sitk.GetArrayViewFromImage(image), values, ranks).astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
 def jacobian_determinant_min(field_kji: np.ndarray, spacing_kji: np.ndarray) -> float:
     """Smallest det(I + ∇u) of a (k, j, i, 3) displacement (mm along k, j, i) on a grid of ``spacing_kji``."""
     jacobian = np.empty(field_kji.shape[:3] + (3, 3), np.float32)
@@ -182,6 +197,10 @@ def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Trans
     fixed_array = sitk.GetArrayViewFromImage(fixed)
     mask = (sitk.GetArrayFromImage(fixed_mask) > 0 if fixed_mask is not None
             else fixed_array > np.percentile(fixed_array, 5) + 1e-3 * np.ptp(fixed_array))
+    # both through the fixed body's cumulative histogram: each intensity range weighs by how much of the body it
+    # covers, not by its contrast², so a skull (1000+ HU) no longer drowns brain tissue (~5-30 HU of contrast)
+    fixed, moving_on_fixed = (_equalized(image, fixed_array[mask]) for image in (fixed, moving_on_fixed))
+    fixed_array = sitk.GetArrayViewFromImage(fixed)
     scale = float(fixed_array[mask].std()) or 1.0  # unit-variance intensities: one bending weight for all scans
     fixed = fixed / scale
     moving_on_fixed = moving_on_fixed / scale
@@ -216,11 +235,15 @@ def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Trans
             return stage.cost(flat)
 
         cost_calls = 0
+        # scipy's default gtol/ftol stay on purpose: they stop early, and that is what keeps the warp right. Run to
+        # convergence (gtol=0), L-BFGS-B finds warps with LOWER mean squares than the true one that are wrong
+        # (warp alone on ct-6mm: 0.55 → 1.7 mm median TRE, min Jacobian 0.17; also worse on brain CT and MR T1,
+        # and a 50x bending weight does not cure it), so the metric, not the stopping rule, limits accuracy
         found = optimize.minimize(cost, coefficients.astype(np.float64).ravel(), jac=True, method="L-BFGS-B",
                                   options={"maxiter": limit, "maxcor": 10})
         coefficients = found.x.reshape(*grid.shape, 3).astype(np.float32)
         iterations += int(found.nit)
-        value, previous = float(found.fun) * scale**2, grid
+        value, previous = float(found.fun) * scale**2, grid  # of equalised intensities (0-1)
     full = _Level.__new__(_Level)  # the final field on the full grid, for the folding check
     full.bases = [previous.basis(a, np.arange(size_kji[a], dtype=float)) for a in range(3)]
     determinant = jacobian_determinant_min(full.field(coefficients), spacing_kji)
@@ -233,7 +256,8 @@ def fast_bspline_stage(fixed: sitk.Image, moving: sitk.Image, linear: sitk.Trans
     transform = _as_sitk(fixed, previous, coefficients)
     return FastWarp(transform, [sitk.GetArrayFromImage(c) for c in transform.GetCoefficientImages()], value,
                     iterations, f"bspline (ours), mean_squares: grids {'/'.join(f'{g:.0f}' for g in GRID_SPACINGS_MM)}"
-                    f" mm, {iterations} L-BFGS-B iterations, min Jacobian {determinant:.2f}", warnings)
+                    f" mm, histogram-equalised intensities, {iterations} L-BFGS-B iterations, min Jacobian"
+                    f" {determinant:.2f}", warnings)
 
 
 def _as_sitk(fixed: sitk.Image, grid: _Grid, coefficients: np.ndarray) -> sitk.BSplineTransform:
