@@ -376,3 +376,15 @@ def test_a_short_straight_piece_of_vessel_is_tubular_by_its_cross_sections_and_a
         lesion = ((k - 60) / semi_axes[0]) ** 2 + ((j - 24) / semi_axes[1]) ** 2 + ((i - 48) / semi_axes[2]) ** 2 <= 1
         shape = tubularity(lesion, np.diag([0.8, 0.8, 2.0]))
         assert 4 <= shape.ratio < TUBULAR_RATIO and not shape.tubular, (semi_axes, shape.sections)
+
+
+def test_chord_of_an_outline_thinner_than_the_line_spacing_is_zero_not_a_crash():
+    # a sliver outline (0.01 mm wide across 0.5 mm line spacing) once crashed `segment --formats sr,sc`
+    # through the tubularity check of a bone segment
+    from aiportal.vessels.cross_section import longest_perpendicular_chord
+
+    sliver = np.array([[0.0, 0.0], [0.01, 1.0], [0.0, 2.0], [0.0, 0.0]])
+    start, end, length = longest_perpendicular_chord(sliver, np.array([1.0, 0.0]), 0.5)
+    assert length == 0.0 and np.array_equal(start, end)
+    wide = np.array([[0.0, 0.0], [2.0, 0.0], [2.0, 3.0], [0.0, 3.0], [0.0, 0.0]])
+    assert abs(longest_perpendicular_chord(wide, np.array([1.0, 0.0]), 0.1)[2] - 3.0) < 1e-9

@@ -84,6 +84,8 @@ def longest_perpendicular_chord(polygon: np.ndarray, along: np.ndarray,
     s, t = polygon @ along, polygon @ across
     s0, s1, t0, t1 = s[:-1], s[1:], t[:-1], t[1:]
     offsets = np.arange(s.min() + resolution / 2, s.max(), resolution)[:, None]
+    if len(offsets) == 0:  # an outline thinner than half the resolution along ``along``: no line crosses it
+        return polygon[0], polygon[0], 0.0
     crossing = (s0 - offsets) * (s1 - offsets) < 0  # (lines, edges)
     with np.errstate(divide="ignore", invalid="ignore"):
         cuts = np.where(crossing, t0 + (offsets - s0) / (s1 - s0) * (t1 - t0), np.nan)
