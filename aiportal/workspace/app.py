@@ -432,9 +432,14 @@ class Workspace(TrameApp):
             self.show_error(error, "export")
             return None
 
-    async def save_dicom(self) -> None:
+    async def save_dicom(self, key_images: bool | None = None, models: bool | None = None,
+                         rtstruct: bool | None = None, assign_uids: bool | None = None) -> None:
         """DICOM SEG + TID 1500 SR of the shown segmentation, with its key images (Secondary Capture), 3D
-        models (Encapsulated STL) and RT Structure Set when ticked, into the export folder (PACS push comes later)."""
+        models (Encapsulated STL) and RT Structure Set when ticked, into the export folder (PACS push comes later).
+        The ticks come with the click (the page's values then); without them, the state's."""
+        ticks = {"export_key_images": key_images, "export_models": models, "export_rtstruct": rtstruct,
+                 "export_assign_uids": assign_uids}
+        ticks = {name: bool(self.state[name] if value is None else value) for name, value in ticks.items()}
         from aiportal.export.exporter import ExportOptions, export_to_folder
 
         with self.state:
@@ -443,14 +448,14 @@ class Workspace(TrameApp):
         await asyncio.sleep(0)
         try:
             node, loaded = self._export_inputs()
-            formats = ("seg", "sr") + (("sc",) if self.state.export_key_images else ()) \
-                + (("estl",) if self.state.export_models else ()) \
-                + (("rtstruct",) if self.state.export_rtstruct else ())
+            formats = ("seg", "sr") + (("sc",) if ticks["export_key_images"] else ()) \
+                + (("estl",) if ticks["export_models"] else ()) \
+                + (("rtstruct",) if ticks["export_rtstruct"] else ())
             out = self.export_dir / f"{_file_stem(loaded.node.GetName())}-{time.strftime('%Y%m%d-%H%M%S')}"
             self.export_dir.mkdir(parents=True, exist_ok=True)
             result = export_to_folder(node, loaded.node, loaded.source, out,
                                       ExportOptions(formats=formats,
-                                                    assign_missing_uids=bool(self.state.export_assign_uids)),
+                                                    assign_missing_uids=ticks["export_assign_uids"]),
                                       modality=loaded.source.modality if loaded.source else None)
             written = ", ".join(f.name for f in result.files if f.kind in ("seg", "sr", "rtstruct"))
             counted = {kind: sum(f.kind == kind for f in result.files) for kind in ("sc", "estl")}

@@ -258,7 +258,11 @@ class ResultsPanel(VCard):
                 VCheckbox(v_model=("export_rtstruct",), density="compact", hide_details=True,
                           label="RT Structure Set (contours for radiotherapy planning)",
                           raw_attrs=_testid("export-rtstruct"))
-                VBtn("Save DICOM", click=workspace.save_dicom, loading=("export_busy",), size="small",
+                VBtn("Save DICOM",
+                     # the ticks travel with the click: a box ticked just before it may not have reached the state yet
+                     click=(workspace.save_dicom,
+                            "[export_key_images, export_models, export_rtstruct, export_assign_uids]"),
+                     loading=("export_busy",), size="small",
                      variant="tonal", prepend_icon="mdi-content-save", disabled=("!stats_rows.length",),
                      raw_attrs=_testid("save-dicom"))
                 html.Div(f"Saved under {workspace.export_dir}. Sending to PACS comes with the PACS layer.",
