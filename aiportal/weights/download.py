@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from aiportal.digests import file_digest
 from aiportal.errors import ModelError
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
 
@@ -139,7 +140,7 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
     have = part.stat().st_size if part.exists() and meta.get("url") == url and post_json is None else 0
     if expected_size is not None and have == expected_size:
-        return _hash_file(part)
+        return file_digest(part)
     headers = {"User-Agent": USER_AGENT}
     data = None
     if post_json is not None:  # a licensed download (TotalSegmentator's server): no resume
@@ -153,7 +154,7 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
         response = _opener(transfer).open(request, timeout=transfer.seconds())
     except urllib.error.HTTPError as error:
         if error.code == 416 and have:  # asked past the end: the part is the whole file (the hash decides)
-            return _hash_file(part)
+            return file_digest(part)
         raise
     with response:
         if response.status != 206:
@@ -163,7 +164,7 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else expected_size
         started, start_bytes = time.monotonic(), have
-        digest = _hash_file(part) if have else hashlib.sha256()
+        digest = file_digest(part) if have else hashlib.sha256()
         with open(part, "ab" if have else "wb") as writer:
             done = have
             while chunk := response.read(CHUNK):
@@ -181,10 +182,3 @@ def _attempt(url: str, part: Path, meta_path: Path, transfer: Transfer, expected
             raise ConnectionError(f"got {done} of {total} bytes")
     return digest
 
-
-def _hash_file(path: Path) -> hashlib._Hash:
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while chunk := reader.read(CHUNK):
-            digest.update(chunk)
-    return digest

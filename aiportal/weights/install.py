@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiportal import __version__
+from aiportal.digests import file_sha256
 from aiportal.errors import InputError, ModelError
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
 from aiportal.weights import archive, store
@@ -64,7 +65,7 @@ def check_file(path: Path, artifact: Artifact, origin: str, digest: str | None =
     """The file's sha256 (``digest`` when already known); deletes the file and raises when size or sha256
     differ from the manifest."""
     size = path.stat().st_size
-    digest = digest or store.file_sha256(path)
+    digest = digest or file_sha256(path)
     problem = None
     if artifact.size is not None and size != artifact.size:
         problem = f"has {size} bytes, the manifest lists {artifact.size}"

@@ -9,7 +9,6 @@ its own weights folder, where it looks for them; their receipts are kept here to
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -60,14 +59,6 @@ def write_receipt(receipt: dict) -> Path:
     temporary.write_text(json.dumps(receipt, indent=2))
     temporary.replace(path)  # a reader never sees half a receipt
     return path
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as reader:
-        while chunk := reader.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_free_disk(folder: Path, needed: int, what: str) -> None:

@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiportal.digests import file_sha256
 from aiportal.errors import ModelError, cli_command
 from aiportal.weights import store
 
@@ -47,7 +48,7 @@ def verify_receipt(receipt: dict) -> Check:
         file = Path(path)
         if not file.is_file():
             problems.append(f"MISSING {path}")
-        elif file.stat().st_size != expected["size"] or store.file_sha256(file) != expected["sha256"]:
+        elif file.stat().st_size != expected["size"] or file_sha256(file) != expected["sha256"]:
             problems.append(f"CHANGED {path}")
     unverified = [a["name"] for a in receipt.get("artifacts", []) if a.get("checked_against", "").startswith("none")]
     detail = (f"{len(files)} files, {sum(f['size'] for f in files.values()) / 1e6:.1f} MB, version "
@@ -75,7 +76,7 @@ def verify_embedded(model_id: str) -> Check:
     if not path.is_file():
         return Check(model_id, False, f"weights file {path} is missing",
                      fix=f"`{cli_command('models setup ' + entry.environment)}`")
-    digest = store.file_sha256(path)
+    digest = file_sha256(path)
     if digest != expected:
         return Check(model_id, False, f"{path} has sha256 {digest[:16]}…, the catalog lists {str(expected)[:16]}…",
                      [f"CHANGED {path}"], f"reinstall the version the catalog names ({entry.version})")

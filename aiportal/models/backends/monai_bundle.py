@@ -12,7 +12,6 @@ torch and monai are imported inside functions: listing the catalog must not load
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import tempfile
@@ -23,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from aiportal.digests import file_sha256
 from aiportal.errors import AIPortalError, InputError, ModelError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import Code, LabelSpec, ModelEntry, WeightsSpec
@@ -76,14 +76,6 @@ def locate_bundle(path: str | Path) -> BundleLayout:
             "or copy the model file into models/",
         )
     return BundleLayout(root, metadata_file, config_file, model_file)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_metadata(layout: BundleLayout) -> dict[str, Any]:

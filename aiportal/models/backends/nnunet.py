@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from aiportal import digests
 from aiportal.errors import ModelError
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import TISSUE, BackendRef, LabelSpec, ModelEntry, WeightsSpec
@@ -172,11 +173,7 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime_ns)
     if key not in _SHA_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _SHA_CACHE[key] = digest.hexdigest()
+        _SHA_CACHE[key] = digests.file_sha256(path)
     return _SHA_CACHE[key]
 
 
