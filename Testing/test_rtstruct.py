@@ -284,3 +284,13 @@ def test_tilted_series_is_contoured_on_its_acquired_slices(exported, shared_data
     assert dice(roi.mask, bone > 0) >= 0.99
     for created in (node, imported.segmentation_node):
         runtime.scene.RemoveNode(created)
+
+
+def test_encoder_loads_without_the_slicer_core():
+    """The plain encoder (what the bench times against rt-utils) must not pull in VTK or the Slicer core."""
+    import subprocess
+
+    probe = ("import sys, aiportal.rt.encode; "
+             "print(sorted(m for m in ('vtk', 'slicer', 'slicer_core', 'vtkmodules') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -14,8 +14,6 @@ from datetime import datetime, timezone
 from importlib import metadata
 from typing import Any
 
-import vtk
-
 from aiportal import __version__
 
 TAG_PREFIX = "AIPortal."
@@ -25,6 +23,8 @@ REVIEW_STATES = ("suggested", "accepted", "modified", "rejected")
 
 def read_tag(segment, name: str) -> str | None:
     """A ``vtkSegment`` tag's value, or None when the segment lacks it."""
+    import vtk  # here, not at the top: the plain DICOM encoders use this module without VTK
+
     value = vtk.reference("")
     return str(value) if segment.GetTag(name, value) else None
 

@@ -46,7 +46,7 @@ def _names() -> dict[int, str]:
 def run_ours(folder: Path) -> None:
     from aiportal.io.dicom_series import source_from_files
     from aiportal.models.totalseg_labels import totalsegmentator_labels
-    from aiportal.rt.writer import encode_rtstruct, rois_from_labels
+    from aiportal.rt.encode import encode_rtstruct, rois_from_labels
 
     headers = source_from_files(sorted((folder / "ct").iterdir())).headers  # k order of labels.nrrd
     table = {label.value: label for label in totalsegmentator_labels("total")}

@@ -9,7 +9,6 @@ resampled on the source volume's grid, slice k paired with source header k of
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -22,7 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from aiportal import __version__, terminology
 from aiportal.errors import AIPortalError, InputError
-from aiportal.export.dicom_source import ExportSource, drop_empty_copied_sequences
+from aiportal.export.dicom_objects import MANUFACTURER, UTF8, drop_empty_copied_sequences, with_utf8  # noqa: F401 (re-exported)
+from aiportal.export.dicom_source import ExportSource
 from aiportal.io.geometry import labels_to_acquired
 from aiportal.models.catalog import Code, ModelEntry, get_catalog
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag, software_versions
@@ -31,23 +31,6 @@ from aiportal.segmentation import segment_ids as all_segment_ids
 
 #: Segment tag holding the segment's DICOM tracking UID, so re-exports keep the same identity.
 TRACKING_UID_TAG = TAG_PREFIX + "tracking_uid"
-MANUFACTURER = "AI Segment Portal"
-UTF8 = "ISO_IR 192"
-
-
-def with_utf8(sop_class, **arguments):
-    """``sop_class(**arguments)`` in UTF-8 (names and labels may be non-ASCII; the source's may be empty).
-
-    highdicom 0.28 takes the character set as an argument; 0.27, which Slicer 5.12 bundles (and the
-    desktop modules must not replace), does not, and pydicom encodes with the attribute set afterwards.
-    """
-    if "specific_character_set" in inspect.signature(hd.base.SOPClass).parameters:  # every SOP class passes it on
-        return sop_class(**arguments, specific_character_set=UTF8)
-    dataset = sop_class(**arguments)
-    dataset.SpecificCharacterSet = UTF8
-    return dataset
-
-
 # CID 7162 Algorithm Family: classical models are thresholds plus morphology on the image.
 _FAMILIES = {"AI": codes.cid7162.ArtificialIntelligence, "classical": codes.cid7162.MorphologicalOperations}
 

@@ -16,6 +16,7 @@ import pydicom
 from pydicom.uid import generate_uid
 
 from aiportal.errors import InputError
+from aiportal.export.dicom_objects import copy_patient_and_study, drop_empty_copied_sequences  # noqa: F401 (re-exported)
 from aiportal.io.dicom_series import SourceSeries
 from aiportal.io.geometry import RegularGrid
 from aiportal.io.volumes import ijk_to_ras_matrix
@@ -241,23 +242,3 @@ def export_source(
     corrected.regular_grid = grid
     corrected.changes = mapped + corrected.changes
     return corrected
-
-
-def copy_patient_and_study(dataset, header: pydicom.Dataset) -> None:
-    """Give a new object (a highdicom SOP class instance) the patient and study modules of a source image.
-
-    Empty sequences are not copied (see :func:`drop_empty_copied_sequences`).
-    """
-    dataset.copy_patient_and_study_information(header)
-    drop_empty_copied_sequences(dataset, header)
-
-
-def drop_empty_copied_sequences(dataset, header: pydicom.Dataset) -> None:
-    """Remove the empty sequences a new object copied from its source image ``header``.
-
-    A de-identified source holds emptied ones (PS3.15 "Z", e.g. Referenced Study Sequence), and an
-    object with an empty optional sequence fails its IOD.
-    """
-    for element in list(dataset):
-        if element.VR == "SQ" and not element.value and element.keyword in header:
-            del dataset[element.tag]

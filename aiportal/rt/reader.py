@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from aiportal.errors import InputError
 from aiportal.models.catalog import Code
 from aiportal.rt.contours import fill_contours
-from aiportal.rt.writer import RT_STRUCTURE_SET_STORAGE
+from aiportal.rt.encode import RT_STRUCTURE_SET_STORAGE
 
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _OFF_PLANE_VOXELS = 0.1  # a contour further than this from a slice plane (in slices) is off the grid
