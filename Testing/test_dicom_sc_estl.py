@@ -193,8 +193,8 @@ def _seg_uids(paths) -> set[str]:
 
 def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exported, shared_data, tmp_path,
                                                                               monkeypatch):
-    """`aiportal segment --pacs NAME --study UID --formats seg,sr,rtstruct,sc,estl --push` against a real Orthanc: every
-    DICOM object stored, found by QIDO, retrieved identical, and named with its UIDs in the audit trail; then
+    """`aiportal segment --pacs NAME --study UID --formats seg,sr,rtstruct,sc,estl,stl --push` against a real Orthanc:
+    every DICOM object stored, found by QIDO, retrieved identical, and named with its UIDs in the audit trail; then
     `aiportal export --formats seg --push` of the 31-label segmentation stores its SEG."""
     import json
     import os
@@ -222,7 +222,8 @@ def test_segment_from_pacs_pushes_key_images_and_models_verified_and_audited(exp
         server.upload(series.files)
         out = tmp_path / "out"
         assert main(["segment", "--pacs", "orthanc", "--study", series.study_uid, "--push", "--protocol", "dicomweb",
-                     "--formats", "seg,sr,rtstruct,sc,estl", "--out", str(out)]) == 0
+                     "--formats", "seg,sr,rtstruct,sc,estl,stl", "--out", str(out)]) == 0
+        assert list(out.rglob("*.stl")), "the STL files (for 3D printing; not pushed: a PACS stores DICOM only)"
         local = [pydicom.dcmread(path) for path in sorted(out.rglob("*.dcm"))]
         modalities = sorted({ds.Modality for ds in local})
         assert modalities == ["M3D", "OT", "RTSTRUCT", "SEG", "SR"]
