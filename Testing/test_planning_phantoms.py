@@ -162,6 +162,24 @@ def test_trajectory_clearance_entry_and_length_inside(rotation):
                                                          abs=1e-3)
 
 
+@pytest.mark.parametrize("rotation", [0.0, 41.0])
+def test_distance_map_bounds_hold_everywhere(rotation):
+    """The precomputed map's lower/upper bounds contain the exact distance to the surface voxel centres."""
+    from aiportal.planning.distance_map import DistanceBounds
+
+    grid = _phantom(rotation, {"vessel": _cylinder([3.0, -2.0, 0], [1, 2, 5], 4.0),
+                               "bone": _sphere([0, 30.0, 0], 10.0)})
+    rng = np.random.default_rng(1)
+    shape = np.array(grid.labels.shape)
+    kji = rng.uniform(0.0, 1.0, (4000, 3)) * shape - 0.5  # anywhere inside the image
+    for name in ("vessel", "bone"):
+        bounds = DistanceBounds(grid, grid.surface_kji(name))
+        lower, upper = bounds.bounds(kji)
+        exact, _ = cKDTree(grid.surface_ras(name)).query(grid.ijk_to_ras_points(kji))
+        assert np.all(lower <= exact) and np.all(exact <= upper)
+        assert (upper - lower).max() <= 2 * bounds.slack + 1e-9
+
+
 def test_angles_and_deviation():
     assert measure_angle([([0, 0, 0], [1, 0, 0]), ([0, 0, 0], [1, np.sqrt(3), 0])], [])["angle_deg"] == 60.0
     assert measure_angle([], [([0, 0, 0], [0, 0, 1]), ([5, 5, 5], [0, 1, 1])])["angle_deg"] == 45.0
