@@ -121,6 +121,7 @@ def cmd_angle(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from aiportal.planning.bundle import write_bundle
     from aiportal.planning.resection import resect
+    from aiportal.runtime import get_runtime
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise InputError(f"output folder {args.out} is not empty", "choose a new folder or pass --overwrite")
@@ -136,8 +137,21 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         plan["resection"] = result.as_dict()
     segments = args.segments or ([args.target] if args.target else []) + list(args.structures or []) + (
         [args.organ] if args.organ else [])
+    dicom_volume, dicom_options = None, None
+    if args.dicom:
+        from aiportal.io.volumes import load_volume
+
+        from aiportal.planning.bundle_dicom import require_series_lattice
+
+        dicom_volume = load_volume(args.dicom, get_runtime())
+        if dicom_volume.source is None:
+            raise InputError(f"--dicom {args.dicom} is not a DICOM series", "give the DICOM series the plan was made on")
+        require_series_lattice(grid, dicom_volume.node)  # before anything is written
+        dicom_options = {"task": args.task, "snomed_csv": args.snomed_csv, "assign_missing_uids": args.assign_uids,
+                         "observer_person": args.observer}
     manifest = write_bundle(grid, args.out, plan, segments=list(dict.fromkeys(segments)), resected_mask=resected,
-                            coordinates=args.coordinates.upper())
+                            coordinates=args.coordinates.upper(), dicom_volume=dicom_volume,
+                            dicom_options=dicom_options)
     return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"])
 
 
@@ -236,6 +250,13 @@ def add_planning_commands(commands) -> None:
     bundle.add_argument("--organ", help="organ to resect (with --plane or --target/--margin)")
     _resection_arguments(bundle)
     bundle.add_argument("--coordinates", choices=["lps", "ras"], default="lps", help="of the STL files")
+    bundle.add_argument("--dicom", type=Path, help="the DICOM series the plan was made on: adds a DICOM SEG and "
+                                                   "TID 1500 SR of the segments (dicom/)")
+    bundle.add_argument("--snomed-csv", type=Path, help="SNOMED mapping of the segment names for the SEG "
+                                                        "(default: the installed TotalSegmentator's)")
+    bundle.add_argument("--assign-uids", action="store_true", help="fill empty UIDs of an anonymised series "
+                                                                   "(a corrected copy goes into dicom/source/)")
+    bundle.add_argument("--observer", help="person observer name for the SR")
     bundle.set_defaults(handler=cmd_bundle)
 
     outcome = sub.add_parser("outcome", help="planned vs post-operative segments (same frame of reference)")
