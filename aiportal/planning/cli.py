@@ -140,12 +140,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     dicom_volume, dicom_options = None, None
     if args.dicom:
         from aiportal.io.volumes import load_volume
-
         from aiportal.planning.bundle_dicom import require_series_lattice
 
         dicom_volume = load_volume(args.dicom, get_runtime())
         if dicom_volume.source is None:
-            raise InputError(f"--dicom {args.dicom} is not a DICOM series", "give the DICOM series the plan was made on")
+            raise InputError(f"--dicom {args.dicom} is not a DICOM series", "give the series the plan was made on")
         require_series_lattice(grid, dicom_volume.node)  # before anything is written
         dicom_options = {"task": args.task, "snomed_csv": args.snomed_csv, "assign_missing_uids": args.assign_uids,
                          "observer_person": args.observer}
