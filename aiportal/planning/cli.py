@@ -155,19 +155,30 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
-    from aiportal.planning.geometry import trajectory_deviation
+    from aiportal.planning.geometry import plane_deviation, trajectory_deviation
     from aiportal.planning.outcome import compare_outcome
+    from aiportal.planning.outcome_registration import outcome_frame
 
     planned, actual = _grid(args), _grid(args, args.actual)
-    result: dict = {"structures": compare_outcome(planned, actual, args.structures)}
-    lines = [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
-             f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
-             f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
-             for r in result["structures"]]
+    frame = outcome_frame(args.planned_image, args.actual_image, args.register)
+    result: dict = {"frame": frame.as_dict(),
+                    "structures": compare_outcome(planned, actual, args.structures, frame.actual_to_planned_ras)}
+    lines = [f"{'registered' if frame.registered else 'not registered'}: {frame.reason}"]
+    lines += [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
+              f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
+              f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
+              for r in result["structures"]]
     if args.planned_trajectory and args.actual_trajectory:
-        p, a = args.planned_trajectory, args.actual_trajectory
-        result["trajectory"] = trajectory_deviation((p[:3], p[3:]), (a[:3], a[3:]))
+        p, a = args.planned_trajectory, frame.map_points([args.actual_trajectory[:3], args.actual_trajectory[3:]])
+        result["trajectory"] = trajectory_deviation((p[:3], p[3:]), (a[0], a[1]))
         lines.append("trajectory: " + ", ".join(f"{k} {v}" for k, v in result["trajectory"].items()))
+    if args.planned_plane and args.actual_plane:
+        p, a = args.planned_plane, args.actual_plane
+        point = frame.map_points(a[:3])[0]
+        normal = frame.actual_to_planned_ras[:3, :3] @ a[3:]  # rigid: normals turn with the points
+        result["plane"] = plane_deviation((p[:3], p[3:]), (point, normal))
+        lines.append("plane: " + ", ".join(f"{k} {v}" for k, v in result["plane"].items()))
+    lines += [f"WARNING: {w}" for w in frame.warnings]
     return _emit(args, result, lines)
 
 
@@ -258,9 +269,17 @@ def add_planning_commands(commands) -> None:
     bundle.add_argument("--observer", help="person observer name for the SR")
     bundle.set_defaults(handler=cmd_bundle)
 
-    outcome = sub.add_parser("outcome", help="planned vs post-operative segments (same frame of reference)")
+    outcome = sub.add_parser("outcome", help="planned vs post-operative segments, the post-operative CT registered "
+                                              "to the planning CT")
     _common(outcome)
-    outcome.add_argument("actual", type=Path, help="post-operative segmentation (registered to the planning CT)")
+    outcome.add_argument("actual", type=Path, help="post-operative segmentation (on the post-operative CT)")
+    outcome.add_argument("--planned-image", type=Path, help="the planning CT (file or DICOM folder)")
+    outcome.add_argument("--actual-image", type=Path, help="the post-operative CT the actual segmentation is on")
+    outcome.add_argument("--register", choices=["auto", "yes", "no"], default="auto",
+                         help="rigid registration of the images (auto: unless both are DICOM of one frame)")
+    outcome.add_argument("--planned-plane", nargs=6, type=float, metavar=("R", "A", "S", "NR", "NA", "NS"))
+    outcome.add_argument("--actual-plane", nargs=6, type=float, metavar=("R", "A", "S", "NR", "NA", "NS"),
+                         help="in the post-operative frame, like --actual-trajectory")
     outcome.add_argument("--structures", nargs="+", help="segments to compare (default: those in both)")
     outcome.add_argument("--planned-trajectory", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"))
     outcome.add_argument("--actual-trajectory", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"))
