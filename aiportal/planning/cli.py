@@ -96,11 +96,33 @@ def _planes(values: list[list[float]] | None):
     return [Plane(tuple(v[:3]), tuple(v[3:])) for v in values or []]
 
 
+def _surface(args: argparse.Namespace, grid):
+    """The drawn cut surface of --surface-point / --surface-markups, removing the side of --surface-side
+    (default: the target's centre), or None."""
+    import numpy as np
+
+    from aiportal.planning.surface_cut import CutSurface, read_markups_points
+
+    points = list(args.surface_point or [])
+    if args.surface_markups:
+        points += read_markups_points(args.surface_markups).tolist()
+    if not points:
+        return None
+    if args.surface_side:
+        side = args.surface_side
+    elif args.target:
+        side = grid.ijk_to_ras_points(np.argwhere(grid.mask(args.target))).mean(axis=0)
+    else:
+        raise InputError("a drawn cut surface needs the side to remove", "pass --surface-side R A S or --target")
+    return CutSurface(points, side)
+
+
 def cmd_resect(args: argparse.Namespace) -> int:
     from aiportal.planning.resection import resect
 
-    result, _ = resect(_grid(args), args.organ, planes=_planes(args.plane), combine=args.combine,
-                       target=args.target, margin_mm=args.margin)
+    grid = _grid(args)
+    result, _ = resect(grid, args.organ, planes=_planes(args.plane), combine=args.combine,
+                       target=args.target, margin_mm=args.margin, surface=_surface(args, grid))
     lines = [f"{result.organ} ({result.method}): {result.organ_ml:.1f} ml, resected {result.resected_ml:.1f} ml, "
              f"remnant {result.remnant_ml:.1f} ml = {result.remnant_percent:.1f} %"]
     if result.target_margin_mm is not None:
@@ -133,7 +155,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     resected = None
     if args.organ:
         result, resected = resect(grid, args.organ, planes=_planes(args.plane), combine=args.combine,
-                                  target=args.target, margin_mm=args.margin)
+                                  target=args.target, margin_mm=args.margin, surface=_surface(args, grid))
         plan["resection"] = result.as_dict()
     segments = args.segments or ([args.target] if args.target else []) + list(args.structures or []) + (
         [args.organ] if args.organ else [])
@@ -205,6 +227,11 @@ def _resection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--combine", choices=["all", "any"], default="all",
                         help="several planes: remove their intersection (wedge, default) or union")
     parser.add_argument("--margin", type=float, metavar="MM", help="without planes: remove the target + this margin")
+    parser.add_argument("--surface-point", nargs=3, type=float, action="append", metavar=("R", "A", "S"),
+                        help="a point of a drawn cut surface (thin-plate spline through ≥ 3 points); repeatable")
+    parser.add_argument("--surface-markups", type=Path, help="the cut surface points as a Slicer .mrk.json")
+    parser.add_argument("--surface-side", nargs=3, type=float, metavar=("R", "A", "S"),
+                        help="a point on the side the drawn surface removes (default: the target's centre)")
 
 
 def add_planning_commands(commands) -> None:
