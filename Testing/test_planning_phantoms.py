@@ -149,7 +149,7 @@ def test_resection_by_a_drawn_curved_surface(rotation, tmp_path):
     farther than half a voxel from the true cap is on its true side; volumes match the analytic lens."""
     from aiportal.planning.surface_cut import CutSurface, read_markups_points
 
-    axis = _rotation(rotation + 17.0)  # the cut's own orientation, oblique to the grid
+    axis = _rotation(17.0)  # the cut's own orientation: oblique to both grids
     cap_centre, cap_radius = axis @ np.array([0.0, 0.0, -60.0]), 50.0
     grid = _phantom(rotation, {"organ": _sphere([0, 0, 0], 25.0), "tumour": _sphere(axis @ [0, 0, -20.0], 5.0)})
     u, v = np.meshgrid(np.linspace(-32, 32, 7), np.linspace(-32, 32, 7))
