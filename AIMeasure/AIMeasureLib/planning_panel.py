@@ -1,4 +1,5 @@
-"""AIMeasure's Planning section: proximity to the picked segment and a trajectory line re-checked live.
+"""AIMeasure's Planning section: proximity to the picked segment, a trajectory line re-checked live, and a
+virtual resection of the picked segment by a markups plane or a drawn point list.
 
 The widget side only: the logic is :mod:`aiportal.planning.desktop` (a :class:`PlanningSession` kept by
 AIMeasureLogic, so the structures are precomputed once per segmentation and a dragged end point is
@@ -26,6 +27,7 @@ class PlanningPanel(VTKObservationMixin):
         self._trajectoryLine = None  # the planned path observed for live checks
         self.ui.proximityButton.connect("clicked(bool)", self.onProximityButton)
         self.ui.trajectoryLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTrajectoryLineChanged)
+        self.ui.resectButton.connect("clicked(bool)", self.onResectButton)
 
     def cleanup(self) -> None:
         self.removeObservers()
@@ -37,6 +39,18 @@ class PlanningPanel(VTKObservationMixin):
                 raise ValueError(_("Pick a segmentation, its volume and the target segment."))
             self.ui.planningLabel.text = proximity(self.logic.planning, p.inputSegmentation, p.inputVolume,
                                                    self._selectedSegmentID(), p.alertThresholdMm)
+
+    def onResectButton(self) -> None:
+        """Virtual resection of the picked segment by the selected plane or drawn point list."""
+        from aiportal.planning.desktop import resection_text
+
+        with slicer.util.tryWithErrorDisplay(_("Failed to resect."), waitCursor=True):
+            p = self._parameterNode()
+            if not (p and p.inputSegmentation and p.inputVolume and self._selectedSegmentID()):
+                raise ValueError(_("Pick a segmentation, its volume and the segment to resect."))
+            result = self.logic.planning.resect_by_markups(p.inputSegmentation, p.inputVolume,
+                                                           self._selectedSegmentID(), self.ui.cutSelector.currentNode())
+            self.ui.planningLabel.text = resection_text(result)
 
     def onTrajectoryLineChanged(self, lineNode) -> None:
         if self._trajectoryLine is not None:
