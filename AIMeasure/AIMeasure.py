@@ -24,6 +24,8 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from AIMeasureLib.planning_panel import PlanningPanel  # noqa: E402 (the Planning section)
+
 from aiportal.desktop_jobs import desktop_jobs, follow
 from aiportal.desktop_requirements import ensure_feature
 
@@ -112,7 +114,6 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._observedLine = None
         self._lastCheck = None
         self._follower = None  # the running measurement, comparison or report
-        self._trajectoryLine = None  # the planned path observed for live checks
 
     def setup(self) -> None:
         """Called when the user opens the module the first time and the widget is initialized."""
@@ -146,8 +147,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.copyToReportButton.connect("clicked(bool)", self.onCopyToReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
-        self.ui.proximityButton.connect("clicked(bool)", self.onProximityButton)
-        self.ui.trajectoryLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTrajectoryLineChanged)
+        self.planningPanel = PlanningPanel(self.ui, self.logic, lambda: self._parameterNode, self._selectedSegmentID)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -156,6 +156,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Called when the application closes and the module widget is destroyed."""
         if self._follower is not None:
             self._follower.cancel()  # its result is never applied
+        self.planningPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -305,34 +306,6 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             except Exception as error:  # shown in the panel: the reader keeps drawing
                 self.ui.copilotLabel.text = str(error)
         self._checkCanApply()
-
-    # -- planning (logic: aiportal.planning.desktop) ------------------------------------------------
-    def onProximityButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Failed to measure proximity."), waitCursor=True):
-            p = self._parameterNode
-            if not (p.inputSegmentation and p.inputVolume and self._selectedSegmentID()):
-                raise ValueError(_("Pick a segmentation, its volume and the target segment."))
-            self.ui.planningLabel.text = self.logic.proximity(p.inputSegmentation, p.inputVolume,
-                                                              self._selectedSegmentID(), p.alertThresholdMm)
-
-    def onTrajectoryLineChanged(self, lineNode) -> None:
-        if self._trajectoryLine is not None:
-            self.removeObserver(self._trajectoryLine, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onTrajectory)
-        self._trajectoryLine = lineNode
-        if lineNode is not None:
-            self.addObserver(lineNode, slicer.vtkMRMLMarkupsNode.PointModifiedEvent, self.onTrajectory)
-        self.onTrajectory()
-
-    def onTrajectory(self, caller=None, event=None) -> None:
-        """Re-check the path on every move of an end point (the structures are precomputed once)."""
-        p, line = self._parameterNode, self._trajectoryLine
-        if not (p and line and p.inputSegmentation and p.inputVolume and line.GetNumberOfControlPoints() == 2):
-            return
-        try:
-            self.ui.planningLabel.text = self.logic.trajectory(line, p.inputSegmentation, p.inputVolume,
-                                                               p.alertThresholdMm)
-        except Exception as error:  # shown in the panel: the surgeon keeps dragging
-            self.ui.planningLabel.text = str(error)
 
     def onApplySuggestion(self) -> None:
         if self._lastCheck is not None and self._parameterNode.manualLine:
@@ -522,19 +495,6 @@ class AIMeasureLogic(ScriptedLoadableModuleLogic):
         job = self.startCompare(priorSegmentation, priorVolume, currentSegmentation, currentVolume)
         job.wait()
         return self.applyFollowUp(currentSegmentation.GetScene(), job.finish())
-
-    def proximity(self, segmentation, volume, segmentID: str, thresholdMm: float) -> str:
-        """Every other segment's closest approach to the picked one; a line markup per alert."""
-        from aiportal.planning.desktop import add_closest_lines, proximity_text
-
-        rows = self.planning.proximity(segmentation, volume, segmentID, thresholdMm)
-        add_closest_lines(slicer.mrmlScene, rows)
-        return proximity_text(rows)
-
-    def trajectory(self, lineNode, segmentation, volume, thresholdMm: float) -> str:
-        from aiportal.planning.desktop import trajectory_text
-
-        return trajectory_text(self.planning.trajectory(segmentation, volume, lineNode, thresholdMm))
 
     def reportText(self) -> str:
         from aiportal.measure.report import report_text

@@ -6,10 +6,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from aiportal.errors import InputError
 from aiportal.planning.bundle import segmentation_node_from_masks
-from aiportal.planning.desktop import PlanningSession, add_closest_lines, proximity_text, trajectory_text
+from aiportal.planning.desktop import (
+    PlanningSession,
+    add_closest_lines,
+    proximity_text,
+    resection_text,
+    trajectory_text,
+)
 from aiportal.planning.grid import load_label_grid
 from aiportal.planning.proximity import proximity_table
+from aiportal.planning.resection import Plane, resect
+from aiportal.planning.surface_cut import CutSurface
 from aiportal.planning.trajectory import TrajectoryPlanner
 
 NAMES = ["liver", "aorta", "inferior_vena_cava", "portal_vein_and_splenic_vein", "gallbladder"]
@@ -51,3 +60,23 @@ def test_panel_logic_matches_the_cli_numbers(shared_data, runtime):
     line.SetNthControlPointPositionWorld(0, *(entry + np.array([0.0, 10.0, 0.0])))
     session.trajectory(segmentation, volume, line, 5.0)
     assert session._planner is planner_before
+
+    # resection by a markups plane (normal towards the removed part) and by a point list drawn on a curved cut
+    plane = scene.AddNewNodeByClass("vtkMRMLMarkupsPlaneNode", "cut plane")
+    plane.SetOriginWorld(*target)
+    plane.SetNormalWorld(1.0, 0.0, 0.0)
+    result = session.resect_by_markups(segmentation, volume, liver_id, plane)
+    expected, _ = resect(grid, "liver", planes=[Plane(tuple(target), (1.0, 0.0, 0.0))])
+    assert result.remnant_voxels == expected.remnant_voxels and 20 < result.remnant_percent < 80
+    assert f"= {expected.remnant_percent:.1f} %" in resection_text(result)
+    drawn = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "cut")
+    a, s = np.meshgrid([-80.0, 0.0, 80.0], [-50.0, 0.0, 50.0])
+    points = np.c_[target[0] + 0.003 * a.ravel() ** 2, target[1] + a.ravel(), target[2] + s.ravel()]
+    for point in points:
+        drawn.AddControlPointWorld(*point)
+    with pytest.raises(InputError, match="labelled 'remove'"):
+        session.resect_by_markups(segmentation, volume, liver_id, drawn)
+    drawn.AddControlPointWorld(*(target + np.array([-40.0, 0.0, 0.0])), "Remove")
+    result = session.resect_by_markups(segmentation, volume, liver_id, drawn)
+    expected, _ = resect(grid, "liver", surface=CutSurface(points, target + np.array([-40.0, 0.0, 0.0])))
+    assert result.remnant_voxels == expected.remnant_voxels and result.method == "drawn surface (9 points)"

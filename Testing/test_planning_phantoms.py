@@ -6,6 +6,8 @@ of the analytic one, and every distance equal to a brute-force search over all v
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from scipy.spatial import cKDTree
@@ -135,6 +137,57 @@ def test_margin_shell_volume_and_resection_remnant(rotation):
     assert by_margin.resected_ml == pytest.approx(shell.shell_ml, abs=1e-6)  # the tumour is its own label
 
 
+def _lens_ml(r: float, big: float, d: float) -> float:
+    """Volume of the intersection of two spheres (radii r and big, centres d apart), in ml."""
+    return np.pi * (big + r - d) ** 2 * (d * d + 2 * d * r - 3 * r * r + 2 * d * big + 6 * r * big - 3 * big * big) / (
+        12 * d) / 1000.0
+
+
+@pytest.mark.parametrize("rotation", [0.0, 33.0])
+def test_resection_by_a_drawn_curved_surface(rotation, tmp_path):
+    """A sphere (r 25 mm) cut by a spherical cap (R 50 mm, centre 60 mm away) drawn as 7×7 points: every voxel
+    farther than half a voxel from the true cap is on its true side; volumes match the analytic lens."""
+    from aiportal.planning.surface_cut import CutSurface, read_markups_points
+
+    axis = _rotation(17.0)  # the cut's own orientation: oblique to both grids
+    cap_centre, cap_radius = axis @ np.array([0.0, 0.0, -60.0]), 50.0
+    grid = _phantom(rotation, {"organ": _sphere([0, 0, 0], 25.0), "tumour": _sphere(axis @ [0, 0, -20.0], 5.0)})
+    u, v = np.meshgrid(np.linspace(-32, 32, 7), np.linspace(-32, 32, 7))
+    local = np.c_[u.ravel(), v.ravel(), -60.0 + np.sqrt(cap_radius ** 2 - u.ravel() ** 2 - v.ravel() ** 2)]
+    points = local @ axis.T
+    markups = tmp_path / "cut.mrk.json"  # as Slicer saves a point list: LPS
+    lps = points * [-1, -1, 1]
+    markups.write_text(json.dumps({"markups": [{"type": "Fiducial", "coordinateSystem": "LPS", "controlPoints": [
+        {"position": p.tolist()} for p in lps]}]}))
+    assert np.allclose(read_markups_points(markups), points)
+    surface = CutSurface(read_markups_points(markups), side_ras=cap_centre)  # remove what lies inside the cap
+    result, resected = resect(grid, "organ", surface=surface, target="tumour")
+    organ = grid.mask("organ")
+    ras = grid.ijk_to_ras_points(np.argwhere(organ))
+    beyond = np.linalg.norm(ras - cap_centre, axis=1) - cap_radius  # < 0: truly removed
+    decided = np.abs(beyond) > HALF_VOXEL
+    assert np.array_equal(resected[organ][decided], (beyond < 0)[decided])
+    assert result.remnant_voxels == np.count_nonzero(organ & ~resected)
+    tumour_ml = np.count_nonzero(grid.mask("tumour")) * grid.voxel_ml
+    lens = _lens_ml(25.0, cap_radius, 60.0)
+    assert result.resected_ml + tumour_ml == pytest.approx(lens, rel=0.03)
+    assert abs(result.target_margin_mm - 5.0) <= HALF_VOXEL and not result.warnings
+    assert result.method == "drawn surface (49 points)"
+
+
+def test_drawn_surface_refusals():
+    from aiportal.planning.surface_cut import CutSurface
+
+    with pytest.raises(InputError, match="at least 3 points"):
+        CutSurface([[0, 0, 0], [1, 0, 0]], [0, 0, 1])
+    with pytest.raises(InputError, match="on one line"):
+        CutSurface([[0, 0, 0], [1, 0, 0], [2, 0, 0]], [0, 0, 1])
+    with pytest.raises(InputError, match="lies on the cut surface"):
+        CutSurface([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [0.5, 0.5, 0])
+    plane = CutSurface([[0, 0, 0], [10, 0, 0], [0, 10, 0], [10, 10, 0]], [0, 0, -3])  # 4 coplanar points: a plane
+    assert np.allclose(plane.side(np.array([[3.0, 4.0, -2.0], [7.0, 1.0, 5.0]])), [2.0, -5.0])
+
+
 @pytest.mark.parametrize("rotation", [0.0, 41.0])
 def test_trajectory_clearance_entry_and_length_inside(rotation):
     grid = _phantom(rotation, {"vessel": _cylinder([0, 0, 0], [0, 0, 1], 4.0), "bone": _sphere([0, 30.0, 0], 10.0)})
@@ -160,6 +213,24 @@ def test_trajectory_clearance_entry_and_length_inside(rotation):
             if not row.entered:
                 assert row.clearance_mm == pytest.approx(brute_force_clearance(grid, row.structure, entry, target),
                                                          abs=1e-3)
+
+
+@pytest.mark.parametrize("rotation", [0.0, 41.0])
+def test_distance_map_bounds_hold_everywhere(rotation):
+    """The precomputed map's lower/upper bounds contain the exact distance to the surface voxel centres."""
+    from aiportal.planning.distance_map import DistanceBounds
+
+    grid = _phantom(rotation, {"vessel": _cylinder([3.0, -2.0, 0], [1, 2, 5], 4.0),
+                               "bone": _sphere([0, 30.0, 0], 10.0)})
+    rng = np.random.default_rng(1)
+    shape = np.array(grid.labels.shape)
+    kji = rng.uniform(0.0, 1.0, (4000, 3)) * shape - 0.5  # anywhere inside the image
+    for name in ("vessel", "bone"):
+        bounds = DistanceBounds(grid, grid.surface_kji(name))
+        lower, upper = bounds.bounds(kji)
+        exact, _ = cKDTree(grid.surface_ras(name)).query(grid.ijk_to_ras_points(kji))
+        assert np.all(lower <= exact) and np.all(exact <= upper)
+        assert (upper - lower).max() <= 2 * bounds.slack + 1e-9
 
 
 def test_angles_and_deviation():

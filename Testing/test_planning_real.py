@@ -61,6 +61,28 @@ def test_resection_volumes_are_voxel_counts(case):
         assert result.organ_ml == pytest.approx(1043.118, abs=0.01)
 
 
+def test_resection_by_a_drawn_surface_on_the_real_liver(case):
+    """Points drawn on a curved cut (a cap of a 120 mm sphere through the liver's centre): the remnant is the
+    liver's voxels on the kept side, every voxel farther than half a voxel from the true cap on its true side."""
+    from aiportal.planning.surface_cut import CutSurface
+
+    name, grid = case
+    liver = grid.mask("liver")
+    ras = grid.ijk_to_ras_points(np.argwhere(liver))
+    centre = ras.mean(axis=0)
+    cap_centre, radius = centre + np.array([120.0, 0.0, 0.0]), 120.0
+    a, s = np.meshgrid(np.linspace(-90, 90, 9), np.linspace(-60, 60, 7))
+    points = np.c_[cap_centre[0] - np.sqrt(radius ** 2 - a.ravel() ** 2 - s.ravel() ** 2),
+                   centre[1] + a.ravel(), centre[2] + s.ravel()]
+    result, resected = resect(grid, "liver", surface=CutSurface(points, side_ras=cap_centre))
+    beyond = np.linalg.norm(ras - cap_centre, axis=1) - radius
+    decided = np.abs(beyond) > max(grid.spacing_ijk) / 2.0
+    assert np.array_equal(resected[liver][decided], (beyond < 0)[decided])
+    assert result.remnant_voxels == np.count_nonzero(liver & ~resected)
+    assert result.remnant_ml == pytest.approx(result.remnant_voxels * grid.voxel_ml, abs=1e-3)
+    assert 20.0 < result.remnant_percent < 80.0, name
+
+
 def test_trajectory_clearance_equals_brute_force(case):
     name, grid = case
     structures = [s for s in AT_RISK if s in grid.present_names()]

@@ -54,7 +54,9 @@ def wrapper_facts(version: str) -> dict:
 
 
 def module_source(module: str) -> str:
-    return (REPO / module / f"{module}.py").read_text()
+    """The module file and its panels (<module>Lib/*.py), checked as one source."""
+    files = [REPO / module / f"{module}.py", *sorted((REPO / module / f"{module}Lib").glob("*.py"))]
+    return "\n".join(path.read_text() for path in files)
 
 
 def ui_tree(module: str) -> ElementTree.ElementTree:

@@ -2,8 +2,9 @@
 
 ``plan.json`` (every measurement and a manifest with file sizes and SHA-256), ``measurements.csv``,
 one volume-true STL per planned segment (LPS by default, as navigation systems and Slicer expect),
-the resected and remnant parts when a resection was planned, and Slicer markups (``.mrk.json``) for
-trajectories and closest-approach lines, loadable in Slicer with Add Data.
+the resected and remnant parts when a resection was planned, Slicer markups (``.mrk.json``) for
+trajectories and closest-approach lines, loadable in Slicer with Add Data, and, given the DICOM
+series, the segments as a DICOM SEG with their TID 1500 SR in ``dicom/``.
 """
 
 from __future__ import annotations
@@ -65,8 +66,13 @@ def _csv_rows(plan: dict) -> list[dict]:
 
 
 def write_bundle(grid: LabelGrid, folder: Path, plan: dict, *, segments: list[str],
-                 resected_mask: np.ndarray | None = None, coordinates: str = "LPS", runtime=None) -> dict:
-    """Write the bundle into ``folder`` (must be empty or new) and return the manifest."""
+                 resected_mask: np.ndarray | None = None, coordinates: str = "LPS", runtime=None,
+                 dicom_volume=None, dicom_options: dict | None = None) -> dict:
+    """Write the bundle into ``folder`` (must be empty or new) and return the manifest.
+
+    With ``dicom_volume`` (the loaded DICOM series the plan was made on) the segments also go into
+    ``dicom/`` as a DICOM SEG and a TID 1500 SR (``dicom_options``: see
+    :func:`aiportal.planning.bundle_dicom.write_dicom_objects`)."""
     from aiportal.export.surfaces import export_surfaces, safe_file_stem
     from aiportal.runtime import get_runtime
 
@@ -83,8 +89,16 @@ def write_bundle(grid: LabelGrid, folder: Path, plan: dict, *, segments: list[st
     masks = {name: mask for name, mask in masks.items() if mask.any()}
     node = segmentation_node_from_masks(scene, grid, masks)
     (folder / "models").mkdir(exist_ok=True)
-    files = [Path(p) for p in export_surfaces(node, folder / "models", coordinates=coordinates)]
-    scene.RemoveNode(node)
+    try:
+        files = [Path(p) for p in export_surfaces(node, folder / "models", coordinates=coordinates)]
+        notes: list[str] = []
+        if dicom_volume is not None:
+            from aiportal.planning.bundle_dicom import write_dicom_objects
+
+            written, notes = write_dicom_objects(grid, node, dicom_volume, folder / "dicom", **(dicom_options or {}))
+            files += written
+    finally:
+        scene.RemoveNode(node)
     markups = folder / "markups"
     markups.mkdir(exist_ok=True)
     for index, trajectory in enumerate(plan.get("trajectories", []), start=1):
@@ -99,7 +113,7 @@ def write_bundle(grid: LabelGrid, folder: Path, plan: dict, *, segments: list[st
         writer.writeheader()
         writer.writerows(_csv_rows(plan))
     files.append(folder / "measurements.csv")
-    manifest = {"surfaces_coordinates": coordinates,
+    manifest = {"surfaces_coordinates": coordinates, "notes": notes,
                 "files": [{"path": str(p.relative_to(folder)), "bytes": p.stat().st_size,
                            "sha256": hashlib.sha256(p.read_bytes()).hexdigest()} for p in sorted(files)]}
     (folder / "plan.json").write_text(json.dumps({**plan, "manifest": manifest}, indent=2))

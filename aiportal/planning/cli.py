@@ -96,11 +96,33 @@ def _planes(values: list[list[float]] | None):
     return [Plane(tuple(v[:3]), tuple(v[3:])) for v in values or []]
 
 
+def _surface(args: argparse.Namespace, grid):
+    """The drawn cut surface of --surface-point / --surface-markups, removing the side of --surface-side
+    (default: the target's centre), or None."""
+    import numpy as np
+
+    from aiportal.planning.surface_cut import CutSurface, read_markups_points
+
+    points = list(args.surface_point or [])
+    if args.surface_markups:
+        points += read_markups_points(args.surface_markups).tolist()
+    if not points:
+        return None
+    if args.surface_side:
+        side = args.surface_side
+    elif args.target:
+        side = grid.ijk_to_ras_points(np.argwhere(grid.mask(args.target))).mean(axis=0)
+    else:
+        raise InputError("a drawn cut surface needs the side to remove", "pass --surface-side R A S or --target")
+    return CutSurface(points, side)
+
+
 def cmd_resect(args: argparse.Namespace) -> int:
     from aiportal.planning.resection import resect
 
-    result, _ = resect(_grid(args), args.organ, planes=_planes(args.plane), combine=args.combine,
-                       target=args.target, margin_mm=args.margin)
+    grid = _grid(args)
+    result, _ = resect(grid, args.organ, planes=_planes(args.plane), combine=args.combine,
+                       target=args.target, margin_mm=args.margin, surface=_surface(args, grid))
     lines = [f"{result.organ} ({result.method}): {result.organ_ml:.1f} ml, resected {result.resected_ml:.1f} ml, "
              f"remnant {result.remnant_ml:.1f} ml = {result.remnant_percent:.1f} %"]
     if result.target_margin_mm is not None:
@@ -121,6 +143,7 @@ def cmd_angle(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from aiportal.planning.bundle import write_bundle
     from aiportal.planning.resection import resect
+    from aiportal.runtime import get_runtime
 
     if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
         raise InputError(f"output folder {args.out} is not empty", "choose a new folder or pass --overwrite")
@@ -132,29 +155,52 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     resected = None
     if args.organ:
         result, resected = resect(grid, args.organ, planes=_planes(args.plane), combine=args.combine,
-                                  target=args.target, margin_mm=args.margin)
+                                  target=args.target, margin_mm=args.margin, surface=_surface(args, grid))
         plan["resection"] = result.as_dict()
     segments = args.segments or ([args.target] if args.target else []) + list(args.structures or []) + (
         [args.organ] if args.organ else [])
+    dicom_volume, dicom_options = None, None
+    if args.dicom:
+        from aiportal.io.volumes import load_volume
+        from aiportal.planning.bundle_dicom import require_series_lattice
+
+        dicom_volume = load_volume(args.dicom, get_runtime())
+        if dicom_volume.source is None:
+            raise InputError(f"--dicom {args.dicom} is not a DICOM series", "give the series the plan was made on")
+        require_series_lattice(grid, dicom_volume.node)  # before anything is written
+        dicom_options = {"task": args.task, "snomed_csv": args.snomed_csv, "assign_missing_uids": args.assign_uids,
+                         "observer_person": args.observer}
     manifest = write_bundle(grid, args.out, plan, segments=list(dict.fromkeys(segments)), resected_mask=resected,
-                            coordinates=args.coordinates.upper())
+                            coordinates=args.coordinates.upper(), dicom_volume=dicom_volume,
+                            dicom_options=dicom_options)
     return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"])
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
-    from aiportal.planning.geometry import trajectory_deviation
+    from aiportal.planning.geometry import plane_deviation, trajectory_deviation
     from aiportal.planning.outcome import compare_outcome
+    from aiportal.planning.outcome_registration import outcome_frame
 
     planned, actual = _grid(args), _grid(args, args.actual)
-    result: dict = {"structures": compare_outcome(planned, actual, args.structures)}
-    lines = [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
-             f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
-             f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
-             for r in result["structures"]]
+    frame = outcome_frame(args.planned_image, args.actual_image, args.register)
+    result: dict = {"frame": frame.as_dict(),
+                    "structures": compare_outcome(planned, actual, args.structures, frame.actual_to_planned_ras)}
+    lines = [f"{'registered' if frame.registered else 'not registered'}: {frame.reason}"]
+    lines += [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
+              f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
+              f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
+              for r in result["structures"]]
     if args.planned_trajectory and args.actual_trajectory:
-        p, a = args.planned_trajectory, args.actual_trajectory
-        result["trajectory"] = trajectory_deviation((p[:3], p[3:]), (a[:3], a[3:]))
+        p, a = args.planned_trajectory, frame.map_points([args.actual_trajectory[:3], args.actual_trajectory[3:]])
+        result["trajectory"] = trajectory_deviation((p[:3], p[3:]), (a[0], a[1]))
         lines.append("trajectory: " + ", ".join(f"{k} {v}" for k, v in result["trajectory"].items()))
+    if args.planned_plane and args.actual_plane:
+        p, a = args.planned_plane, args.actual_plane
+        point = frame.map_points(a[:3])[0]
+        normal = frame.actual_to_planned_ras[:3, :3] @ a[3:]  # rigid: normals turn with the points
+        result["plane"] = plane_deviation((p[:3], p[3:]), (point, normal))
+        lines.append("plane: " + ", ".join(f"{k} {v}" for k, v in result["plane"].items()))
+    lines += [f"WARNING: {w}" for w in frame.warnings]
     return _emit(args, result, lines)
 
 
@@ -181,6 +227,11 @@ def _resection_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--combine", choices=["all", "any"], default="all",
                         help="several planes: remove their intersection (wedge, default) or union")
     parser.add_argument("--margin", type=float, metavar="MM", help="without planes: remove the target + this margin")
+    parser.add_argument("--surface-point", nargs=3, type=float, action="append", metavar=("R", "A", "S"),
+                        help="a point of a drawn cut surface (thin-plate spline through ≥ 3 points); repeatable")
+    parser.add_argument("--surface-markups", type=Path, help="the cut surface points as a Slicer .mrk.json")
+    parser.add_argument("--surface-side", nargs=3, type=float, metavar=("R", "A", "S"),
+                        help="a point on the side the drawn surface removes (default: the target's centre)")
 
 
 def add_planning_commands(commands) -> None:
@@ -236,11 +287,26 @@ def add_planning_commands(commands) -> None:
     bundle.add_argument("--organ", help="organ to resect (with --plane or --target/--margin)")
     _resection_arguments(bundle)
     bundle.add_argument("--coordinates", choices=["lps", "ras"], default="lps", help="of the STL files")
+    bundle.add_argument("--dicom", type=Path, help="the DICOM series the plan was made on: adds a DICOM SEG and "
+                                                   "TID 1500 SR of the segments (dicom/)")
+    bundle.add_argument("--snomed-csv", type=Path, help="SNOMED mapping of the segment names for the SEG "
+                                                        "(default: the installed TotalSegmentator's)")
+    bundle.add_argument("--assign-uids", action="store_true", help="fill empty UIDs of an anonymised series "
+                                                                   "(a corrected copy goes into dicom/source/)")
+    bundle.add_argument("--observer", help="person observer name for the SR")
     bundle.set_defaults(handler=cmd_bundle)
 
-    outcome = sub.add_parser("outcome", help="planned vs post-operative segments (same frame of reference)")
+    outcome = sub.add_parser("outcome", help="planned vs post-operative segments, the post-operative CT registered "
+                                              "to the planning CT")
     _common(outcome)
-    outcome.add_argument("actual", type=Path, help="post-operative segmentation (registered to the planning CT)")
+    outcome.add_argument("actual", type=Path, help="post-operative segmentation (on the post-operative CT)")
+    outcome.add_argument("--planned-image", type=Path, help="the planning CT (file or DICOM folder)")
+    outcome.add_argument("--actual-image", type=Path, help="the post-operative CT the actual segmentation is on")
+    outcome.add_argument("--register", choices=["auto", "yes", "no"], default="auto",
+                         help="rigid registration of the images (auto: unless both are DICOM of one frame)")
+    outcome.add_argument("--planned-plane", nargs=6, type=float, metavar=("R", "A", "S", "NR", "NA", "NS"))
+    outcome.add_argument("--actual-plane", nargs=6, type=float, metavar=("R", "A", "S", "NR", "NA", "NS"),
+                         help="in the post-operative frame, like --actual-trajectory")
     outcome.add_argument("--structures", nargs="+", help="segments to compare (default: those in both)")
     outcome.add_argument("--planned-trajectory", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"))
     outcome.add_argument("--actual-trajectory", nargs=6, type=float, metavar=("R0", "A0", "S0", "R1", "A1", "S1"))

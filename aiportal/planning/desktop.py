@@ -7,8 +7,11 @@ trajectory line's end point re-checks it in milliseconds.
 
 from __future__ import annotations
 
+import numpy as np
+
 from aiportal.planning.grid import LabelGrid, grid_from_segmentation
 from aiportal.planning.proximity import Proximity, proximity_table
+from aiportal.planning.resection import Resection, resect
 from aiportal.planning.trajectory import TrajectoryPlanner, TrajectoryReport
 
 
@@ -34,12 +37,74 @@ class PlanningSession:
     def trajectory(self, segmentation_node, volume_node, line_node, threshold_mm: float,
                    tool_radius_mm: float = 0.0) -> TrajectoryReport:
         """The line (first point: entry, second: target) against every segment."""
+        entry, target = (list(line_node.GetNthControlPointPositionWorld(i)) for i in (0, 1))
+        return self.trajectory_points(segmentation_node, volume_node, entry, target, threshold_mm, tool_radius_mm)
+
+    def trajectory_points(self, segmentation_node, volume_node, entry_ras, target_ras, threshold_mm: float,
+                          tool_radius_mm: float = 0.0) -> TrajectoryReport:
+        """The path entry → target (RAS) against every segment."""
         grid = self.grid(segmentation_node, volume_node)
         if self._planner is None:
             self._planner = TrajectoryPlanner(grid, default_threshold_mm=threshold_mm or None)
         self._planner.thresholds = {name: threshold_mm or None for name in self._planner.structures}
-        entry, target = (list(line_node.GetNthControlPointPositionWorld(i)) for i in (0, 1))
-        return self._planner.check(entry, target, tool_radius_mm)
+        return self._planner.check(entry_ras, target_ras, tool_radius_mm)
+
+    def resect(self, segmentation_node, volume_node, organ_id: str, *, planes=None, surface=None,
+               target_id: str | None = None) -> tuple[Resection, object]:
+        """Virtual resection of the segment ``organ_id`` by planes or a drawn surface (see :func:`resect`)."""
+        grid = self.grid(segmentation_node, volume_node)
+        name = segmentation_node.GetSegmentation().GetSegment(organ_id).GetName()
+        target = segmentation_node.GetSegmentation().GetSegment(target_id).GetName() if target_id else None
+        return resect(grid, name, planes=planes, surface=surface, target=target)
+
+    def resect_by_markups(self, segmentation_node, volume_node, organ_id: str, cut_node) -> Resection:
+        """Resect ``organ_id`` by a markups plane (its normal points at the removed part) or a point list drawn
+        on a curved cut, one point labelled ``remove`` on the side to cut away (see :func:`cut_from_markups`)."""
+        planes, surface = cut_from_markups(cut_node)
+        result, _ = self.resect(segmentation_node, volume_node, organ_id, planes=planes, surface=surface)
+        return result
+
+    def centre_ras(self, segmentation_node, volume_node, segment_id: str):
+        """The centroid (RAS) of a segment's voxels: the side a drawn surface removes."""
+        grid = self.grid(segmentation_node, volume_node)
+        name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+        return grid.ijk_to_ras_points(np.argwhere(grid.mask(name))).mean(axis=0)
+
+
+REMOVE_LABEL = "remove"  # the point list's point that marks the side a drawn surface cuts away
+
+
+def cut_from_markups(cut_node) -> tuple[list | None, object]:
+    """([Plane], None) for a markups plane node, (None, CutSurface) for a point list; a clear error otherwise."""
+    from aiportal.errors import InputError
+    from aiportal.planning.resection import Plane
+    from aiportal.planning.surface_cut import CutSurface
+
+    if cut_node is None:
+        raise InputError("no cut selected", "pick a markups plane or a point list drawn on the cut")
+    if cut_node.IsA("vtkMRMLMarkupsPlaneNode"):
+        origin, normal = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
+        cut_node.GetOriginWorld(origin)
+        cut_node.GetNormalWorld(normal)
+        return [Plane(tuple(origin), tuple(normal))], None
+    points, side = [], None
+    for index in range(cut_node.GetNumberOfControlPoints()):
+        point = list(cut_node.GetNthControlPointPositionWorld(index))
+        if cut_node.GetNthControlPointLabel(index).strip().lower() == REMOVE_LABEL:
+            side = point
+        else:
+            points.append(point)
+    if side is None:
+        raise InputError(f"no point of {cut_node.GetName()} is labelled '{REMOVE_LABEL}'",
+                         f"rename one point '{REMOVE_LABEL}' and place it on the side to cut away")
+    return None, CutSurface(points, side)
+
+
+def resection_text(result: Resection) -> str:
+    lines = [f"{result.organ} ({result.method}): {result.organ_ml:.1f} ml",
+             f"resected {result.resected_ml:.1f} ml, remnant {result.remnant_ml:.1f} ml "
+             f"= {result.remnant_percent:.1f} %"]
+    return "\n".join(lines + [f"WARNING: {w}" for w in result.warnings])
 
 
 def add_closest_lines(scene, rows: list[Proximity], only_alerts: bool = True) -> list:

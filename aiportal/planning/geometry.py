@@ -65,3 +65,12 @@ def trajectory_deviation(planned: tuple, actual: tuple) -> dict:
             "depth_difference_mm": round(float(np.linalg.norm(actual_target - actual_entry)
                                                - np.linalg.norm(planned_target - planned_entry)), 3),
             "angle_deg": round(float(np.degrees(np.arccos(np.clip(planned_dir @ actual_dir, -1.0, 1.0)))), 3)}
+
+
+def plane_deviation(planned: tuple, actual: tuple) -> dict:
+    """Planned vs actual cut plane (point, normal): the angle between them and how far the planned point
+    lies from the actual plane (signed along the actual normal, mm)."""
+    planned_point, actual_point = np.asarray(planned[0], float), np.asarray(actual[0], float)
+    planned_normal, actual_normal = _unit(planned[1], "planned plane normal"), _unit(actual[1], "actual plane normal")
+    return {"angle_deg": round(angle_between_planes(planned_normal, actual_normal), 3),
+            "offset_mm": round(float((planned_point - actual_point) @ actual_normal), 3)}

@@ -1,8 +1,10 @@
-"""Plan vs outcome: planned segments against post-operative ones, in the same frame of reference.
+"""Plan vs outcome: planned segments against post-operative ones, in the planning frame.
 
 Surface distances are computed between world (RAS) surface points with k-d trees, so the two
-segmentations need not share a grid, only a frame (register the post-operative CT first:
-``aiportal register``). Dice is reported when both are on the same grid.
+segmentations need not share a grid, only a frame: the post-operative points are first mapped by
+``actual_to_planned`` (the rigid registration of the post-operative CT to the planning CT,
+:mod:`aiportal.planning.outcome_registration`). Dice is reported when both are on the same grid and
+no mapping was needed.
 """
 
 from __future__ import annotations
@@ -34,12 +36,17 @@ def surface_distances(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.concatenate([forward, backward])
 
 
-def compare_structure(planned: LabelGrid, actual: LabelGrid, name: str) -> StructureOutcome:
+def compare_structure(planned: LabelGrid, actual: LabelGrid, name: str,
+                      actual_to_planned: np.ndarray | None = None) -> StructureOutcome:
     planned_ml = float(np.count_nonzero(planned.mask(name))) * planned.voxel_ml
     actual_ml = float(np.count_nonzero(actual.mask(name))) * actual.voxel_ml
-    distances = surface_distances(planned.surface_ras(name), actual.surface_ras(name))
-    same_grid = planned.labels.shape == actual.labels.shape and np.allclose(planned.ijk_to_ras, actual.ijk_to_ras,
-                                                                             atol=1e-3)
+    actual_points = actual.surface_ras(name)
+    moved = actual_to_planned is not None and not np.allclose(actual_to_planned, np.eye(4))
+    if moved:
+        actual_points = actual_points @ actual_to_planned[:3, :3].T + actual_to_planned[:3, 3]
+    distances = surface_distances(planned.surface_ras(name), actual_points)
+    same_grid = not moved and planned.labels.shape == actual.labels.shape and np.allclose(
+        planned.ijk_to_ras, actual.ijk_to_ras, atol=1e-3)
     dice = None
     if same_grid:
         a, b = planned.mask(name), actual.mask(name)
@@ -50,7 +57,9 @@ def compare_structure(planned: LabelGrid, actual: LabelGrid, name: str) -> Struc
                             round(float(np.percentile(distances, 95)), 3), dice)
 
 
-def compare_outcome(planned: LabelGrid, actual: LabelGrid, structures: list[str] | None = None) -> list[dict]:
-    """Every structure present in both (or the ones named), planned vs actual."""
+def compare_outcome(planned: LabelGrid, actual: LabelGrid, structures: list[str] | None = None,
+                    actual_to_planned: np.ndarray | None = None) -> list[dict]:
+    """Every structure present in both (or the ones named), planned vs actual (mapped by ``actual_to_planned``,
+    a 4×4 post-operative RAS → planning RAS matrix)."""
     names = structures or [n for n in planned.present_names() if n in set(actual.present_names())]
-    return [asdict(compare_structure(planned, actual, name)) for name in names]
+    return [asdict(compare_structure(planned, actual, name, actual_to_planned)) for name in names]

@@ -1,4 +1,4 @@
-"""Margin shells and virtual resection (planes or a target plus margin), with remnant volumes.
+"""Margin shells and virtual resection (planes, a drawn surface or a target plus margin), with remnant volumes.
 
 Volumes are voxel counts × voxel volume, so the remnant percentage is exactly the voxel-count
 ratio. Distances to a cut plane are signed distances of voxel centres (positive: resected side).
@@ -98,14 +98,33 @@ def _removed_by_planes(grid: LabelGrid, organ_mask: np.ndarray, planes: list[Pla
     return removed
 
 
+def _removed_by_surface(grid: LabelGrid, organ_mask: np.ndarray, surface) -> np.ndarray:
+    kji = np.argwhere(organ_mask)
+    removed = np.zeros_like(organ_mask)
+    removed[tuple(kji[surface.side(grid.ijk_to_ras_points(kji)) > 0].T)] = True
+    return removed
+
+
 def resect(grid: LabelGrid, organ: str, *, planes: list[Plane] | None = None, combine: str = "all",
-           target: str | None = None, margin_mm: float | None = None) -> tuple[Resection, np.ndarray]:
-    """Remove from ``organ`` the part beyond the planes (``all``: their intersection, ``any``: union),
-    or ``target`` + ``margin_mm`` when no plane is given. Returns the figures and the resected mask."""
+           target: str | None = None, margin_mm: float | None = None, surface=None) -> tuple[Resection, np.ndarray]:
+    """Remove from ``organ`` the part beyond the planes (``all``: their intersection, ``any``: union), beyond a
+    drawn ``surface`` (:class:`~aiportal.planning.surface_cut.CutSurface`), or ``target`` + ``margin_mm`` when
+    neither is given. Returns the figures and the resected mask."""
     organ_mask = grid.mask(organ)
     warnings: list[str] = []
     target_margin = None
-    if planes:
+    if planes and surface is not None:
+        raise InputError("a resection takes cut planes or a drawn surface, not both", "give one of them")
+    if surface is not None:
+        removed = _removed_by_surface(grid, organ_mask, surface)
+        method = f"drawn surface ({len(surface.points_ras)} points)"
+        if target:
+            step = float(min(grid.spacing_ijk)) / 2.0
+            target_margin = round(float(surface.signed_distance(grid.surface_ras(target), step).min()), 3)
+            if target_margin < 0:
+                warnings.append(f"{target} crosses the cut: part of it stays in the remnant "
+                                f"(up to {-target_margin:.1f} mm beyond the surface)")
+    elif planes:
         if combine not in ("all", "any"):
             raise InputError(f"combine {combine!r} is unknown", "use 'all' (wedge) or 'any' (union of half-spaces)")
         removed = _removed_by_planes(grid, organ_mask, planes, combine)
@@ -120,8 +139,8 @@ def resect(grid: LabelGrid, organ: str, *, planes: list[Plane] | None = None, co
         method = f"{target} + {margin_mm:g} mm"
         target_margin = float(margin_mm)
     else:
-        raise InputError("a resection needs cut planes or a target with a margin",
-                         "pass --plane or --target and --margin")
+        raise InputError("a resection needs cut planes, a drawn surface or a target with a margin",
+                         "pass --plane, --surface-point/--surface-markups, or --target and --margin")
     resected = organ_mask & removed
     organ_voxels = int(np.count_nonzero(organ_mask))
     remnant_voxels = organ_voxels - int(np.count_nonzero(resected))

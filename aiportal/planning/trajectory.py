@@ -1,9 +1,10 @@
 """A planned straight path (entry → target, optional tool radius) checked against at-risk structures.
 
 :class:`TrajectoryPlanner` precomputes, once per segmentation, a k-d tree of each structure's surface
-voxel centres; every update (an end point moved) then queries path samples coarse to fine (4 mm, then
-half the finest voxel spacing near the candidates), and the minimum clearance is refined exactly over
-the few surface points that can beat the sampled minimum (point-to-segment distance, no sampling error). Entry into a
+voxel centres and a coarse distance map with rigorous bounds (:mod:`aiportal.planning.distance_map`).
+Every update (an end point moved) reads the maps along the path (trilinear, a few hundred points),
+queries the k-d tree exactly only where the map says the closest approach can be, and refines the
+minimum over the few surface points that can beat it (point-to-segment distance, no sampling error). Entry into a
 structure and the length inside (screw length in a bone) come from the label map along the path.
 """
 
@@ -15,6 +16,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from aiportal.errors import InputError
+from aiportal.planning.distance_map import DistanceBounds
 from aiportal.planning.grid import LabelGrid
 
 
@@ -58,8 +60,7 @@ def _segment_distances(points: np.ndarray, start: np.ndarray, end: np.ndarray) -
     return np.linalg.norm(points - feet, axis=1), t
 
 
-COARSE_STEP_MM = 4.0  # first pass along the path
-QUERY_EPS = 1.0  # coarse pass k-d tree approximation; the bounds keep the final answer exact
+REFINE_STEP_MM = 3.0  # exact k-d tree queries this far apart inside the windows the distance map leaves
 
 
 class TrajectoryPlanner:
@@ -72,9 +73,11 @@ class TrajectoryPlanner:
         self.values = {name: grid.value(name) for name in self.structures}
         self.surfaces = {name: grid.surface_ras(name) for name in self.structures}
         self.trees = {name: cKDTree(points) for name, points in self.surfaces.items()}
+        self.maps = {name: DistanceBounds(grid, grid.surface_kji(name)) for name in self.structures}
         lowered = {k.lower(): v for k, v in (thresholds or {}).items()}
         self.thresholds = {name: lowered.get(name.lower(), default_threshold_mm) for name in self.structures}
         self.step_mm = float(min(grid.spacing_ijk)) / 2.0
+        self._ras_to_ijk = np.linalg.inv(grid.ijk_to_ras)
 
     def check(self, entry_ras, target_ras, tool_radius_mm: float = 0.0) -> TrajectoryReport:
         """Clearance, entry and length inside for every structure along entry → target."""
@@ -88,37 +91,40 @@ class TrajectoryPlanner:
         count = max(2, int(np.ceil(length / self.step_mm)) + 1)
         along = np.linspace(0.0, length, count)
         samples = start + (along / length)[:, None] * (end - start)
-        voxels = np.rint(self.grid.ras_to_kji(samples)).astype(int)
-        voxels = np.clip(voxels, 0, np.array(self.grid.labels.shape) - 1)
+        kji = (samples @ self._ras_to_ijk[:3, :3].T + self._ras_to_ijk[:3, 3])[:, ::-1]
+        voxels = np.clip(np.rint(kji).astype(int), 0, np.array(self.grid.labels.shape) - 1)
         labels_along = self.grid.labels[tuple(voxels.T)]
         spacing = along[1] - along[0]
         report = TrajectoryReport([round(float(v), 3) for v in start], [round(float(v), 3) for v in end],
                                   round(length, 3), tool_radius_mm)
         for name in self.structures:
-            report.structures.append(self._clearance(name, samples, start, end, length, labels_along, along,
+            report.structures.append(self._clearance(name, samples, kji, start, end, length, labels_along, along,
                                                      spacing, tool_radius_mm))
         report.structures.sort(key=lambda s: s.clearance_mm)
         return report
 
-    def _clearance(self, name, samples, start, end, length, labels_along, along, spacing, radius) -> StructureClearance:
+    def _clearance(self, name, samples, kji, start, end, length, labels_along, along, spacing,
+                   radius) -> StructureClearance:
         tree = self.trees[name]
-        # Coarse pass with approximate k-d tree queries (distance d returned: true in [d / (1 + eps), d]). The
-        # distance to a structure changes by at most s along s mm of path, so only windows around coarse samples
-        # whose lower bound can beat the best upper bound can hold the closest point.
-        stride = max(1, int(round(COARSE_STEP_MM / spacing)))
-        coarse = np.unique(np.r_[np.arange(0, len(samples), stride), len(samples) - 1])
-        upper, _ = tree.query(samples[coarse], eps=QUERY_EPS)
-        best_upper = float(upper.min())
-        chosen = coarse[upper / (1.0 + QUERY_EPS) - stride * spacing / 2.0 <= best_upper + 1e-9]
-        window = np.zeros(len(samples), bool)
-        for index in chosen:
-            window[max(0, index - stride // 2 - 1):index + stride // 2 + 2] = True
-        fine = np.flatnonzero(window)
-        # exact queries, pruned beyond what can matter (the sample nearest the closest point's foot is within it)
-        exact, _ = tree.query(samples[fine], distance_upper_bound=best_upper + spacing / 2.0 + 1e-6)
-        bound = float(exact.min()) + spacing / 2.0 + 1e-9
-        # the closest point p lies within ``bound`` of the fine sample nearest its foot, whose distance is ≤ bound
-        close_samples = samples[fine[exact <= bound]]
+        # 1. The distance map bounds the distance at every path sample. The closest point p of the path lies
+        # within spacing / 2 of a sample s_p, whose distance is ≤ d(p) + spacing / 2 ≤ min(upper) + spacing / 2:
+        # only samples whose lower bound is below that can be s_p.
+        lower, upper = self.maps[name].bounds(kji)
+        candidates = np.flatnonzero(lower <= float(upper.min()) + spacing / 2.0)
+        # 2. Exact queries every REFINE_STEP_MM over the candidates (and at both ends of each run of them):
+        # p is within ``reach`` of a queried sample.
+        stride = max(1, int(round(REFINE_STEP_MM / spacing)))
+        run_ends = np.flatnonzero(np.diff(candidates) > 1)
+        keep = np.zeros(len(candidates), bool)
+        keep[::stride] = True
+        keep[np.r_[0, run_ends, run_ends + 1, len(candidates) - 1]] = True
+        queried = candidates[keep]
+        reach = stride * spacing / 2.0 + spacing / 2.0
+        exact, _ = tree.query(samples[queried], distance_upper_bound=float(upper.min()) + reach + spacing)
+        bound = float(exact.min()) + reach + 1e-9
+        # 3. p's closest surface point is within ``bound`` of the queried sample nearest p, whose own distance is
+        # ≤ bound: the exact point-to-segment distance over those few points is the answer.
+        close_samples = samples[queried[exact <= bound]]
         nearby = np.unique(np.concatenate([np.asarray(found, dtype=int) for found in
                                            tree.query_ball_point(close_samples, bound)]))
         points = self.surfaces[name][nearby]

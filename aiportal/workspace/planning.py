@@ -1,4 +1,5 @@
-"""The workspace's Planning panel: closest approach of every segment to a picked one, with alerts.
+"""The workspace's Planning panel: closest approach of every segment to a picked one, with alerts; a
+trajectory's clearances; a virtual resection by a plane or a drawn surface (:mod:`planning_actions`).
 
 The numbers come from :mod:`aiportal.planning` (the same session object the desktop panel uses).
 """
@@ -8,7 +9,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from trame.widgets import html
-from trame.widgets.vuetify3 import VBtn, VCard, VCardText, VCardTitle, VChip, VSelect, VTable, VTextField
+from trame.widgets.vuetify3 import (
+    VBtn,
+    VCard,
+    VCardText,
+    VCardTitle,
+    VChip,
+    VDivider,
+    VSelect,
+    VTable,
+    VTextarea,
+    VTextField,
+)
+
+from aiportal.workspace.planning_actions import run_resection, run_trajectory
 
 if TYPE_CHECKING:
     from aiportal.workspace.app import Workspace
@@ -50,7 +64,10 @@ class PlanningPanel(VCard):
     def __init__(self, workspace: Workspace, **kwargs) -> None:
         super().__init__(variant="flat", raw_attrs=_testid("planning-panel"), **kwargs)
         workspace.state.update({"plan_target": None, "plan_threshold": "5", "plan_rows": [], "plan_alerts": 0,
-                                "plan_error": "", "plan_error_fix": ""})
+                                "plan_error": "", "plan_error_fix": "", "plan_entry": "", "plan_target_point": "",
+                                "plan_radius": "0", "plan_path_rows": [], "plan_path_length": "",
+                                "plan_organ": None, "plan_plane_point": "", "plan_plane_normal": "",
+                                "plan_surface": "", "plan_resection": None})
         with self:
             VCardTitle("Planning")
             with VCardText():
@@ -80,3 +97,58 @@ class PlanningPanel(VCard):
                         html.Td("{{ row.centre_mm }}")
                         with html.Td():
                             VChip("alert", v_if=("row.alert",), size="x-small", color="red")
+                _trajectory_section(workspace)
+                _resection_section(workspace)
+
+
+def _field(model: str, label: str, testid: str) -> None:
+    VTextField(v_model=(model,), label=label, density="compact", hide_details=True, classes="mt-2",
+               raw_attrs=_testid(testid))
+
+
+def _trajectory_section(workspace: Workspace) -> None:
+    VDivider(classes="my-3")
+    html.Div("Trajectory (RAS mm)", classes="text-subtitle-2")
+    _field("plan_entry", "Entry R A S", "plan-entry")
+    _field("plan_target_point", "Target R A S", "plan-target-point")
+    _field("plan_radius", "Tool radius (mm)", "plan-radius")
+    VBtn("Check path", click=(lambda *a: run_trajectory(workspace, *a),
+                              "[plan_entry, plan_target_point, plan_radius, plan_threshold]"),
+         size="small", variant="tonal", classes="mt-2", prepend_icon="mdi-vector-line",
+         raw_attrs=_testid("plan-path-check"))
+    with VTable(density="compact", classes="text-caption mt-2", v_if=("plan_path_rows.length",),
+                raw_attrs=_testid("plan-path-table")):
+        with html.Thead(), html.Tr():
+            for title in ("Structure", "Clearance mm", "Inside", ""):
+                html.Th(title)
+        with html.Tbody(), html.Tr(v_for="row in plan_path_rows", key="row.structure"):
+            html.Td("{{ row.structure }}")
+            html.Td("{{ row.clearance_mm }}", raw_attrs=[':data-testid="`plan-clearance-${row.structure}`"'])
+            html.Td("{{ row.inside }}")
+            with html.Td():
+                VChip("alert", v_if=("row.alert",), size="x-small", color="red")
+
+
+def _resection_section(workspace: Workspace) -> None:
+    VDivider(classes="my-3")
+    html.Div("Virtual resection", classes="text-subtitle-2")
+    VSelect(v_model=("plan_organ",), items=("ai_segments",), item_title="name", item_value="segment_id",
+            label="Organ", density="compact", hide_details=True, classes="mt-2", raw_attrs=_testid("plan-organ"))
+    _field("plan_plane_point", "Cut plane point R A S", "plan-plane-point")
+    _field("plan_plane_normal", "Normal towards the removed part", "plan-plane-normal")
+    VTextarea(v_model=("plan_surface",), label="…or drawn surface points, one R A S per line (removes the "
+              "target's side)", density="compact", hide_details=True, rows=3, classes="mt-2",
+              raw_attrs=_testid("plan-surface"))
+    VBtn("Resect", click=(lambda *a: run_resection(workspace, *a),
+                          "[plan_organ, plan_plane_point, plan_plane_normal, plan_surface, plan_target]"),
+         size="small", variant="tonal", classes="mt-2", prepend_icon="mdi-content-cut", disabled=("!plan_organ",),
+         raw_attrs=_testid("plan-resect"))
+    with html.Div(v_if=("plan_resection",), classes="text-body-2 mt-2", raw_attrs=_testid("plan-resection")):
+        html.Div("{{ plan_resection.organ }} ({{ plan_resection.method }}): {{ plan_resection.organ_ml }} ml")
+        with html.Div():
+            html.Span("resected {{ plan_resection.resected_ml }} ml, remnant ")
+            html.Span("{{ plan_resection.remnant_ml }}", raw_attrs=_testid("plan-remnant-ml"))
+            html.Span(" ml = ")
+            html.Span("{{ plan_resection.remnant_percent }}", raw_attrs=_testid("plan-remnant-percent"))
+            html.Span(" %")
+        html.Div("WARNING: {{ w }}", v_for="w in plan_resection.warnings", classes="text-red")
