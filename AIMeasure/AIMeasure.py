@@ -24,6 +24,9 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from AIMeasureLib.followup_panel import FollowUpSeriesPanel
+from AIMeasureLib.followup_panel import runSelfTest as followUpSeriesSelfTest
+
 from aiportal.desktop_jobs import desktop_jobs, follow
 from aiportal.desktop_requirements import ensure_feature
 
@@ -148,6 +151,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.ui.proximityButton.connect("clicked(bool)", self.onProximityButton)
         self.ui.trajectoryLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTrajectoryLineChanged)
+        self.followUpSeries = FollowUpSeriesPanel(self)  # N time points: AIMeasureLib/followup_panel.py
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -578,6 +582,8 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         self.test_AIMeasure1()
         self.setUp()
         self.test_AIMeasurePhantom()
+        self.setUp()
+        followUpSeriesSelfTest(self)
 
     def test_AIMeasure1(self):
         """A painted disc is measured (axes, table), and a shortened manual line is flagged and corrected."""

@@ -37,5 +37,7 @@ def test_every_widget_the_code_uses_is_in_the_ui_file(module):
     ui = ElementTree.parse(REPO / module / "Resources/UI" / f"{module}.ui")
     names = {widget.get("name") for widget in ui.iter("widget")}
     used = set(re.findall(r"self\.ui\.(\w+)", (REPO / module / f"{module}.py").read_text()))
+    for helper in (REPO / module / f"{module}Lib").glob("*.py"):  # panels reach the widgets as widget.ui.X
+        used |= set(re.findall(r"\bui\.(\w+)", helper.read_text()))
     assert used <= names, f"not in the .ui: {used - names}"
     # the SlicerParameterName bindings are checked with Slicer's own wrapper in test_slicer_conformance.py

@@ -1,0 +1,1 @@
+"""Helpers of the AIMeasure module (panels kept out of AIMeasure.py)."""
