@@ -190,6 +190,24 @@ def test_priors_found_registered_tracked_and_response(pacs, tmp_path, capsys):
             identifier, uid = _tracking(group)
             assert tracked.setdefault(identifier, uid) == uid
     assert tracked == {t.tracking_id: t.tracking_uid for t in result.tracks}
+    # each lesion's group references its segment in the SEG of its own time point, which is in the evidence
+    segments = {"20240101": {"Lesion 1": 1, "Lesion 2": 2}, "20240401": {"Lesion 1": 1},
+                "20240701": {"Lesion 1": 1, "Lesion 3": 2}}
+    for path, date in zip(srs, segments, strict=True):
+        sr = pydicom.dcmread(path)
+        seg_uid = str(pydicom.dcmread(pacs.folders[date] / "seg.dcm", stop_before_pixels=True).SOPInstanceUID)
+        referenced = {}
+        for group in _groups(sr):
+            identifier, _ = _tracking(group)
+            for item in group.ContentSequence:
+                if item.ConceptNameCodeSequence[0].CodeValue == "121191":  # Referenced Segment
+                    reference = item.ReferencedSOPSequence[0]
+                    assert str(reference.ReferencedSOPInstanceUID) == seg_uid
+                    referenced[identifier] = int(reference.ReferencedSegmentNumber)
+        assert referenced == segments[date], path.name
+        evidence = {str(i.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+                    for series in study.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+        assert seg_uid in evidence
 
 
 def test_no_prior_unreachable_pacs_and_other_frame(pacs, tmp_path):
