@@ -73,6 +73,11 @@ def series_job(points: Sequence[tuple[str, object, object]], *, register: bool =
     return FunctionJob(compute, "following the lesions", keep=scene)
 
 
+def view_tags(count: int) -> list[str]:
+    """The singleton tags of the slice views of the newest :data:`MAX_VIEWS` of ``count`` time points."""
+    return [VIEW_TAG.format(index=n) for n in range(min(count, MAX_VIEWS))]
+
+
 def layout_description(count: int) -> str:
     """Slicer layout XML: ``count`` axial slice views in a row over the delta table and the lesion chart."""
     views = "".join(
@@ -92,11 +97,12 @@ def layout_description(count: int) -> str:
 
 
 def show_series(scene, result: Longitudinal, nodes: dict[str, tuple[object, object]], *,
-                layout_node=None) -> SeriesView:
+                layout_node=None, set_layout: bool = True) -> SeriesView:
     """Put ``result`` into ``scene`` (main thread): ``nodes`` maps each time point's label to its
     (segmentation, volume). Priors get their registration as a parent transform; the scene's layout
     (``layout_node``, else the scene's own, else a new one) switches to one linked view per time point
-    (the newest :data:`MAX_VIEWS`), the delta table and the diameter chart."""
+    (the newest :data:`MAX_VIEWS`), the delta table and the diameter chart. ``set_layout=False``: the
+    caller's own layout manager (trame-slicer's) made the views :func:`view_tags` names."""
     missing = [label for label in result.labels if label not in nodes]
     if missing:
         raise InputError(f"No nodes for time point(s) {', '.join(missing)}", "give every tracked time point's nodes")
@@ -106,13 +112,14 @@ def show_series(scene, result: Longitudinal, nodes: dict[str, tuple[object, obje
     chart = _diameter_chart(scene, result)
     shown = result.labels[-MAX_VIEWS:]
     layout_id = LAYOUT_BASE_ID + len(shown)
-    layout_node = layout_node or _layout_node(scene)
-    if layout_node.IsLayoutDescription(layout_id):
-        layout_node.SetLayoutDescription(layout_id, layout_description(len(shown)))
-    else:
-        layout_node.AddLayoutDescription(layout_id, layout_description(len(shown)))
-    layout_node.SetViewArrangement(layout_id)
-    tags = [VIEW_TAG.format(index=n) for n in range(len(shown))]
+    if set_layout:
+        layout_node = layout_node or _layout_node(scene)
+        if layout_node.IsLayoutDescription(layout_id):
+            layout_node.SetLayoutDescription(layout_id, layout_description(len(shown)))
+        else:
+            layout_node.AddLayoutDescription(layout_id, layout_description(len(shown)))
+        layout_node.SetViewArrangement(layout_id)
+    tags = view_tags(len(result.labels))
     ours = set()
     for tag, label in zip(tags, shown, strict=True):
         slice_node = _view_node(scene, "vtkMRMLSliceNode", tag)
@@ -125,8 +132,9 @@ def show_series(scene, result: Longitudinal, nodes: dict[str, tuple[object, obje
     for tag, label in zip(tags, shown, strict=True):
         _show_only_in(scene, nodes[label][0], _view_node(scene, "vtkMRMLSliceNode", tag),
                       also_outside=label == result.labels[-1], ours=ours)
-    _view_node(scene, "vtkMRMLTableViewNode", TABLE_VIEW_TAG).SetTableNodeID(table.GetID())
-    _view_node(scene, "vtkMRMLPlotViewNode", PLOT_VIEW_TAG).SetPlotChartNodeID(chart.GetID())
+    if set_layout:
+        _view_node(scene, "vtkMRMLTableViewNode", TABLE_VIEW_TAG).SetTableNodeID(table.GetID())
+        _view_node(scene, "vtkMRMLPlotViewNode", PLOT_VIEW_TAG).SetPlotChartNodeID(chart.GetID())
     _centre_on_first_lesion(scene, result, tags)
     return SeriesView(layout_id, tags, table, chart, transforms, table.GetDescription())
 
