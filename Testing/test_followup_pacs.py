@@ -267,3 +267,34 @@ def test_priors_found_by_qido_and_c_find_alike(pacs, protocol):
     assert [p.study_date for p in priors] == ["20240101"]
     assert sorted(skipped.values()) == ["dated 20240701, not before the current study (20240401)",
                                         "older than the 1 most recent priors"]
+
+
+def test_deidentified_prior_pulls_stay_one_patient_with_dates_and_segs(pacs, tmp_path):
+    """`--deidentify` (and a de-identifying server): every pulled time point goes through the PS3.15 profile with
+    one mapping — one pseudonymous patient, dates gone from the files but kept as labels, each SEG still on its
+    images — and the identified copies are deleted."""
+    from aiportal.followup.load import NoSegmentation, load_time_point
+    from aiportal.followup.priors import deidentify_pulled, pull_current_and_priors
+    from aiportal.pacs.config import get_endpoint
+    from aiportal.pacs.deidentify import ReidentificationMap
+
+    pulled = pull_current_and_priors(get_endpoint("followup-pacs"), pacs.uid["20240701"], tmp_path / "pull",
+                                     protocol="dicomweb")
+    identified = [pulled.current, *pulled.priors]
+    mapping = ReidentificationMap()
+    clean = deidentify_pulled(pulled, tmp_path / "clean", mapping)
+    assert not any(folder.exists() for folder in identified)
+    folders = [clean.current, *clean.priors]
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for folder in folders for path in folder.rglob("*.dcm")]
+    assert len({str(h.PatientID) for h in headers}) == 1 and str(headers[0].PatientID) != PATIENT
+    assert not {str(h.PatientName) for h in headers} & {"Follow^Up"}
+    assert not {str(h.get("StudyDate", "")) for h in headers} & {"20240701", "20240401", "20240101", "20230601"}
+    assert not {str(h.StudyInstanceUID) for h in headers} & set(pacs.uid.values())
+    assert list(clean.labels.values()) == ["20240701", "20240401", "20240101", "20230601"]
+    for folder, date in zip(folders, clean.labels.values(), strict=True):
+        if date == "20230601":
+            with pytest.raises(NoSegmentation):
+                load_time_point(folder, pacs.runtime, label=date)
+            continue
+        point = load_time_point(folder, pacs.runtime, label=date)  # its SEG references its de-identified images
+        assert point.label == date and len(segment_ids(point.segmentation)) == len(pacs.masks[date])

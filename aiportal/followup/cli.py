@@ -22,6 +22,9 @@ def add_followup_command(commands) -> None:
     parser.add_argument("--protocol", choices=("auto", "dicomweb", "dimse"), default="auto")
     parser.add_argument("--description", default="", help="with --pacs: priors' study description must contain it")
     parser.add_argument("--max-priors", type=int, default=3)
+    parser.add_argument("--deidentify", action="store_true",
+                        help="with --pacs: de-identify the pulled studies (PS3.15 basic profile, one mapping for all "
+                             "time points, kept in DIR/reidentification.json) before they are processed")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--organ", action="append", default=[], help="segment followed by volume only (repeat)")
     parser.add_argument("--lymph-node", action="append", default=[], help="segment measured by its short axis")
@@ -52,7 +55,15 @@ def cmd_followup(args: argparse.Namespace) -> int:
                                              description=args.description, max_priors=args.max_priors)
             print(f"found {len(pulled.priors)} prior(s) of patient {pulled.studies[0].patient_id} on "
                   f"{endpoint.name}: " + ", ".join(s.study_date for s in pulled.studies[1:]), file=sys.stderr)
-            run = run_follow_up(pulled.current, pulled.priors, args.out, skipped=pulled.skipped, **options)
+            if getattr(args, "deidentify", False):
+                from aiportal.followup.priors import deidentify_pulled
+                from aiportal.pacs.deidentify import ReidentificationMap
+
+                mapping = ReidentificationMap()
+                pulled = deidentify_pulled(pulled, Path(work) / "deidentified", mapping)
+                mapping.save(Path(args.out) / "reidentification.json")
+            run = run_follow_up(pulled.current, pulled.priors, args.out, skipped=pulled.skipped,
+                                labels=pulled.labels, **options)
     else:
         if not args.current or not args.prior:
             raise InputError("followup needs --current DIR and at least one --prior DIR (or --pacs NAME --study UID)",
