@@ -19,6 +19,7 @@ import requests
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
+from dicom_validation import dciodvfy_errors  # noqa: E402
 from server_fixtures import ApiServer  # noqa: E402
 from test_followup_pacs import CROP, PATIENT, _rigid, _study, _with_seg  # noqa: E402
 from test_followup_tracking import IN_PLANE, _groups, place, real_lesion  # noqa: E402
@@ -105,6 +106,7 @@ def test_seg_arrival_runs_the_follow_up_deidentified_silent_then_pushed(studies,
                                      timeout=10).json() == []
             # de-identified: the stored SRs name a pseudonymous patient; the mapping stays in the job folder
             folder = server.data_dir / "jobs" / job["id"]
+            assert all(dciodvfy_errors(folder / "results" / item["name"]) == [] for item in srs)
             stored = pydicom.dcmread(folder / "results" / srs[0]["name"])
             assert str(stored.PatientID) != PATIENT and "Follow" not in str(stored.PatientName)
             assert (folder / "reidentification.json").is_file() and not (folder / "input" / "followup").exists()

@@ -135,7 +135,8 @@ def pacs(shared_data, tmp_path_factory):
 
 def _args(out: Path, **values) -> argparse.Namespace:
     defaults = {"current": None, "prior": [], "pacs": "followup-pacs", "study": None, "protocol": "dicomweb",
-                "description": "", "max_priors": 3, "out": out, "organ": [], "lymph_node": [], "no_register": False}
+                "description": "", "max_priors": 3, "out": out, "organ": [], "lymph_node": [], "no_register": False,
+                "deidentify": False}
     return argparse.Namespace(**{**defaults, **values})
 
 
@@ -298,3 +299,30 @@ def test_deidentified_prior_pulls_stay_one_patient_with_dates_and_segs(pacs, tmp
             continue
         point = load_time_point(folder, pacs.runtime, label=date)  # its SEG references its de-identified images
         assert point.label == date and len(segment_ids(point.segmentation)) == len(pacs.masks[date])
+
+
+def test_deidentified_follow_up_through_the_cli(pacs, tmp_path, capsys):
+    """`aiportal followup --pacs --deidentify`: the same responses and lesions as without, on a pseudonymous
+    patient; the SRs reference the de-identified SEGs (the mapping, owner-only, re-identifies them)."""
+    import stat
+
+    from aiportal.pacs.deidentify import ReidentificationMap
+
+    args = _args(tmp_path / "out", study=pacs.uid["20240701"], deidentify=True)
+    assert cmd_followup(args) == 0
+    print(capsys.readouterr().out)  # the CLI's lines, with its timings (pytest -s shows them)
+    result = args.followup_run.result
+    assert result.labels == ["20240101", "20240401", "20240701"]
+    assert [a.response.name for a in result.responses[1:]] == ["PR", "PD"]
+    assert [[s.status if s else None for s in t.states] for t in result.tracks] == [
+        [BASELINE, PRESENT, PRESENT], [BASELINE, GONE, GONE], [None, None, NEW]]
+    mapping_path = tmp_path / "out" / "reidentification.json"
+    assert stat.S_IMODE(mapping_path.stat().st_mode) == 0o600
+    originals = ReidentificationMap.load(mapping_path).original_uids()
+    for path in sorted((tmp_path / "out").glob("sr_*.dcm")):
+        sr = pydicom.dcmread(path)
+        assert dciodvfy_errors(path) == [] and str(sr.PatientID) != PATIENT
+        segs = {str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for group in _groups(sr)
+                for item in group.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121191"}
+        assert len(segs) == 1 and originals[segs.pop()] in {
+            str(pydicom.dcmread(f / "seg.dcm", stop_before_pixels=True).SOPInstanceUID) for f in pacs.folders.values()}

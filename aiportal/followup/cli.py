@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from aiportal.errors import InputError
@@ -51,6 +52,7 @@ def cmd_followup(args: argparse.Namespace) -> int:
 
         endpoint = get_endpoint(args.pacs)
         with tempfile.TemporaryDirectory(prefix="aiportal-followup-") as work:
+            started = time.monotonic()
             pulled = pull_current_and_priors(endpoint, args.study, Path(work), protocol=args.protocol,
                                              description=args.description, max_priors=args.max_priors)
             print(f"found {len(pulled.priors)} prior(s) of patient {pulled.studies[0].patient_id} on "
@@ -62,8 +64,10 @@ def cmd_followup(args: argparse.Namespace) -> int:
                 mapping = ReidentificationMap()
                 pulled = deidentify_pulled(pulled, Path(work) / "deidentified", mapping)
                 mapping.save(Path(args.out) / "reidentification.json")
+            pulled_s = time.monotonic() - started  # the query, the pulls and any de-identification
             run = run_follow_up(pulled.current, pulled.priors, args.out, skipped=pulled.skipped,
                                 labels=pulled.labels, **options)
+            run.seconds = {"pull": pulled_s, **run.seconds}
     else:
         if not args.current or not args.prior:
             raise InputError("followup needs --current DIR and at least one --prior DIR (or --pacs NAME --study UID)",

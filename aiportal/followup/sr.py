@@ -96,6 +96,8 @@ def write_time_point_sr(result: Longitudinal, index: int, source, path: Path, *,
         manufacturer=MANUFACTURER,
         series_description=f"Follow-up lesions ({result.labels[index]})"[:64],
     )
+    if "ReferencedStudySequence" in sr and not sr.ReferencedStudySequence:
+        del sr.ReferencedStudySequence  # Type 3, copied from de-identified images (PS3.15 X/Z emptied it)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(path)
