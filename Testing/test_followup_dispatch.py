@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pydicom
@@ -90,6 +91,9 @@ def test_seg_arrival_runs_the_follow_up_deidentified_silent_then_pushed(studies,
                 time.sleep(0.5)
             assert len(jobs) == 1, jobs
             job = client.wait(jobs[0]["id"], timeout_s=400)
+            took = datetime.fromisoformat(job["finished"]) - datetime.fromisoformat(job["created"])
+            print(f"dispatch follow-up job: {job['result'].get('seconds')}, "  # pytest -s shows it
+                  f"submitted to done {took.total_seconds():.1f} s")
             assert job["state"] == "done", (job, server.log_tail())
             result = job["result"]
             assert result["kind"] == "followup" and result["time_points"] == list(DATES)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +85,10 @@ def test_side_by_side_linked_views_and_delta_table(folders, server, tmp_path):
         page.get_by_test_id("fu-error").wait_for(timeout=WAIT_MS)
         assert "has no DICOM SEG" in page.get_by_test_id("fu-error").inner_text()
 
+        started = time.monotonic()
         _run(page, current, list(reversed(priors)))  # typed newest first: put in date order
         page.get_by_test_id("fu-table").wait_for(timeout=WAIT_MS)
+        print(f"workspace follow-up, click to table: {time.monotonic() - started:.1f} s")  # pytest -s shows it
         page.screenshot(path=str(artifacts_dir("followup-workspace") / "01-side-by-side.png"))
         for date in DATES:
             chip = page.get_by_test_id(f"fu-view-{date}").inner_text()
