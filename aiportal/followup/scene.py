@@ -153,13 +153,12 @@ def response_text(result: Longitudinal) -> str:
 
 # -- helpers -------------------------------------------------------------------------------------
 def _layout_node(scene):
+    """The scene's layout node (Slicer's layout manager watches it); a headless scene gets one, and
+    :func:`_view_node` makes the views a layout manager would."""
     node = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-    if node is not None:
-        return node
-    logic = slicer.vtkMRMLLayoutLogic()  # headless: the logic that makes the views a layout names
-    logic.SetMRMLScene(scene)
-    scene._aiportal_layout_logic = logic  # noqa: SLF001 - alive as long as the scene
-    return logic.GetLayoutNode()
+    if node is None:
+        node = scene.AddNode(slicer.vtkMRMLLayoutNode())
+    return node
 
 
 def _view_node(scene, class_name: str, tag: str):
