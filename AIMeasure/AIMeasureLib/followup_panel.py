@@ -61,6 +61,14 @@ class FollowUpSeriesLogic:
         self.view = show_series(scene, result, {label: (seg, vol) for label, seg, vol in points})
         return self.view
 
+    def save(self, folder) -> list:
+        """followup.json/csv (the delta table, responses, registrations) and followup.png (the per-lesion plot)."""
+        from pathlib import Path
+
+        from aiportal.followup.outputs import write_plot, write_table
+
+        return [*write_table(self.result, Path(folder)), write_plot(self.result, Path(folder) / "followup.png")]
+
     def run(self, scene, points: list, register: bool = True):
         """The panel's job, waited for."""
         job = self.start(points, register)
@@ -90,7 +98,12 @@ class FollowUpSeriesPanel:
         self.widget.ui.followUpTableView.setMRMLTableNode(view.table)
         self.widget.ui.responseLabel.text = view.summary
         done = _("Followed {count} time points: one linked view each, the table and the chart below.")
-        self.widget.ui.statusLabel.text = done.format(count=len(self.logic.result.labels))
+        done = done.format(count=len(self.logic.result.labels))
+        folder = self.widget._parameterNode.outputFolder
+        if folder and str(folder) not in ("", "."):  # the report folder: the table and plot as files too
+            done += " " + _("Wrote {files} in {folder}.").format(
+                files=", ".join(path.name for path in self.logic.save(folder)), folder=folder)
+        self.widget.ui.statusLabel.text = done
 
 
 def runSelfTest(test) -> None:
@@ -129,4 +142,13 @@ def runSelfTest(test) -> None:
         composite = slicer.mrmlScene.GetSingletonNode(tag, "vtkMRMLSliceCompositeNode")
         test.assertEqual(composite.GetBackgroundVolumeID(), volume.GetID())
         test.assertTrue(composite.GetLinkedControl())
+    import json
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as folder:
+        written = [path.name for path in logic.save(folder)]
+        test.assertEqual(written, ["followup.json", "followup.csv", "followup.png"])
+        document = json.loads((Path(folder) / "followup.json").read_text())
+        test.assertEqual([r.get("response") for r in document["responses"]], [None, "SD", "PD"])
     test.delayDisplay("Test passed")
