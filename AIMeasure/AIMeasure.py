@@ -24,6 +24,8 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from AIMeasureLib.followup_panel import FollowUpSeriesPanel
+from AIMeasureLib.followup_panel import runSelfTest as followUpSeriesSelfTest
 from AIMeasureLib.planning_panel import PlanningPanel  # noqa: E402 (the Planning section)
 
 from aiportal.desktop_jobs import desktop_jobs, follow
@@ -148,6 +150,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.copyToReportButton.connect("clicked(bool)", self.onCopyToReport)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
         self.planningPanel = PlanningPanel(self.ui, self.logic, lambda: self._parameterNode, self._selectedSegmentID)
+        self.followUpSeries = FollowUpSeriesPanel(self)  # N time points: AIMeasureLib/followup_panel.py
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
@@ -538,6 +541,8 @@ class AIMeasureTest(ScriptedLoadableModuleTest):
         self.test_AIMeasure1()
         self.setUp()
         self.test_AIMeasurePhantom()
+        self.setUp()
+        followUpSeriesSelfTest(self)
 
     def test_AIMeasure1(self):
         """A painted disc is measured (axes, table), and a shortened manual line is flagged and corrected."""

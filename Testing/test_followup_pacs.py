@@ -135,7 +135,8 @@ def pacs(shared_data, tmp_path_factory):
 
 def _args(out: Path, **values) -> argparse.Namespace:
     defaults = {"current": None, "prior": [], "pacs": "followup-pacs", "study": None, "protocol": "dicomweb",
-                "description": "", "max_priors": 3, "out": out, "organ": [], "lymph_node": [], "no_register": False}
+                "description": "", "max_priors": 3, "out": out, "organ": [], "lymph_node": [], "no_register": False,
+                "deidentify": False}
     return argparse.Namespace(**{**defaults, **values})
 
 
@@ -190,6 +191,24 @@ def test_priors_found_registered_tracked_and_response(pacs, tmp_path, capsys):
             identifier, uid = _tracking(group)
             assert tracked.setdefault(identifier, uid) == uid
     assert tracked == {t.tracking_id: t.tracking_uid for t in result.tracks}
+    # each lesion's group references its segment in the SEG of its own time point, which is in the evidence
+    segments = {"20240101": {"Lesion 1": 1, "Lesion 2": 2}, "20240401": {"Lesion 1": 1},
+                "20240701": {"Lesion 1": 1, "Lesion 3": 2}}
+    for path, date in zip(srs, segments, strict=True):
+        sr = pydicom.dcmread(path)
+        seg_uid = str(pydicom.dcmread(pacs.folders[date] / "seg.dcm", stop_before_pixels=True).SOPInstanceUID)
+        referenced = {}
+        for group in _groups(sr):
+            identifier, _ = _tracking(group)
+            for item in group.ContentSequence:
+                if item.ConceptNameCodeSequence[0].CodeValue == "121191":  # Referenced Segment
+                    reference = item.ReferencedSOPSequence[0]
+                    assert str(reference.ReferencedSOPInstanceUID) == seg_uid
+                    referenced[identifier] = int(reference.ReferencedSegmentNumber)
+        assert referenced == segments[date], path.name
+        evidence = {str(i.ReferencedSOPInstanceUID) for study in sr.CurrentRequestedProcedureEvidenceSequence
+                    for series in study.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+        assert seg_uid in evidence
 
 
 def test_no_prior_unreachable_pacs_and_other_frame(pacs, tmp_path):
@@ -249,3 +268,61 @@ def test_priors_found_by_qido_and_c_find_alike(pacs, protocol):
     assert [p.study_date for p in priors] == ["20240101"]
     assert sorted(skipped.values()) == ["dated 20240701, not before the current study (20240401)",
                                         "older than the 1 most recent priors"]
+
+
+def test_deidentified_prior_pulls_stay_one_patient_with_dates_and_segs(pacs, tmp_path):
+    """`--deidentify` (and a de-identifying server): every pulled time point goes through the PS3.15 profile with
+    one mapping — one pseudonymous patient, dates gone from the files but kept as labels, each SEG still on its
+    images — and the identified copies are deleted."""
+    from aiportal.followup.load import NoSegmentation, load_time_point
+    from aiportal.followup.priors import deidentify_pulled, pull_current_and_priors
+    from aiportal.pacs.config import get_endpoint
+    from aiportal.pacs.deidentify import ReidentificationMap
+
+    pulled = pull_current_and_priors(get_endpoint("followup-pacs"), pacs.uid["20240701"], tmp_path / "pull",
+                                     protocol="dicomweb")
+    identified = [pulled.current, *pulled.priors]
+    mapping = ReidentificationMap()
+    clean = deidentify_pulled(pulled, tmp_path / "clean", mapping)
+    assert not any(folder.exists() for folder in identified)
+    folders = [clean.current, *clean.priors]
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for folder in folders for path in folder.rglob("*.dcm")]
+    assert len({str(h.PatientID) for h in headers}) == 1 and str(headers[0].PatientID) != PATIENT
+    assert not {str(h.PatientName) for h in headers} & {"Follow^Up"}
+    assert not {str(h.get("StudyDate", "")) for h in headers} & {"20240701", "20240401", "20240101", "20230601"}
+    assert not {str(h.StudyInstanceUID) for h in headers} & set(pacs.uid.values())
+    assert list(clean.labels.values()) == ["20240701", "20240401", "20240101", "20230601"]
+    for folder, date in zip(folders, clean.labels.values(), strict=True):
+        if date == "20230601":
+            with pytest.raises(NoSegmentation):
+                load_time_point(folder, pacs.runtime, label=date)
+            continue
+        point = load_time_point(folder, pacs.runtime, label=date)  # its SEG references its de-identified images
+        assert point.label == date and len(segment_ids(point.segmentation)) == len(pacs.masks[date])
+
+
+def test_deidentified_follow_up_through_the_cli(pacs, tmp_path, capsys):
+    """`aiportal followup --pacs --deidentify`: the same responses and lesions as without, on a pseudonymous
+    patient; the SRs reference the de-identified SEGs (the mapping, owner-only, re-identifies them)."""
+    import stat
+
+    from aiportal.pacs.deidentify import ReidentificationMap
+
+    args = _args(tmp_path / "out", study=pacs.uid["20240701"], deidentify=True)
+    assert cmd_followup(args) == 0
+    print(capsys.readouterr().out)  # the CLI's lines, with its timings (pytest -s shows them)
+    result = args.followup_run.result
+    assert result.labels == ["20240101", "20240401", "20240701"]
+    assert [a.response.name for a in result.responses[1:]] == ["PR", "PD"]
+    assert [[s.status if s else None for s in t.states] for t in result.tracks] == [
+        [BASELINE, PRESENT, PRESENT], [BASELINE, GONE, GONE], [None, None, NEW]]
+    mapping_path = tmp_path / "out" / "reidentification.json"
+    assert stat.S_IMODE(mapping_path.stat().st_mode) == 0o600
+    originals = ReidentificationMap.load(mapping_path).original_uids()
+    for path in sorted((tmp_path / "out").glob("sr_*.dcm")):
+        sr = pydicom.dcmread(path)
+        assert dciodvfy_errors(path) == [] and str(sr.PatientID) != PATIENT
+        segs = {str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID) for group in _groups(sr)
+                for item in group.ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "121191"}
+        assert len(segs) == 1 and originals[segs.pop()] in {
+            str(pydicom.dcmread(f / "seg.dcm", stop_before_pixels=True).SOPInstanceUID) for f in pacs.folders.values()}

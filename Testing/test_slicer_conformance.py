@@ -54,9 +54,10 @@ def wrapper_facts(version: str) -> dict:
 
 
 def module_source(module: str) -> str:
-    """The module file and its panels (<module>Lib/*.py), checked as one source."""
-    files = [REPO / module / f"{module}.py", *sorted((REPO / module / f"{module}Lib").glob("*.py"))]
-    return "\n".join(path.read_text() for path in files)
+    """The module file and its <module>Lib/ helpers (panels kept out of it), checked as one source."""
+    helpers = sorted((REPO / module / f"{module}Lib").glob("*.py"))
+    texts = [path.read_text().replace("from __future__ import annotations", "") for path in helpers]
+    return "\n".join([(REPO / module / f"{module}.py").read_text(), *texts])
 
 
 def ui_tree(module: str) -> ElementTree.ElementTree:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from aiportal.errors import InputError
@@ -22,6 +23,9 @@ def add_followup_command(commands) -> None:
     parser.add_argument("--protocol", choices=("auto", "dicomweb", "dimse"), default="auto")
     parser.add_argument("--description", default="", help="with --pacs: priors' study description must contain it")
     parser.add_argument("--max-priors", type=int, default=3)
+    parser.add_argument("--deidentify", action="store_true",
+                        help="with --pacs: de-identify the pulled studies (PS3.15 basic profile, one mapping for all "
+                             "time points, kept in DIR/reidentification.json) before they are processed")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--organ", action="append", default=[], help="segment followed by volume only (repeat)")
     parser.add_argument("--lymph-node", action="append", default=[], help="segment measured by its short axis")
@@ -48,11 +52,22 @@ def cmd_followup(args: argparse.Namespace) -> int:
 
         endpoint = get_endpoint(args.pacs)
         with tempfile.TemporaryDirectory(prefix="aiportal-followup-") as work:
+            started = time.monotonic()
             pulled = pull_current_and_priors(endpoint, args.study, Path(work), protocol=args.protocol,
                                              description=args.description, max_priors=args.max_priors)
             print(f"found {len(pulled.priors)} prior(s) of patient {pulled.studies[0].patient_id} on "
                   f"{endpoint.name}: " + ", ".join(s.study_date for s in pulled.studies[1:]), file=sys.stderr)
-            run = run_follow_up(pulled.current, pulled.priors, args.out, skipped=pulled.skipped, **options)
+            if getattr(args, "deidentify", False):
+                from aiportal.followup.priors import deidentify_pulled
+                from aiportal.pacs.deidentify import ReidentificationMap
+
+                mapping = ReidentificationMap()
+                pulled = deidentify_pulled(pulled, Path(work) / "deidentified", mapping)
+                mapping.save(Path(args.out) / "reidentification.json")
+            pulled_s = time.monotonic() - started  # the query, the pulls and any de-identification
+            run = run_follow_up(pulled.current, pulled.priors, args.out, skipped=pulled.skipped,
+                                labels=pulled.labels, **options)
+            run.seconds = {"pull": pulled_s, **run.seconds}
     else:
         if not args.current or not args.prior:
             raise InputError("followup needs --current DIR and at least one --prior DIR (or --pacs NAME --study UID)",

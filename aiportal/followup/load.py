@@ -25,6 +25,8 @@ from aiportal.models.catalog import Code, LabelSpec
 from aiportal.segmentation import ijk_to_ras_vtk, oriented_image, segment_ids
 from aiportal.terminology import serialize
 
+SEGMENT_NUMBER_TAG = "AIPortal.SegmentNumber"  # the segment's Segment Number in the SEG it was read from
+
 
 class NoSegmentation(InputError):
     """A time point without a SEG of its images (the caller may segment it instead)."""
@@ -71,7 +73,7 @@ def load_time_point(folder: Path, runtime, *, label: str | None = None, seg: Pat
                          "run the follow-up again")
 
 
-def segment_and_load(folder: Path, runtime, model_id: str, out_dir: Path) -> TimePoint:
+def segment_and_load(folder: Path, runtime, model_id: str, out_dir: Path, *, label: str | None = None) -> TimePoint:
     """A time point without a SEG, segmented first by ``model_id`` (the same pipeline as `aiportal segment`,
     audited; its SEG and run.json stay in ``out_dir``)."""
     from aiportal.export.exporter import ExportOptions, parse_formats
@@ -81,7 +83,7 @@ def segment_and_load(folder: Path, runtime, model_id: str, out_dir: Path) -> Tim
     series = max(images, key=lambda s: s.number_of_files) if images else None
     run_segmentation(PipelineRequest(Path(folder), model_id, Path(out_dir), ExportOptions(formats=parse_formats("seg")),
                                      series_uid=series.series_uid if series else None, via="followup"))
-    return load_time_point(folder, runtime, seg=Path(out_dir) / "segmentation.dcm")
+    return load_time_point(folder, runtime, label=label, seg=Path(out_dir) / "segmentation.dcm")
 
 
 def model_of_seg(path: Path) -> str:
@@ -114,6 +116,7 @@ def _segmentation_from_seg(seg: hd.seg.Segmentation, uids: list[str], volume, ru
         (segment_id,) = set(segment_ids(node)) - before
         segment = segmentation.GetSegment(segment_id)
         segment.SetName(str(item.SegmentLabel))
+        segment.SetTag(SEGMENT_NUMBER_TAG, str(number))  # the follow-up SR references this segment of the SEG
         if "TrackingUID" in item:  # the lesion keeps the identity its SEG and SR gave it
             segment.SetTag(TRACKING_UID_TAG, str(item.TrackingUID))
         description = hd.seg.SegmentDescription.from_dataset(item)
@@ -121,6 +124,16 @@ def _segmentation_from_seg(seg: hd.seg.Segmentation, uids: list[str], volume, ru
             number, str(item.SegmentLabel), _code(description.segmented_property_category),
             _code(description.segmented_property_type))))
     return node
+
+
+def segment_numbers(point: TimePoint) -> dict[str, int]:
+    """Segment id -> its Segment Number in the time point's SEG (segments read from one)."""
+    from aiportal.provenance import read_tag
+
+    segmentation = point.segmentation.GetSegmentation()
+    numbers = {segment_id: read_tag(segmentation.GetSegment(segment_id), SEGMENT_NUMBER_TAG)
+               for segment_id in segment_ids(point.segmentation)}
+    return {segment_id: int(number) for segment_id, number in numbers.items() if number}
 
 
 def _code(concept) -> Code:

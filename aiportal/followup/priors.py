@@ -23,6 +23,12 @@ class PulledStudies:
     studies: list[StudyRecord]  # current first, then the priors, newest first
     skipped: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def labels(self) -> dict[Path, str]:
+        """Each folder's study date from the PACS query (kept when the files are de-identified)."""
+        return {folder: study.study_date for folder, study in zip([self.current, *self.priors], self.studies,
+                                                                  strict=True) if study.study_date}
+
 
 def find_priors(endpoint, study_uid: str, *, protocol: str = "auto", description: str = "",
                 max_priors: int = 3) -> tuple[StudyRecord, list[StudyRecord], dict[str, str]]:
@@ -78,3 +84,20 @@ def pull_current_and_priors(endpoint, study_uid: str, work: Path, *, protocol: s
     prior_folders = [pull_study(endpoint, study, Path(work) / f"prior_{study.study_date}_{n}", protocol)
                      for n, study in enumerate(priors)]
     return PulledStudies(folder, prior_folders, [current, *priors], skipped)
+
+
+def deidentify_pulled(pulled: PulledStudies, destination: Path, mapping) -> PulledStudies:
+    """Every pulled study de-identified (PS3.15 Basic Profile, :mod:`aiportal.pacs.deidentify`) with one
+    ``mapping``, so the time points stay one pseudonymous patient and each SEG still references its images;
+    the study dates, which the profile removes, stay as the time points' labels. The originals are deleted."""
+    import shutil
+
+    from aiportal.pacs.deidentify import deidentify_files
+
+    folders = []
+    for n, folder in enumerate([pulled.current, *pulled.priors]):
+        clean = Path(destination) / ("current" if n == 0 else f"prior_{n}")
+        deidentify_files(sorted(p for p in Path(folder).rglob("*") if p.is_file()), clean, mapping)
+        shutil.rmtree(folder, ignore_errors=True)
+        folders.append(clean)
+    return PulledStudies(folders[0], folders[1:], pulled.studies, pulled.skipped)

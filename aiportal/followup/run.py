@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiportal.errors import InputError
-from aiportal.followup.load import NoSegmentation, load_time_point, model_of_seg, segment_and_load
+from aiportal.followup.load import NoSegmentation, load_time_point, model_of_seg, segment_and_load, segment_numbers
 from aiportal.followup.outputs import write_plot, write_table
 from aiportal.followup.sr import write_time_point_sr
 from aiportal.followup.tracking import Longitudinal, track_lesions
@@ -22,11 +22,14 @@ class FollowUpRun:
 
 def run_follow_up(current: Path, priors: list[Path], out: Path, *, runtime=None, register: bool = True,
                   organs: tuple[str, ...] = (), lymph_nodes: tuple[str, ...] = (),
-                  skipped: dict[str, str] | None = None, segment_missing: str = "") -> FollowUpRun:
+                  skipped: dict[str, str] | None = None, segment_missing: str = "",
+                  labels: dict[Path, str] | None = None) -> FollowUpRun:
     """Follow the lesions of the study in ``current`` against those in ``priors`` (folders of DICOM images
     with the SEG made on them). Priors are put in study-date order; one without a SEG is left out with the
     reason (``skipped`` adds reasons found before, e.g. by the PACS retrieval), unless ``segment_missing`` names
-    a model to segment it with ("auto": the model named in the current study's SEG)."""
+    a model to segment it with ("auto": the model named in the current study's SEG; it also segments a
+    current study without a SEG). ``labels`` (folder -> study date) name time points whose headers lost their
+    dates (de-identified pulls)."""
     from aiportal.runtime import get_runtime
 
     runtime = runtime or get_runtime()
@@ -34,18 +37,27 @@ def run_follow_up(current: Path, priors: list[Path], out: Path, *, runtime=None,
     started = time.monotonic()
     excluded = dict(skipped or {})
     points, notes = [], []
-    now = load_time_point(current, runtime)  # the current study must have its SEG: no point without it
+    labels = {Path(k): v for k, v in (labels or {}).items()}
+    try:
+        now = load_time_point(current, runtime, label=labels.get(Path(current)))
+    except NoSegmentation:  # the current study needs its SEG, unless a model is named to make it
+        if segment_missing in ("", "auto"):
+            raise
+        now = segment_and_load(current, runtime, segment_missing, Path(out) / "segmented" / "current",
+                               label=labels.get(Path(current)))
+        notes.append(f"{now.label} (current) had no SEG: segmented by {segment_missing} for this follow-up")
     model = model_of_seg(now.seg_path) if segment_missing == "auto" else segment_missing
     for folder in priors:
         try:
-            points.append(load_time_point(folder, runtime))
+            points.append(load_time_point(folder, runtime, label=labels.get(Path(folder))))
         except NoSegmentation as error:
             if not model:
                 why = (" (the current study's SEG names no model: give --segment-missing MODEL)"
                        if segment_missing else "")
                 excluded[Path(folder).name] = str(error) + why
                 continue
-            points.append(segment_and_load(folder, runtime, model, Path(out) / "segmented" / Path(folder).name))
+            points.append(segment_and_load(folder, runtime, model, Path(out) / "segmented" / Path(folder).name,
+                                           label=labels.get(Path(folder))))
             notes.append(f"{points[-1].label} had no SEG: segmented by {model} for this follow-up")
     if not points:
         raise InputError("No prior study could be followed: " + ("; ".join(f"{k}: {v}" for k, v in excluded.items())
@@ -69,7 +81,9 @@ def run_follow_up(current: Path, priors: list[Path], out: Path, *, runtime=None,
     files = [*write_table(result, out), write_plot(result, out / "followup.png")]
     kept = {point.label: point for point in [*points, now]}
     for index, label in enumerate(result.labels):
-        files.append(write_time_point_sr(result, index, kept[label].source, out / f"sr_{index}_{label}.dcm"))
+        point = kept[label]
+        files.append(write_time_point_sr(result, index, point.source, out / f"sr_{index}_{label}.dcm",
+                                         seg_path=point.seg_path, segment_numbers=segment_numbers(point)))
     seconds["outputs"] = time.monotonic() - started
     return FollowUpRun(result, files, seconds)
 

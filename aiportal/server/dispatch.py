@@ -6,7 +6,13 @@ Rules (a JSON file, ``aiportal serve --dispatch-rules rules.json``)::
      "silent_pilot": true,                         # store and audit the results, push nothing
      "poll_s": 2.0,
      "rules": [{"model": "classic-ct", "modality": "CT", "body_part": "CHEST|ABDOMEN",
-                "description": "(?i)thorax|chest", "params": {}}]}
+                "description": "(?i)thorax|chest", "params": {}},
+               {"model": "classic-ct", "modality": "SEG", "followup": true, "max_priors": 3}]}
+
+A rule with ``"followup": true`` makes a follow-up job instead of a segmentation
+(:mod:`aiportal.server.followup_job`): the study's priors found on the PACS, the lesions tracked over
+them (``max_priors``, ``prior_description``; ``segment_missing``: segment a study without a SEG with the
+rule's model). A SEG arriving is the usual trigger: the study's lesions exist then.
 
 The first rule whose modality (exact, case-insensitive), body part and series description
 (regular expressions, searched) all match a series decides its model. Orthanc's credentials are
@@ -23,7 +29,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import requests
@@ -41,6 +47,10 @@ class DispatchRule:
     description: str = ""
     params: dict = field(default_factory=dict)
     formats: str = "nrrd,json,seg,sr"
+    followup: bool = False  # a follow-up job (priors from the PACS, lesions tracked) instead of a segmentation
+    max_priors: int = 3
+    prior_description: str = ""
+    segment_missing: bool = False
 
     def matches(self, tags: dict[str, str]) -> bool:
         if self.modality and tags.get("Modality", "").upper() != self.modality.upper():
@@ -61,7 +71,7 @@ class DispatchConfig:
     def load(cls, path: Path) -> DispatchConfig:
         try:
             data = json.loads(Path(path).read_text())
-            rules = tuple(DispatchRule(**rule) for rule in data["rules"])
+            rules = tuple(_with_followup(DispatchRule(**rule)) for rule in data["rules"])
             for rule in rules:
                 for pattern in (rule.body_part, rule.description):
                     re.compile(pattern)
@@ -70,6 +80,17 @@ class DispatchConfig:
         except (OSError, ValueError, KeyError, TypeError, re.error) as error:
             raise AIPortalError(f"dispatch rules {path} cannot be used: {type(error).__name__}: {error}",
                                 "see aiportal.server.dispatch for the format") from error
+
+
+def _with_followup(rule: DispatchRule) -> DispatchRule:
+    """The follow-up options travel in the job's parameters, where the engine finds them."""
+    if not rule.followup:
+        return rule
+    from aiportal.server.followup_job import followup_params
+
+    return replace(rule, params=followup_params(rule.params, max_priors=rule.max_priors,
+                                                description=rule.prior_description,
+                                                segment_missing=rule.segment_missing))
 
 
 def route(tags: dict[str, str], rules: tuple[DispatchRule, ...]) -> DispatchRule | None:

@@ -169,6 +169,10 @@ def _run(settings: ServerSettings, record: JobRecord, reporter: _Reporter) -> di
     folder = job_folder(settings, record.id)
     out_dir = results_folder(settings, record.id)
     shutil.rmtree(out_dir, ignore_errors=True)  # a retried job starts clean
+    if "followup" in record.params:  # a dispatch rule's follow-up: its own job (aiportal/server/followup_job.py)
+        from aiportal.server.followup_job import run_followup_job
+
+        return run_followup_job(settings, record, reporter, folder, out_dir)
     mapping = None
     series_uid = record.series_uid or None
     if record.source_kind == "pacs":

@@ -1,0 +1,109 @@
+"""The workspace's Follow-up panel in Debian's Chromium: three studies of a real CT crop (the priors moved
+by known rigid motions onto their own frames, real lesion shapes shrunk, removed, grown and added, each
+with its DICOM SEG) typed in as folders; the page shows one linked view per study (each prior registered),
+the delta table equal to `aiportal followup`'s followup.json on the same folders, and the plot. A prior
+without a SEG alone is refused with the reason."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_followup_pacs import CROP, _rigid, _study, _with_seg  # noqa: E402
+from test_followup_tracking import IN_PLANE, place, real_lesion  # noqa: E402
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
+
+WAIT_MS = 240_000  # loading three studies and two registrations on a shared 2-core machine
+DATES = ("20240101", "20240401", "20240701")
+
+
+@pytest.fixture(scope="module")
+def folders(shared_data, tmp_path_factory):
+    from aiportal.runtime import build_headless_runtime
+
+    runtime = build_headless_runtime()
+    root = tmp_path_factory.mktemp("fu-studies")
+    shape = (20, CROP[1].stop - CROP[1].start, CROP[2].stop - CROP[2].start)
+    a, b, c = (real_lesion(shared_data, "brain1"), real_lesion(shared_data, "brain2"),
+               real_lesion(shared_data, "brain1", largest=False))
+    lesion_a = place(shape, a, (4, 30, 30))
+    masks = [[lesion_a, place(shape, b, (6, 100, 110))], [ndimage.binary_erosion(lesion_a, IN_PLANE, iterations=2)],
+             [ndimage.binary_dilation(lesion_a, IN_PLANE, iterations=3), place(shape, c, (10, 130, 20))]]
+    motions = [_rigid(0, (0, 0, 0)), _rigid(3.0, (6, -4, 2)), _rigid(-4.0, (-5, 7, -3))]
+    source = shared_data / "totalseg" / "example_ct_dicom"
+    made = [_with_seg(runtime, _study(source, root / date, date=date, motion=motion), lesions)
+            for date, motion, lesions in zip(DATES, motions, masks, strict=True)]
+    no_seg = _study(source, root / "20230601", date="20230601", motion=np.eye(4))
+    yield made, no_seg
+    runtime.scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
+    yield workspace
+    workspace.stop()
+    shutil.copy(workspace.log_path, artifacts_dir("followup-server") / "server.log")
+
+
+def _run(page, current: Path, priors: list[Path]) -> None:
+    page.get_by_test_id("fu-current").locator("input").fill(str(current))
+    page.get_by_test_id("fu-priors").locator("textarea").first.fill("\n".join(str(p) for p in priors))
+    page.get_by_test_id("fu-run").click()
+
+
+def test_side_by_side_linked_views_and_delta_table(folders, server, tmp_path):
+    from aiportal.cli import main
+
+    studies, no_seg = folders
+    *priors, current = studies
+    assert main(["followup", "--current", str(current), *sum((["--prior", str(p)] for p in priors), []),
+                 "--out", str(tmp_path / "cli")]) == 0
+    expected = json.loads((tmp_path / "cli" / "followup.json").read_text())
+    assert expected["time_points"] == list(DATES)
+
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1600, "height": 950})
+        console = ConsoleErrors(page)
+        page.goto(server.url)
+        page.get_by_test_id("followup-toolbar").click(timeout=60_000)
+
+        _run(page, current, [no_seg])  # the only prior has no SEG: refused, saying why
+        page.get_by_test_id("fu-error").wait_for(timeout=WAIT_MS)
+        assert "has no DICOM SEG" in page.get_by_test_id("fu-error").inner_text()
+
+        started = time.monotonic()
+        _run(page, current, list(reversed(priors)))  # typed newest first: put in date order
+        page.get_by_test_id("fu-table").wait_for(timeout=WAIT_MS)
+        print(f"workspace follow-up, click to table: {time.monotonic() - started:.1f} s")  # pytest -s shows it
+        page.screenshot(path=str(artifacts_dir("followup-workspace") / "01-side-by-side.png"))
+        for date in DATES:
+            chip = page.get_by_test_id(f"fu-view-{date}").inner_text()
+            assert "linked" in chip and (("registered" in chip) == (date != DATES[-1])), (date, chip)
+        for row in expected["rows"]:
+            key = f"{row['tracking_id']}-{row['index']}"
+            assert page.get_by_test_id(f"fu-status-{key}").inner_text() == row["status"]
+            assert float(page.get_by_test_id(f"fu-reported_mm-{key}").inner_text()) == pytest.approx(
+                row["reported_mm"], abs=0.051)
+            assert float(page.get_by_test_id(f"fu-volume_ml-{key}").inner_text()) == pytest.approx(
+                row["volume_ml"], abs=0.0051)
+        assert page.get_by_test_id("fu-table").locator("tbody tr").count() == len(expected["rows"])
+        summary = page.get_by_test_id("fu-summary").inner_text()
+        assert [r["response_text"] for r in expected["responses"][1:]] == ["Partial response", "Progressive disease"]
+        assert "Partial response" in summary and "Progressive disease" in summary
+        assert page.get_by_test_id("fu-plot").get_attribute("src").startswith("data:image/png;base64,")
+        assert not console.errors, console.errors
+        browser.close()
