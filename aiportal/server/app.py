@@ -44,6 +44,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiportal import __version__
+from aiportal.audit_database import anchor_audit_in
 from aiportal.errors import AIPortalError
 from aiportal.server.auth import ApiKeyStore, Authenticator, AuthError, Principal, RateLimiter
 from aiportal.server.engine import Engine, job_folder, make_engine, push_results, results_folder
@@ -266,6 +267,7 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        anchor_audit_in(settings.db_url)  # every audit record of the server and its workers anchored in its database
         engine = make_db_engine(settings.db_url)
         self.store = JobStore(engine)
         self.keys = ApiKeyStore(engine)
