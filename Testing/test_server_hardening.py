@@ -24,7 +24,7 @@ from aiportal.server.client import ServerClient, ServerError  # noqa: E402
 
 CT = "totalseg/example_ct_sm.nii.gz"
 MAX_UPLOAD_MB = 5.0
-ROLES = ("submitter", "viewer", "reviewer", "auditor", "admin", "monitor")
+ROLES = ("submitter", "viewer", "reviewer", "auditor", "admin", "monitor", "dashboard")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -55,7 +55,7 @@ def api(tmp_path_factory, database):
                      or f"sqlite:///{server.data_dir / 'server.db'}")
     store = ApiKeyStore(make_engine(server.db_url))  # type: ignore[attr-defined]
     server.keys = {"admin": _role_key(server, "admin")}  # type: ignore[attr-defined]  # the CLI's --role
-    for role in [*ROLES[:-2], "monitor", "viewer2"]:  # the others straight into the store (faster)
+    for role in [*ROLES[:4], "monitor", "dashboard", "viewer2"]:  # the others straight into the store (faster)
         server.keys[role] = store.create(role, role_scopes(role.rstrip("2")))  # type: ignore[attr-defined]
     server.start()
     yield server
@@ -185,6 +185,8 @@ def _route_scope(method: str, path: str) -> str:
         return "audit"
     if path == "/metrics":
         return "metrics"
+    if path == "/dashboard":
+        return "dashboard"
     if method == "post":
         return "submit"
     if "/results" in path:
@@ -194,8 +196,8 @@ def _route_scope(method: str, path: str) -> str:
 
 ROLE_SCOPES = {"submitter": {"status", "submit"}, "viewer": {"status", "read"},
                "reviewer": {"status", "read", "review"}, "auditor": {"status", "audit"},
-               "admin": {"status", "read", "submit", "review", "audit", "metrics", "admin"},
-               "monitor": {"metrics"}}
+               "admin": {"status", "read", "submit", "review", "audit", "metrics", "dashboard", "admin"},
+               "monitor": {"metrics"}, "dashboard": {"dashboard"}}
 
 
 def test_every_route_times_every_role(api):

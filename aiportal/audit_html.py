@@ -10,7 +10,8 @@ from aiportal.audit_report import ModelFigures, drift_limit, table
 from aiportal.charts import histogram, lines, stacked_bars
 from aiportal.errors import AIPortalError
 
-STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}figure{display:inline-block;margin:0 1em 1em 0}"
+STYLE = ("body{font-family:sans-serif;margin:1.5em;color:#222}"
+         "figure{display:inline-block;vertical-align:top;margin:0 1em 1em 0}"
          "figcaption{font-weight:bold;margin-bottom:.3em}pre{background:#f4f4f4;padding:.8em;overflow-x:auto}"
          ".alarm{color:#c62828;font-weight:bold}")
 

@@ -17,8 +17,10 @@ def _frame(title: str, body: str, height: int = HEIGHT) -> str:
             f'font-size="11">{body}</svg></figure>')
 
 
-def stacked_bars(title: str, rows: list[tuple[str, dict[str, float]]]) -> str:
+def stacked_bars(title: str, rows: list[tuple[str, dict[str, float]]],
+                 colours: dict[str, str] | None = None) -> str:
     """One horizontal bar per row, its parts (shares 0..1) side by side, coloured by name."""
+    colours = colours or COLOURS
     if not rows:
         return _frame(title, '<text x="10" y="20">no data</text>', 40)
     bar, gap, left = 18, 8, 150
@@ -31,13 +33,14 @@ def stacked_bars(title: str, rows: list[tuple[str, dict[str, float]]]) -> str:
             width = share * (WIDTH - left - 10)
             if width > 0:
                 parts.append(f'<rect class="part-{escape(name)}" x="{x:.1f}" y="{y}" width="{width:.1f}" '
-                             f'height="{bar}" fill="{COLOURS.get(name, "#888")}"><title>{escape(name)} '
+                             f'height="{bar}" fill="{colours.get(name, "#888")}"><title>{escape(name)} '
                              f'{share:.0%}</title></rect>')
             x += width
     legend_y = height - 12
-    for index, name in enumerate(COLOURS):
-        parts.append(f'<rect x="{left + index * 110}" y="{legend_y - 9}" width="10" height="10" '
-                     f'fill="{COLOURS[name]}"/><text x="{left + index * 110 + 14}" y="{legend_y}">{name}</text>')
+    step = (WIDTH - left) // len(colours)
+    for index, name in enumerate(colours):
+        parts.append(f'<rect x="{left + index * step}" y="{legend_y - 9}" width="10" height="10" '
+                     f'fill="{colours[name]}"/><text x="{left + index * step + 14}" y="{legend_y}">{name}</text>')
     return _frame(title, "".join(parts), height)
 
 

@@ -26,7 +26,8 @@ from aiportal.server.jobs import metadata
 from aiportal.server.roles import expand
 from aiportal.server.settings import ServerSettings
 
-SCOPES = ("status", "read", "submit", "review", "audit", "metrics", "admin")  # roles: aiportal.server.roles
+# roles (named bundles of these): aiportal.server.roles
+SCOPES = ("status", "read", "submit", "review", "audit", "metrics", "dashboard", "admin")
 KEY_PREFIX = "aip_"
 
 keys_table = sa.Table(
@@ -184,7 +185,11 @@ class Authenticator:
         credential = api_key
         if authorization:
             scheme, _, value = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
+            if scheme.lower() == "basic":  # a browser's sign-in box: the key is the password
+                from aiportal.server.browser_auth import basic_password
+
+                value = basic_password(value)
+            elif scheme.lower() != "bearer" or not value.strip():
                 raise AuthError(401, "unsupported Authorization header", "send 'Authorization: Bearer <key or token>'")
             credential = value.strip()
         if not credential:
