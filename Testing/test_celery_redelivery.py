@@ -74,7 +74,10 @@ def test_the_model_child_dies_with_a_killed_pool_child(shared_data, tmp_path):
     settings = ServerSettings(data_dir=tmp_path / "server", engine="celery", broker_url=redis_server.url,
                               stale_after_s=3600.0, max_attempts=1, executor="process")  # no second run
     testing = Path(__file__).resolve().parent
-    env = {**settings.environment(), "PYTHONPATH": os.pathsep.join([str(testing.parent), str(testing)])}
+    temp = tmp_path / "tmp"  # the model run's folder (a copy of the image) goes here
+    temp.mkdir()
+    env = {**settings.environment(), "PYTHONPATH": os.pathsep.join([str(testing.parent), str(testing)]),
+           "TMPDIR": str(temp)}
     worker = None
     try:
         worker = CeleryWorker(env, ["aiportal.test-threshold"], tmp_path / "worker.log", "w1", pool="prefork",
@@ -87,10 +90,12 @@ def test_the_model_child_dies_with_a_killed_pool_child(shared_data, tmp_path):
         shutil.copy(shared_data / CT, job_folder(settings, record.id) / "input" / "upload.nii.gz")
         make_engine(settings, store).submit(record)
         model_child, helper = wait_for_pids(pid_file, timeout=120)
+        assert list(temp.glob("aiportal-run-*/input.npy")), "the run did not put its input where expected"
         pool_child = psutil.Process(model_child).parent()
         assert pool_child is not None and pool_child.pid != worker.process.pid, worker.log_tail()
         pool_child.kill()
         assert gone_within([model_child, helper], 3.0), "the model run outlived its killed pool child"
+        assert not list(temp.glob("aiportal-run-*")), "the killed run left its image copy"
         assert alive(worker.process.pid)
     finally:
         if worker is not None:

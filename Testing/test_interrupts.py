@@ -72,6 +72,7 @@ def test_a_killed_runner_takes_its_model_child_along(shared_data, tmp_path):
         cli.kill()
         cli.wait(timeout=30)
         assert gone_within((child, grandchild), 2.0), "the model child outlived its killed runner by 2 s"
+        assert not list(tmp_path.glob("aiportal-run-*")), "the killed run left its image copy"
     finally:
         if cli.poll() is None:
             cli.kill()

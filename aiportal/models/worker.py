@@ -75,7 +75,8 @@ def main(argv: list[str]) -> int:
         return 64
     from aiportal.models.lifeline import PARENT_PID_ENV, die_with_parent
 
-    die_with_parent(int(os.environ.get(PARENT_PID_ENV) or 0))  # no stray model run when the runner is killed
+    # no stray model run, nor its copy of the image, when the runner is killed
+    die_with_parent(int(os.environ.get(PARENT_PID_ENV) or 0), Path(argv[0]))
     # the protocol keeps the real stdout; anything printed by libraries (even from C) goes to stderr
     events = _Events(os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8"))
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
