@@ -12,6 +12,10 @@ Routes (all under authentication; scopes in brackets):
 - ``GET /v1/jobs/{id}/results`` · ``GET /v1/jobs/{id}/results/{name}`` [read]
 - ``GET /v1/audit`` [audit] (these last four lines: :mod:`.job_routes`)
 - MONAI Label subset: ``GET /info/`` [read], ``POST /infer/{model}`` [submit] (see :mod:`.monailabel`)
+- ``GET /metrics`` [metrics] (:mod:`.metrics`) · ``GET /dashboard`` [dashboard] (:mod:`.dashboard`)
+
+Browsers asking for a page get a Basic challenge and sign in with the key as the password
+(:mod:`.browser_auth`); scripts send ``Authorization: Bearer``.
 
 Errors are JSON ``{"error": message, "fix": fix}`` with a 4xx status. Authentication happens in
 an ASGI middleware before routing or body parsing, so every path (unknown ones too) answers 401
