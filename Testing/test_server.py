@@ -429,7 +429,8 @@ def test_auto_dispatch_silent_pilot(orthanc, shared_data, tmp_path):
         found = requests.post(f"{orthanc.url}/tools/lookup", data=seg["sop_instance_uid"], auth=orthanc.auth,
                               timeout=10).json()
         assert found == []  # silent pilot: nothing pushed
-        events = [record["event"] for record in client.audit(run_id=job["result"]["run_id"])]
-        assert events == ["ai_run", "export"]
+        records = client.audit(run_id=job["result"]["run_id"])
+        assert [record["event"] for record in records] == ["ai_run", "export"]
+        assert records[0]["via"] == "silent-pilot"  # the governance report's silent-pilot concordance counts it
     finally:
         server.stop()
