@@ -123,11 +123,12 @@ class CeleryWorker:
     name: str = "w1"
     pool: str = "solo"
     process: subprocess.Popen | None = None
+    app_module: str = "aiportal.server.celery_app"
 
     def start(self, timeout_s: float = 60.0) -> CeleryWorker:
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the process' life
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "aiportal.server.celery_app", "worker", "--loglevel", "INFO",
+            [sys.executable, "-m", "celery", "-A", self.app_module, "worker", "--loglevel", "INFO",
              "-Q", ",".join(self.queues), "--concurrency", "1", "--pool", self.pool, "-n", f"{self.name}@%h",
              "--without-gossip", "--without-mingle"],
             stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=REPO, start_new_session=True)

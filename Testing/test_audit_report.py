@@ -63,3 +63,46 @@ def test_the_cli_prints_the_table_and_json(tmp_path):
                           timeout=120)
     assert {item["model_id"]: item["drift"] for item in json.loads(done.stdout)} == {"classic-ct": "alarm",
                                                                                      "lungmask": "ok"}
+
+
+def _pilot_log(tmp_path) -> AuditLog:
+    """classic-ct: 4 server runs and 4 silent-pilot runs; decisions with Dice / volume change of the draft."""
+    log = AuditLog(tmp_path / "pilot.jsonl")
+    outcomes = [("accepted", 1.0, 0.0), ("modified", 0.8, 0.25), ("accepted", 1.0, 0.0), ("rejected", 0.0, -1.0),
+                ("accepted", 1.0, 0.0), ("accepted", 1.0, 0.0), ("modified", 0.9, 0.1), ("accepted", 1.0, 0.0)]
+    for n, (decision, dice, change) in enumerate(outcomes):
+        run_id = f"run-{n}"
+        log.append("ai_run", run_id=run_id, model_id="classic-ct", model_version="1.0", user="reader",
+                   via="silent-pilot" if n >= 4 else "server", finished="2026-12-01T10:00:00+00:00")
+        record_review(log, run_id, "Liver", decision, "reader", draft_dice=dice, volume_change=change)
+    return log
+
+
+def test_dice_volume_change_and_silent_pilot_concordance(tmp_path):
+    (figures,) = governance(_pilot_log(tmp_path).records(), window=20)
+    assert figures.median_dice == 1.0 and figures.dices == [1.0, 0.8, 1.0, 0.0, 1.0, 1.0, 0.9, 1.0]
+    assert figures.median_volume_change == 0.0
+    assert (figures.pilot_runs, figures.pilot_decisions, figures.pilot_concordance) == (4, 4, 3 / 4)
+    assert figures.pilot_median_dice == 1.0
+
+
+def test_the_cli_writes_a_self_contained_html_page_with_charts(tmp_path):
+    import xml.etree.ElementTree as ElementTree
+
+    log = _log(tmp_path)
+    page = tmp_path / "report.html"
+    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "audit", "--log", str(log.path), "report",
+                           "--html", str(page)], capture_output=True, text=True, cwd=REPO, env=os.environ.copy(),
+                          timeout=120)
+    assert done.returncode == 0 and f"wrote {page}" in done.stdout, done.stderr
+    html = page.read_text()
+    assert "Drift alarm: classic-ct 1.0" in html and "src=" not in html and "<script" not in html
+    svgs = [ElementTree.fromstring(html[start:html.index("</svg>", start) + 6])
+            for start in [i for i in range(len(html)) if html.startswith("<svg", i)]]
+    assert len(svgs) == 5  # decisions, two edit-rate lines, Dice, time to decision
+    rates = [svg for svg in svgs if "edit rate" in svg.get("aria-label")]
+    assert len(rates) == 2 and all(len(svg.findall("{http://www.w3.org/2000/svg}polyline")) == 3 for svg in rates)
+    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "audit", "--log", str(log.path), "report",
+                           "--html", str(tmp_path / "no" / "such" / "report.html")], capture_output=True, text=True,
+                          cwd=REPO, env=os.environ.copy(), timeout=120)
+    assert done.returncode == 1 and "choose a writable --html path" in done.stderr

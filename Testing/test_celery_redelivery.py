@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from processes import alive  # noqa: E402
+from processes import alive, gone_within, wait_for_pids  # noqa: E402
 from server_fixtures import ApiServer, CeleryWorker, RedisServer  # noqa: E402
 
 from aiportal.server.client import ServerClient  # noqa: E402
@@ -55,4 +55,49 @@ def test_a_killed_pool_child_has_its_job_redelivered_at_once(shared_data, tmp_pa
         if worker is not None:
             worker.stop()
         server.stop()
+        redis_server.stop()
+
+
+def test_the_model_child_dies_with_a_killed_pool_child(shared_data, tmp_path):
+    """The model runs in its own process (executor "process", the default) and, like a long GPU
+    inference, writes nothing for a while (the test's SleepyBackend, which also starts a helper
+    process). SIGKILL of the Celery pool child running it must take both along (they would hold the GPU)."""
+    import shutil
+
+    import psutil
+
+    from aiportal.server.engine import job_folder, make_engine
+    from aiportal.server.jobs import JobStore
+    from aiportal.server.settings import ServerSettings
+
+    redis_server = RedisServer(tmp_path / "redis").start()
+    settings = ServerSettings(data_dir=tmp_path / "server", engine="celery", broker_url=redis_server.url,
+                              stale_after_s=3600.0, max_attempts=1, executor="process")  # no second run
+    testing = Path(__file__).resolve().parent
+    temp = tmp_path / "tmp"  # the model run's folder (a copy of the image) goes here
+    temp.mkdir()
+    env = {**settings.environment(), "PYTHONPATH": os.pathsep.join([str(testing.parent), str(testing)]),
+           "TMPDIR": str(temp)}
+    worker = None
+    try:
+        worker = CeleryWorker(env, ["aiportal.test-threshold"], tmp_path / "worker.log", "w1", pool="prefork",
+                              app_module="celery_test_app").start()
+        store = JobStore.from_url(settings.db_url)
+        pid_file = tmp_path / "pids"
+        record, _ = store.create(owner="test", model="test-threshold", source_kind="upload", formats=("nrrd",),
+                                 params={"pid_file": str(pid_file)}, input_name="upload.nii.gz")
+        (job_folder(settings, record.id) / "input").mkdir(parents=True)
+        shutil.copy(shared_data / CT, job_folder(settings, record.id) / "input" / "upload.nii.gz")
+        make_engine(settings, store).submit(record)
+        model_child, helper = wait_for_pids(pid_file, timeout=120)
+        assert list(temp.glob("aiportal-run-*/input.npy")), "the run did not put its input where expected"
+        pool_child = psutil.Process(model_child).parent()
+        assert pool_child is not None and pool_child.pid != worker.process.pid, worker.log_tail()
+        pool_child.kill()
+        assert gone_within([model_child, helper], 3.0), "the model run outlived its killed pool child"
+        assert not list(temp.glob("aiportal-run-*")), "the killed run left its image copy"
+        assert alive(worker.process.pid)
+    finally:
+        if worker is not None:
+            worker.stop()
         redis_server.stop()

@@ -56,3 +56,23 @@ def test_an_unwritable_out_is_one_line_naming_it(shared_data, tmp_path):
         lines = [line for line in done.stderr.splitlines() if line.startswith("aiportal:")]  # after the progress
         assert done.returncode == 1 and len(lines) == 1, done.stderr
         assert "internal error" not in lines[0] and str(out.parent) in lines[0] and "--out" in lines[0], lines[0]
+
+
+def test_a_killed_runner_takes_its_model_child_along(shared_data, tmp_path):
+    """kill -9 of the process running the model (as a Celery pool child lost to SIGKILL or the OOM
+    killer): no cleanup code runs in it, yet the model child and its own child die within 2 s."""
+    pid_file = tmp_path / "pids"
+    env = dict(os.environ, TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join([str(TESTING.parent), str(TESTING)]))
+    cli = subprocess.Popen([sys.executable, str(TESTING / "interrupt_driver.py"), "segment",
+                            str(shared_data / CT), "--model", "test-threshold", "--out", str(tmp_path / "out"),
+                            "--param", f"pid_file={pid_file}"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        child, grandchild = wait_for_pids(pid_file)
+        cli.kill()
+        cli.wait(timeout=30)
+        assert gone_within((child, grandchild), 2.0), "the model child outlived its killed runner by 2 s"
+        assert not list(tmp_path.glob("aiportal-run-*")), "the killed run left its image copy"
+    finally:
+        if cli.poll() is None:
+            cli.kill()

@@ -455,3 +455,25 @@ def test_source_from_files_sorts_like_the_series_reader(shared_data):
     assert source.files == expected.files and source.study_uid == expected.study_uid
     with pytest.raises(InputError, match="missing or not DICOM"):
         source_from_files([*files, folder / "nope.dcm"])
+
+
+def test_a_truncated_nifti_is_refused_not_filled_with_zeros(shared_data, runtime, tmp_path):
+    """ITK reads a cut-short .nii.gz / .nii as zeros; the loader must name the file and the fix (issue 18)."""
+    import gzip
+
+    source = shared_data / "totalseg" / "example_ct_sm.nii.gz"
+    whole = source.read_bytes()
+    raw = gzip.decompress(whole)
+    cases = {"cut.nii.gz": whole[: len(whole) // 2],  # a half-copied download
+             "short-inside.nii.gz": gzip.compress(raw[: len(raw) * 3 // 4]),  # a complete gzip of a cut .nii
+             "cut.nii": raw[: len(raw) // 2]}
+    before = runtime.scene.GetNumberOfNodes()
+    for name, payload in cases.items():
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(InputError, match="truncated") as caught:
+            load_volume(path, runtime)
+        assert str(path) in caught.value.message and "again" in caught.value.fix and "\n" not in str(caught.value)
+    assert runtime.scene.GetNumberOfNodes() == before  # nothing half-loaded left in the scene
+    (tmp_path / "whole.nii").write_bytes(raw)
+    assert load_volume(tmp_path / "whole.nii", runtime).node.GetImageData().GetDimensions() is not None

@@ -98,3 +98,29 @@ def test_ai_run_fields_name_the_run(ai_result):
     fields = ai_run_fields(result, "example_ct_sm.nii.gz")
     assert fields["run_id"] == result.provenance.run_id
     assert fields["model_id"] == "classic-ct" and fields["study_uid"] == ""
+
+
+def test_the_draft_is_kept_and_each_decision_records_dice_and_volume_change(ai_result, tmp_path, monkeypatch):
+    from aiportal.review_drafts import draft_path
+
+    monkeypatch.setenv("AIPORTAL_DRAFTS_DIR", str(tmp_path / "drafts"))
+    volume, result = ai_result
+    node, run_id = result.segmentation_node, result.provenance.run_id
+    remember_suggestions(node)
+    assert len(list((tmp_path / "drafts").glob("*.npz"))) == len(segment_ids(node))
+    bone, lung, body = _id_of(node, "Bone"), _id_of(node, "Left lung"), _id_of(node, "Body")
+    voxel_ml = float(np.prod(volume.GetSpacing())) / 1000
+    before = segment_voxel_counts(node)[lung]
+    _grow(node, lung, volume)
+    after = segment_voxel_counts(node)[lung]
+    log = AuditLog(tmp_path / "audit.jsonl")
+    accepted, modified, rejected = (review_segment(node, bone, "accepted", log=log, user="reader").record,
+                                    review_segment(node, lung, "accepted", log=log, user="reader").record,
+                                    review_segment(node, body, "rejected", log=log, user="reader").record)
+    assert accepted["draft_dice"] == 1.0 and accepted["volume_change"] == 0.0
+    assert modified["decision"] == "modified"
+    assert modified["draft_ml"] == pytest.approx(before * voxel_ml, rel=1e-4)
+    assert modified["final_ml"] == pytest.approx(after * voxel_ml, rel=1e-4)
+    assert modified["volume_change"] == pytest.approx((after - before) / before, rel=1e-3) and after > before
+    assert modified["draft_dice"] == pytest.approx(2 * before / (before + after), rel=1e-4)  # grown, none removed
+    assert rejected["draft_dice"] == 1.0 and draft_path(run_id, body).is_file()  # the draft outlives a rejection

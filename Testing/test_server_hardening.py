@@ -24,7 +24,7 @@ from aiportal.server.client import ServerClient, ServerError  # noqa: E402
 
 CT = "totalseg/example_ct_sm.nii.gz"
 MAX_UPLOAD_MB = 5.0
-ROLES = ("submitter", "viewer", "reviewer", "auditor", "admin", "monitor")
+ROLES = ("submitter", "viewer", "reviewer", "auditor", "admin", "monitor", "dashboard")
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -44,16 +44,18 @@ def database(request):
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory, database):
-    server = ApiServer(tmp_path_factory.mktemp("server"), env=database, args=[
+    audit_log = tmp_path_factory.mktemp("audit") / "audit.jsonl"  # the server's own log, anchored in its database
+    server = ApiServer(tmp_path_factory.mktemp("server"), env={**database, "AIPORTAL_AUDIT_LOG": str(audit_log)}, args=[
         "--executor", "thread", "--workers", "1", "--max-upload-mb", str(MAX_UPLOAD_MB), "--rate-limit", "100000"])
     from aiportal.server.auth import ApiKeyStore
     from aiportal.server.jobs import make_engine
     from aiportal.server.roles import role_scopes
 
-    store = ApiKeyStore(make_engine(database.get("AIPORTAL_SERVER_DATABASE_URL")
-                                    or f"sqlite:///{server.data_dir / 'server.db'}"))
+    server.db_url = (database.get("AIPORTAL_SERVER_DATABASE_URL")  # type: ignore[attr-defined]
+                     or f"sqlite:///{server.data_dir / 'server.db'}")
+    store = ApiKeyStore(make_engine(server.db_url))  # type: ignore[attr-defined]
     server.keys = {"admin": _role_key(server, "admin")}  # type: ignore[attr-defined]  # the CLI's --role
-    for role in [*ROLES[:-2], "monitor", "viewer2"]:  # the others straight into the store (faster)
+    for role in [*ROLES[:4], "monitor", "dashboard", "viewer2"]:  # the others straight into the store (faster)
         server.keys[role] = store.create(role, role_scopes(role.rstrip("2")))  # type: ignore[attr-defined]
     server.start()
     yield server
@@ -183,6 +185,8 @@ def _route_scope(method: str, path: str) -> str:
         return "audit"
     if path == "/metrics":
         return "metrics"
+    if path == "/dashboard":
+        return "dashboard"
     if method == "post":
         return "submit"
     if "/results" in path:
@@ -192,8 +196,8 @@ def _route_scope(method: str, path: str) -> str:
 
 ROLE_SCOPES = {"submitter": {"status", "submit"}, "viewer": {"status", "read"},
                "reviewer": {"status", "read", "review"}, "auditor": {"status", "audit"},
-               "admin": {"status", "read", "submit", "review", "audit", "metrics", "admin"},
-               "monitor": {"metrics"}}
+               "admin": {"status", "read", "submit", "review", "audit", "metrics", "dashboard", "admin"},
+               "monitor": {"metrics"}, "dashboard": {"dashboard"}}
 
 
 def test_every_route_times_every_role(api):
@@ -255,3 +259,20 @@ def test_metrics_need_their_own_credential_and_count_routes_and_jobs(api, shared
     assert posted >= 1 and samples['aiportal_http_requests_total{route="/v1/jobs",method="POST",status="201"}'] >= 1
     assert samples['aiportal_http_request_seconds_bucket{route="/v1/jobs/{job_id}",method="GET",le="+Inf"}'] >= 1
     assert job["id"] not in answer.text  # templates, never ids
+
+
+def test_the_servers_audit_is_anchored_in_its_database(api, shared_data):
+    admin = ServerClient(api.url, api_key=api.keys["admin"])
+    job = admin.submit_file(shared_data / CT, "classic-ct", consent=True)
+    assert admin.wait(job["id"], timeout_s=180)["state"] == "done"
+    log = Path(api.env["AIPORTAL_AUDIT_LOG"])
+    command = [sys.executable, "-m", "aiportal.cli", "audit", "--log", str(log), "verify"]
+    env = {**os.environ, "AIPORTAL_AUDIT_DATABASE_URL": api.db_url}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    runs = [line for line in log.read_text().splitlines() if '"ai_run"' in line]
+    assert done.returncode == 0 and "INTACT" in done.stdout and runs, done.stderr
+    original = log.read_text()
+    log.write_text(original.replace('"classic-ct"', '"other-model"', 1))  # one edited record
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    log.write_text(original)
+    assert done.returncode == 1 and "differs from its copy in the audit database" in done.stderr, done.stderr

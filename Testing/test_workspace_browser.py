@@ -180,6 +180,13 @@ def test_ai_segment_review_edit_and_export(chromium, server, shared_data):
     assert {name: r["decision"] for name, r in reviews.items()} == {
         "Left lung": "modified", "Body": "rejected", "Bone": "accepted"}
     assert {r["run_id"] for r in reviews.values()} == {runs[0]["run_id"]}
+    lung, bone = reviews["Left lung"], reviews["Bone"]  # the AI's draft was kept: how much the reader changed
+    assert (bone["draft_dice"], bone["volume_change"]) == (1.0, 0.0)
+    assert lung["draft_ml"] == pytest.approx(before["Left lung"], rel=0.02), lung
+    assert lung["final_ml"] == pytest.approx(final_ml, rel=0.02), (lung, final_ml)
+    # the strokes only added voxels: the whole draft is inside the final segment
+    assert lung["draft_dice"] == pytest.approx(2 * lung["draft_ml"] / (lung["draft_ml"] + lung["final_ml"]), rel=1e-3)
+    assert len(list(server.audit_log.with_name("drafts").glob("*.npz"))) >= 4  # one per suggested segment
     exports = [r for r in records if r["event"] == "export"]
     assert [r["formats"] for r in exports] == [["stl"]] and exports[0]["run_id"] == runs[0]["run_id"]
     assert records[-1]["event"] == "export" and server.audit_log.with_name("audit.jsonl.head").is_file()

@@ -37,6 +37,9 @@ def test_a_failed_open_keeps_the_open_study(shared_data, tmp_path):
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium")
     damaged = tmp_path / "damaged.nii.gz"
     damaged.write_text("not an image")
+    truncated = tmp_path / "truncated.nii.gz"  # a half-copied scan: ITK alone would open it with zeros
+    whole = (shared_data / "totalseg" / "example_ct_sm.nii.gz").read_bytes()
+    truncated.write_bytes(whole[: len(whole) // 2])
     server = WorkspaceServer(tmp_path).start()
     try:
         with playwright_api.sync_playwright() as playwright:
@@ -51,9 +54,13 @@ def test_a_failed_open_keeps_the_open_study(shared_data, tmp_path):
             shown = _view_pixels(page)
             assert shown.std() > 5, "the CT is not shown to begin with"
 
-            for bad in (damaged, "/nonexistent/scan.nii.gz"):
+            for bad in (damaged, truncated, "/nonexistent/scan.nii.gz"):
                 _load(page, bad)
-                playwright_api.expect(page.get_by_test_id("ws-error")).to_be_visible(timeout=WAIT_MS)
+                error = page.get_by_test_id("ws-error")
+                playwright_api.expect(error).to_be_visible(timeout=WAIT_MS)
+                if bad == truncated:  # what and fix, on one line
+                    playwright_api.expect(error).to_contain_text("truncated", timeout=WAIT_MS)
+                    assert "again" in error.inner_text() and len(error.inner_text().strip().splitlines()) <= 2
                 playwright_api.expect(name).to_have_text("example_ct_sm")  # still open
                 page.wait_for_timeout(1500)
                 after = _view_pixels(page)

@@ -7,6 +7,8 @@ records from the end is detected too. Appends from several processes are seriali
 Each record also carries an HMAC of its hash under a key kept outside the log, and an anchor
 outside the log's folder names the last record (:mod:`aiportal.audit_chain`): without the key an
 edited chain cannot be recomputed, and a deleted or truncated log verifies as MISSING/TAMPERED.
+With ``AIPORTAL_AUDIT_DATABASE_URL`` (the server's own database) every record is also anchored
+there (:mod:`aiportal.audit_database`), which even a holder of the key cannot rewrite.
 Records hold UIDs, model and run facts — no patient names or IDs.
 """
 
@@ -34,6 +36,7 @@ from aiportal.audit_chain import (
     read_anchor,
     write_anchor,
 )
+from aiportal.audit_database import configured as configured_anchors
 from aiportal.errors import AIPortalError
 from aiportal.provenance import REVIEW_STATES, now_iso
 
@@ -94,6 +97,8 @@ class AuditLog:
             temporary.write_text(json.dumps({"seq": record["seq"], "hash": record["hash"]}))
             temporary.replace(self.head_path)  # atomic: the head never points past the log
             write_anchor(self.path, key, record["seq"], record["hash"])
+            if (database := configured_anchors()) is not None:
+                database.record(self.path, record)
         return record
 
     def records(self) -> list[dict[str, Any]]:
@@ -102,6 +107,16 @@ class AuditLog:
         with open(self.path, encoding="utf-8") as log:
             return [json.loads(line) for line in log if line.strip()]
 
+    def records_lenient(self) -> list[dict[str, Any]]:
+        """The records that still parse (a damaged line is skipped; :meth:`status` reports it)."""
+        parsed = []
+        with open(self.path, encoding="utf-8") as log:
+            for line in log:
+                with contextlib.suppress(json.JSONDecodeError):
+                    if isinstance(record := json.loads(line), dict):
+                        parsed.append(record)
+        return parsed
+
     def verify(self) -> list[ChainProblem]:
         """Every break in the chain, its MACs or its anchor; an empty list means the log is intact."""
         return self.status()[1]
@@ -109,7 +124,10 @@ class AuditLog:
     def status(self) -> tuple[str, list[ChainProblem]]:
         """(INTACT, EMPTY, MISSING or TAMPERED; the problems found)."""
         key, anchor = audit_key(create=False), read_anchor(self.path)
+        database = configured_anchors()
         if not self.path.is_file():
+            if database is not None and (lost := database.problems(self.path, None)):
+                return MISSING, [ChainProblem(0, lost[0])]
             if anchor is not None or self.head_path.is_file():
                 seq = anchor.seq if anchor else self._head()[0]
                 return MISSING, [ChainProblem(0, f"log file is missing (its anchor names record {seq})")]
@@ -147,6 +165,9 @@ class AuditLog:
         elif (anchor.seq, anchor.hash) != (expected_seq - 1, previous):
             problems.append(ChainProblem(0, f"the anchor names record {anchor.seq} but the log ends at record "
                                             f"{expected_seq - 1}: records were removed from the end"))
+        if database is not None:
+            found = database.problems(self.path, self.records_lenient(), _digest)
+            problems += [ChainProblem(0, problem) for problem in found]
         return (TAMPERED if problems else INTACT), problems
 
     def check(self) -> None:

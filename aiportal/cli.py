@@ -389,11 +389,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"{log.path}: {verdict}, {len(log.records())} records")
         return 0
     if args.audit_command == "report":
-        from aiportal.audit_report import governance, table
+        from aiportal.audit_report import report_command
 
-        figures = governance(log.records(), args.window)
-        print(json.dumps([item.as_dict() for item in figures], indent=2) if args.json else table(figures, args.window))
-        return 0
+        return report_command(log.records(), args)
     if args.audit_command == "review":
         import getpass
 
@@ -562,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_nan_as(register)
     register.set_defaults(handler=cmd_register)
 
+    from aiportal.audit_report import add_report_arguments
+
     audit = commands.add_parser("audit", help="read, verify or add to the audit trail")
     audit.add_argument("--log", type=Path, help="audit log (default: AIPORTAL_AUDIT_LOG or ~/.local/share/aiportal)")
     audit_commands = audit.add_subparsers(dest="audit_command")
@@ -574,8 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "MISSING or TAMPERED; exit 1 unless intact/empty")
     report = audit_commands.add_parser("report", help="per model: runs, accept/modify/reject rates, time to "
                                                       "decision, edit-rate drift alarm")
-    report.add_argument("--window", type=int, default=20, help="decisions in the drift window (default 20)")
-    report.add_argument("--json", action="store_true")
+    add_report_arguments(report)
     review = audit_commands.add_parser("review", help="record the reader's decision on an AI segment")
     review.add_argument("run_id")
     review.add_argument("segment")

@@ -12,7 +12,9 @@ trail with the run id from the segment's provenance; every face (desktop, CLI, b
 
 What the model suggested is remembered as a digest of the segment's voxels
 (:func:`remember_suggestions`, called when the result is shown), stored as a segment tag so it
-travels with the segment into seg.nrrd.
+travels with the segment into seg.nrrd; the voxels themselves are kept as the draft
+(:mod:`aiportal.review_drafts`), so that each decision's record carries the Dice and the volume
+change between the AI's draft and the reader's final segment.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import vtk
 from aiportal.audit import REVIEW_DECISIONS, AuditLog, record_review
 from aiportal.errors import InputError
 from aiportal.provenance import TAG_PREFIX, Provenance, read_tag
+from aiportal.review_drafts import compare_with_draft, save_draft
 from aiportal.segmentation import REVIEW_TAG, image_scalars_kji, segment_ids, vtk_matrix_to_array
 
 SUGGESTED_DIGEST_TAG = TAG_PREFIX + "suggested_digest"
@@ -72,6 +75,8 @@ def remember_suggestions(segmentation_node) -> int:
         segment = segmentation.GetSegment(segment_id)
         if read_tag(segment, REVIEW_TAG) == "suggested" and read_tag(segment, SUGGESTED_DIGEST_TAG) is None:
             segment.SetTag(SUGGESTED_DIGEST_TAG, content_digest(segmentation_node, segment_id))
+            if (provenance := Provenance.of_segment(segment)) is not None:
+                save_draft(segmentation_node, segment_id, provenance.run_id)  # for Dice / volume change later
             stored += 1
     return stored
 
@@ -127,10 +132,12 @@ def review_segment(
     changed = is_modified(segmentation_node, segment_id)
     if decision == "accepted" and changed:
         decision = "modified"
+    against_draft = compare_with_draft(segmentation_node, segment_id, provenance.run_id)
     record = record_review(
         log, provenance.run_id, segment.GetName(), decision, user or getpass.getuser(),
         segment_id=segment_id, model_id=provenance.model_id, edited=bool(changed),
         content_sha256=content_digest(segmentation_node, segment_id),
+        **(against_draft.audit_fields() if against_draft else {}),
     )
     segment.SetTag(REVIEW_TAG, decision)
     name = segment.GetName()

@@ -19,6 +19,7 @@ from pydicom.multival import MultiValue
 from vtkmodules.util import numpy_support
 
 from aiportal.errors import AIPortalError, InputError
+from aiportal.io.completeness import check_nifti_complete
 from aiportal.io.dicom_series import SourceSeries, read_dicom_series
 from aiportal.io.geometry import Geometry
 from aiportal.io.hierarchy import place_in_study
@@ -197,6 +198,7 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _load_file(runtime: SlicerRuntime, path: Path, name: str | None) -> LoadedVolume:
+    check_nifti_complete(path)  # ITK would read a truncated NIfTI as zeros
     with _vtk_messages() as messages:
         node = runtime.volumes.AddArchetypeVolume(
             str(path), name or _file_stem(path), _SINGLE_FILE | _AUTO_WINDOW_LEVEL

@@ -33,6 +33,7 @@ from aiportal import errors
 from aiportal.errors import IN_SLICER_ENV, CancelledError, ModelError, in_slicer_session
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import BackendRef
+from aiportal.models.lifeline import PARENT_PID_ENV
 from aiportal.models.worker import INPUT_ARRAY, JOB_FILE, RESULT_ARRAYS, RESULT_FILE
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
 
@@ -174,7 +175,7 @@ class ChildRunner:
 
     def _run_child(self, folder: Path, progress: ProgressCallback, cancel: CancelToken, what: str,
                    report: ChildRun) -> LabelMapResult:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **{PARENT_PID_ENV: str(os.getpid())})
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
         if in_slicer_session():  # the child's messages then name the command that works there
             env[IN_SLICER_ENV] = "1"

@@ -73,6 +73,10 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m aiportal.models.worker JOB_FOLDER", file=sys.stderr)
         return 64
+    from aiportal.models.lifeline import PARENT_PID_ENV, die_with_parent
+
+    # no stray model run, nor its copy of the image, when the runner is killed
+    die_with_parent(int(os.environ.get(PARENT_PID_ENV) or 0), Path(argv[0]))
     # the protocol keeps the real stdout; anything printed by libraries (even from C) goes to stderr
     events = _Events(os.fdopen(os.dup(sys.stdout.fileno()), "w", encoding="utf-8"))
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -10,8 +10,12 @@ Routes (all under authentication; scopes in brackets):
 - ``GET /v1/jobs`` · ``GET /v1/jobs/{id}`` · ``GET /v1/jobs/{id}/events`` (server-sent events) [status]
 - ``POST /v1/jobs/{id}/cancel`` · ``POST /v1/jobs/{id}/push`` [submit]
 - ``GET /v1/jobs/{id}/results`` · ``GET /v1/jobs/{id}/results/{name}`` [read]
-- ``GET /v1/audit`` [audit]
+- ``GET /v1/audit`` [audit] (these last four lines: :mod:`.job_routes`)
 - MONAI Label subset: ``GET /info/`` [read], ``POST /infer/{model}`` [submit] (see :mod:`.monailabel`)
+- ``GET /metrics`` [metrics] (:mod:`.metrics`) · ``GET /dashboard`` [dashboard] (:mod:`.dashboard`)
+
+Browsers asking for a page get a Basic challenge and sign in with the key as the password
+(:mod:`.browser_auth`); scripts send ``Authorization: Bearer``.
 
 Errors are JSON ``{"error": message, "fix": fix}`` with a 4xx status. Authentication happens in
 an ASGI middleware before routing or body parsing, so every path (unknown ones too) answers 401
@@ -31,134 +35,45 @@ import contextlib
 import json
 import logging
 import shutil
-import time
 import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from fastapi import Depends, FastAPI, File, Form, Query, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from aiportal import __version__
+from aiportal.audit_database import anchor_audit_in
 from aiportal.errors import AIPortalError
+from aiportal.io.completeness import read_whole_gzip
 from aiportal.server.auth import ApiKeyStore, Authenticator, AuthError, Principal, RateLimiter
-from aiportal.server.engine import Engine, job_folder, make_engine, push_results, results_folder
+from aiportal.server.browser_auth import challenge
+from aiportal.server.engine import Engine, job_folder, make_engine
+from aiportal.server.job_routes import add_job_routes
 from aiportal.server.jobs import JobRecord, JobStore
 from aiportal.server.jobs import make_engine as make_db_engine
 from aiportal.server.limits import UploadRefused, safe_extract, unpacked_cap
 from aiportal.server.roles import may_reach
 from aiportal.server.routing import allowed_methods
+from aiportal.server.schemas import (  # noqa: F401  (re-exported: the MONAI Label routes and tests use them)
+    ApiError,
+    ErrorBody,
+    Health,
+    JobView,
+    LabelInfo,
+    ModelInfo,
+    PacsJobRequest,
+    job_view,
+)
 from aiportal.server.settings import ServerSettings
 
 log = logging.getLogger("aiportal.server")
 
 UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip")
-STATE_PATTERN = "^(queued|running|done|failed|cancelled)$"
 SINGLE_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")  # .nhdr/.mhd need a data file beside them
 
-
-class ApiError(AIPortalError):
-    """An AIPortalError with an HTTP status."""
-
-    def __init__(self, status: int, message: str, fix: str | None = None) -> None:
-        super().__init__(message, fix)
-        self.status = status
-
-
-# -- response and request bodies -------------------------------------------------------------------
-class ErrorBody(BaseModel):
-    error: str
-    fix: str | None = None
-
-
-class Health(BaseModel):
-    status: str
-    version: str
-    engine: str
-    queued: int
-    running: int
-    pacs: str | None = None
-
-
-class LabelInfo(BaseModel):
-    value: int
-    name: str
-
-
-class ModelInfo(BaseModel):
-    id: str
-    title: str
-    modality: str
-    task: str
-    description: str
-    limitations: str
-    version: str
-    license: str
-    family: str
-    devices: list[str]
-    prompts: list[str]
-    labels: list[LabelInfo]
-
-
-class JobView(BaseModel):
-    id: str
-    state: str = Field(description="queued, running, done, failed or cancelled")
-    fraction: float
-    stage: str
-    model: str
-    source_kind: str
-    formats: list[str]
-    client_request_id: str | None = None
-    study_uid: str = ""
-    series_uid: str = ""
-    push: bool = False
-    attempts: int = 0
-    created: str
-    started: str | None = None
-    finished: str | None = None
-    error: str | None = None
-    fix: str | None = None
-    results_available: bool = False
-    warnings: list[str] = Field(default_factory=list, description="the run's warnings (as its run.json records them)")
-    result: dict[str, Any] | None = None
-
-
-class PacsJobRequest(BaseModel):
-    study_uid: str = Field(min_length=1, max_length=64, pattern=r"^[0-9.]+$")
-    series_uid: str = Field(default="", max_length=64, pattern=r"^[0-9.]*$",
-                            description="empty: the study's only image series")
-    model: str = Field(min_length=1, max_length=200)
-    client_request_id: str | None = Field(default=None, max_length=200)
-    params: dict[str, Any] = Field(default_factory=dict)
-    formats: str = Field(default="nrrd,json,seg,sr", max_length=100)
-    push: bool = Field(default=False, description="store the SEG and SR on the PACS when done")
-    deidentify: bool = False
-
-
-class PushReportView(BaseModel):
-    endpoint: str
-    protocol: str
-    verified: bool
-    objects: list[str]
-    seconds: float
-
-
-def _iso(epoch: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="seconds") if epoch else None
-
-
-def job_view(record: JobRecord) -> JobView:
-    return JobView(
-        id=record.id, state=record.state, fraction=round(record.fraction, 4), stage=record.stage, model=record.model,
-        source_kind=record.source_kind, formats=list(record.formats), client_request_id=record.client_request_id,
-        study_uid=record.study_uid, series_uid=record.series_uid, push=record.push, attempts=record.attempts,
-        created=_iso(record.created) or "", started=_iso(record.started), finished=_iso(record.finished),
-        error=record.error, fix=record.fix, results_available=bool(record.result.get("files")) and not record.expired,
-        warnings=list(record.result.get("warnings") or []), result=record.result or None)
 
 
 def _error(status: int, message: str, fix: str | None = None, headers: dict | None = None) -> JSONResponse:
@@ -194,7 +109,7 @@ class SecurityMiddleware:
                                                 headers.get("x-api-key"))
         except AuthError as error:
             await _send_json(send, error.status, {"error": error.message, "fix": error.fix},
-                             {"WWW-Authenticate": 'Bearer realm="aiportal"'})
+                             {"WWW-Authenticate": challenge(headers.get("accept"))})
             return
         wait_s = self.limiter.allow(principal.subject)
         if wait_s > 0:
@@ -266,6 +181,7 @@ class ServerState:
 
     def __init__(self, settings: ServerSettings) -> None:
         self.settings = settings
+        anchor_audit_in(settings.db_url)  # every audit record of the server and its workers anchored in its database
         engine = make_db_engine(settings.db_url)
         self.store = JobStore(engine)
         self.keys = ApiKeyStore(engine)
@@ -338,12 +254,14 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                        limiter=RateLimiter(settings.rate_limit_per_minute), max_body=settings.max_upload_bytes)
     _install_error_handlers(app)
     _add_routes(app, state)
+    add_job_routes(app, state, require)
     from aiportal.server.monailabel import add_monailabel_routes
 
     add_monailabel_routes(app, state)
+    from aiportal.server.dashboard import add_dashboard
     from aiportal.server.metrics import add_metrics
 
-    add_metrics(app, state, require)
+    add_dashboard(app, state, require, add_metrics(app, state, require))
     return app
 
 
@@ -444,7 +362,7 @@ def check_upload(path: Path, suffix: str, max_unpacked: int) -> Path:
 
     try:  # a full read: a truncated or corrupt file must fail here, not as a job later
         if suffix == ".nii.gz":
-            _check_gzip(path)  # ITK's NIfTI reader fills a truncated stream with zeros instead of failing
+            read_whole_gzip(path)  # ITK's NIfTI reader fills a truncated stream with zeros instead of failing
         image = sitk.ReadImage(str(path))
         voxel_bytes = image.GetNumberOfPixels() * image.GetSizeOfPixelComponent()
         if suffix == ".nii" and path.stat().st_size < voxel_bytes:
@@ -456,14 +374,6 @@ def check_upload(path: Path, suffix: str, max_unpacked: int) -> Path:
         raise ApiError(400, f"the uploaded {suffix} file is not a 3D volume (dimension {image.GetDimension()})",
                        "upload a 3D CT or MR volume")
     return path
-
-
-def _check_gzip(path: Path) -> None:
-    import gzip
-
-    with gzip.open(path, "rb") as stream:
-        while stream.read(1 << 22):
-            pass
 
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the route table reads best in one place
@@ -557,97 +467,3 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:  # noqa: C901 - the r
         submit(record)
         log.info("job %s queued: %s from PACS by %s", record.id, body.model, principal.subject)
         return job_view(record)
-
-    @app.get("/v1/jobs", response_model=list[JobView], tags=["jobs"])
-    def list_jobs(job_state: str | None = Query(None, alias="state", pattern=STATE_PATTERN),
-                  limit: int = Query(100, ge=1, le=1000), principal: Principal = Depends(require("status"))):
-        owner = None if {"admin", "review"} & principal.scopes else principal.subject
-        return [job_view(record) for record in store.list(owner=owner, state=job_state, limit=limit)]
-
-    @app.get("/v1/jobs/{job_id}", response_model=JobView, tags=["jobs"], responses={404: {"model": ErrorBody}})
-    def get_job(job_id: str, principal: Principal = Depends(require("status"))):
-        return job_view(state.own_job(job_id, principal))
-
-    @app.get("/v1/jobs/{job_id}/events", tags=["jobs"], responses={
-        200: {"content": {"text/event-stream": {}}, "description": "progress events until the job ends"},
-        404: {"model": ErrorBody}})
-    async def job_events(job_id: str, principal: Principal = Depends(require("status"))):
-        await asyncio.to_thread(state.own_job, job_id, principal)
-
-        async def stream():
-            last, last_sent = None, time.monotonic()
-            while True:
-                record = await asyncio.to_thread(store.get, job_id)
-                if record is None:
-                    return
-                view = job_view(record)
-                key = (view.state, view.fraction, view.stage)
-                if key != last:
-                    last, last_sent = key, time.monotonic()
-                    yield f"event: {'end' if record.terminal else 'progress'}\ndata: {view.model_dump_json()}\n\n"
-                    if record.terminal:
-                        return
-                elif time.monotonic() - last_sent > 10:
-                    last_sent = time.monotonic()
-                    yield ": keep-alive\n\n"
-                await asyncio.sleep(0.25)
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    @app.post("/v1/jobs/{job_id}/cancel", response_model=JobView, tags=["jobs"], responses={404: {"model": ErrorBody}})
-    def cancel_job(job_id: str, principal: Principal = Depends(require("submit"))):
-        state.own_job(job_id, principal, reading=False)
-        record = store.request_cancel(job_id)
-        assert record is not None
-        log.info("job %s: cancel requested", job_id)
-        return job_view(record)
-
-    def finished_job(job_id: str, principal: Principal, reading: bool = True) -> JobRecord:
-        record = state.own_job(job_id, principal, reading)
-        if record.expired:
-            raise ApiError(410, f"the results of job {job_id} have expired and were deleted", "submit the job again")
-        if not record.result.get("files"):
-            raise ApiError(409, f"job {job_id} has no results ({record.state})",
-                           "wait until its state is done (GET /v1/jobs/{id} or /events)")
-        return record
-
-    @app.get("/v1/jobs/{job_id}/results", tags=["results"],
-             responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 410: {"model": ErrorBody}})
-    def job_results(job_id: str, principal: Principal = Depends(require("read"))) -> dict[str, Any]:
-        return finished_job(job_id, principal).result
-
-    @app.get("/v1/jobs/{job_id}/results/{name:path}", tags=["results"], response_class=FileResponse, responses={
-        200: {"content": {"application/octet-stream": {}}}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-    def job_result_file(job_id: str, name: str, principal: Principal = Depends(require("read"))):
-        record = finished_job(job_id, principal)
-        names = {item["name"] for item in record.result["files"]}
-        if name not in names:  # only files the export listed: no path ever comes from the client
-            raise ApiError(404, f"job {job_id} has no result {name!r}", f"choose one of: {', '.join(sorted(names))}")
-        path = results_folder(settings, job_id) / name
-        if not path.is_file():
-            raise ApiError(410, f"result {name!r} of job {job_id} is gone", "submit the job again")
-        store.mark_fetched(job_id)
-        media = "application/dicom" if name.endswith(".dcm") else "application/octet-stream"
-        return FileResponse(path, media_type=media, filename=Path(name).name)
-
-    @app.post("/v1/jobs/{job_id}/push", response_model=PushReportView, tags=["results"],
-              responses={400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody}})
-    def push_job(job_id: str, principal: Principal = Depends(require("submit"))):
-        record = finished_job(job_id, principal, reading=False)
-        report = push_results(settings, job_id, record.result)
-        store.update_result(job_id, push=report)
-        return report
-
-    @app.get("/v1/audit", tags=["audit"])
-    def audit(run_id: str | None = Query(None, max_length=100),
-              event: str | None = Query(None, pattern="^(ai_run|export|review)$"),
-              since_seq: int = Query(0, ge=0), limit: int = Query(500, ge=1, le=10000),
-              _: Principal = Depends(require("audit"))) -> list[dict[str, Any]]:
-        from aiportal.audit import AuditLog
-        from aiportal.settings import Settings
-
-        records = [record for record in AuditLog(Settings.from_environment().audit_log).records()
-                   if record.get("seq", 0) > since_seq and (not event or record.get("event") == event)
-                   and (not run_id or record.get("run_id") == run_id or run_id in record.get("run_ids", []))]
-        return records[:limit]

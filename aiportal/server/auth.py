@@ -1,6 +1,7 @@
 """Who may call the server: API keys with scopes and expiry, and OIDC/JWT bearer tokens.
 
-Both arrive as ``Authorization: Bearer <credential>`` (``X-API-Key`` also works for keys).
+Both arrive as ``Authorization: Bearer <credential>`` (``X-API-Key`` also works for keys; a
+browser's ``Authorization: Basic`` carries the credential as its password, :mod:`.browser_auth`).
 API keys look like ``aip_<key id>_<secret>``; only the SHA-256 of the secret is stored (the
 secret is 32 random bytes, so a plain hash is as strong as a slow one), compared in constant
 time. JWTs are checked against the configured issuer's JWKS (signature, ``exp``, ``iss``,
@@ -8,7 +9,8 @@ time. JWTs are checked against the configured issuer's JWKS (signature, ``exp``,
 
 Scopes: ``status`` (health, catalog, own jobs' state), ``read`` (also their results), ``submit``
 (create, cancel, push), ``review`` (see every owner's jobs and results), ``audit`` (query the audit
-trail), ``admin`` (every owner's jobs). Roles bundle them: :mod:`aiportal.server.roles`.
+trail), ``metrics`` (``/metrics``), ``dashboard`` (``/dashboard``), ``admin`` (every owner's jobs).
+Roles bundle them: :mod:`aiportal.server.roles`.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from aiportal.server.jobs import metadata
 from aiportal.server.roles import expand
 from aiportal.server.settings import ServerSettings
 
-SCOPES = ("status", "read", "submit", "review", "audit", "metrics", "admin")  # roles: aiportal.server.roles
+# roles (named bundles of these): aiportal.server.roles
+SCOPES = ("status", "read", "submit", "review", "audit", "metrics", "dashboard", "admin")
 KEY_PREFIX = "aip_"
 
 keys_table = sa.Table(
@@ -184,7 +187,11 @@ class Authenticator:
         credential = api_key
         if authorization:
             scheme, _, value = authorization.partition(" ")
-            if scheme.lower() != "bearer" or not value.strip():
+            if scheme.lower() == "basic":  # a browser's sign-in box: the key is the password
+                from aiportal.server.browser_auth import basic_password
+
+                value = basic_password(value)
+            elif scheme.lower() != "bearer" or not value.strip():
                 raise AuthError(401, "unsupported Authorization header", "send 'Authorization: Bearer <key or token>'")
             credential = value.strip()
         if not credential:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from aiportal.audit_database import anchor_audit_in
 from aiportal.server.settings import ServerSettings
 
 
@@ -32,6 +33,7 @@ def make_celery(settings: ServerSettings) -> Celery:
         from aiportal.server.redelivery import take_over_orphan, worker_name
 
         worker_settings = ServerSettings.from_environment()
+        anchor_audit_in(worker_settings.db_url)
         store, worker = _store(worker_settings), worker_name()
         taken = take_over_orphan(store, job_id, worker, worker_settings.max_attempts)  # its child died mid-job
         return execute_job(worker_settings, store, job_id, worker, claimed=taken)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from aiportal.errors import AIPortalError
+from aiportal.server.roles import ROLES
 
 
 def _settings(args: argparse.Namespace):
@@ -128,8 +129,8 @@ def add_serve_command(subparsers) -> None:
     create = key_commands.add_parser("create", help="a new key (printed once)")
     create.add_argument("name", help="who or what uses it, e.g. 'ct-workstation-3'")
     create.add_argument("--scopes", default="read,submit",
-                        help="comma-separated: status, read, submit, review, audit, metrics, admin")
-    create.add_argument("--role", choices=("submitter", "viewer", "reviewer", "auditor", "admin", "monitor"),
+                        help="comma-separated: status, read, submit, review, audit, metrics, dashboard, admin")
+    create.add_argument("--role", choices=tuple(ROLES),
                         help="a role instead of --scopes (see aiportal.server.roles)")
     create.add_argument("--expires-days", type=float, help="expiry (default: never)")
     listing = key_commands.add_parser("list", help="all keys (never the secrets)")

@@ -200,7 +200,8 @@ def _run(settings: ServerSettings, record: JobRecord, reporter: _Reporter) -> di
         input_path=input_path, model_id=record.model, out_dir=out_dir, options=options,
         params={key: value for key, value in record.params.items() if key != "assign_missing_uids"},
         series_uid=series_uid, executor=settings.executor, timeout_s=settings.job_timeout_s, user=record.owner,
-        input_label=f"server job {record.id}", via="server")
+        input_label=f"server job {record.id}",
+        via="silent-pilot" if record.owner == "dispatch" and not record.push else "server")  # audit report groups
     result = run_segmentation(request, reporter.progress, reporter.cancelled).as_json()
     result["push"] = None
     if record.push:

@@ -17,12 +17,12 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from aiportal.database import make_engine  # noqa: F401  (re-exported: the server opens its database here)
 from aiportal.errors import AIPortalError
 from aiportal.server.limits import redact_paths
 
@@ -106,29 +106,6 @@ class JobRecord:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
-
-
-def make_engine(url: str) -> sa.Engine:
-    """A SQLAlchemy engine; SQLite gets WAL and a busy time-out so that several processes can share it."""
-    if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(connection, _record) -> None:
-            cursor = connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        return engine
-    try:
-        return sa.create_engine(url, pool_pre_ping=True)
-    except ModuleNotFoundError as error:
-        raise AIPortalError(f"the database driver for {url.split(':', 1)[0]} is not installed ({error.name})",
-                            "install it, e.g. `pip install psycopg[binary]` for PostgreSQL") from error
 
 
 class JobStore:

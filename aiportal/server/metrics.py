@@ -108,8 +108,9 @@ def job_lines(engine: sa.Engine) -> list[str]:
     return out
 
 
-def add_metrics(app: FastAPI, state, require) -> None:
-    """The middleware and the ``/metrics`` route (``require``: the app's scope dependency)."""
+def add_metrics(app: FastAPI, state, require) -> RequestMetrics:
+    """The middleware and the ``/metrics`` route (``require``: the app's scope dependency); returns the
+    request counters, which the dashboard shows too."""
     metrics = RequestMetrics()
     app.add_middleware(MetricsMiddleware, metrics=metrics, routes=lambda: app.router.routes)
 
@@ -118,3 +119,5 @@ def add_metrics(app: FastAPI, state, require) -> None:
     def prometheus(_=Depends(require("metrics"))) -> PlainTextResponse:
         body = "\n".join([*metrics.lines(), *job_lines(state.store.engine)]) + "\n"
         return PlainTextResponse(body, media_type="text/plain; version=0.0.4")
+
+    return metrics

@@ -12,6 +12,7 @@ reviewer      state and results of every client's job      read, review
 auditor       the audit trail and the server's health      status, audit
 admin         everything, every client's jobs              read, submit, audit, admin
 monitor       ``GET /metrics`` only (Prometheus)           metrics
+dashboard     ``GET /dashboard`` only (charts, no job)     dashboard
 ============  ===========================================  ==============================
 
 ``read`` implies ``status``; ``review`` lets GET routes reach other clients' jobs (never cancel
@@ -29,8 +30,9 @@ ROLES: dict[str, tuple[str, ...]] = {
     "auditor": ("status", "audit"),
     "admin": ("read", "submit", "audit", "admin"),
     "monitor": ("metrics",),  # Prometheus' own credential: counts and latencies, no job or image
+    "dashboard": ("dashboard",),  # the dashboard page: the same counts and the governance figures, no job
 }
-IMPLIED = {"read": ("status",), "admin": ("review", "metrics")}
+IMPLIED = {"read": ("status",), "admin": ("review", "metrics", "dashboard")}
 
 #: identity-provider role -> scopes; the aiportal-<role> names follow ROLES, the older names stay valid.
 OIDC_ROLE_SCOPES: dict[str, list[str]] = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from aiportal.errors import InputError
+from aiportal.io.completeness import check_nifti_complete
 
 _MAX_FILES_PROBED = 200
 
@@ -26,6 +27,7 @@ def check_openable(path: Path) -> None:
     if not (_is_dicom(path) or _is_image(path)):
         raise InputError(f"{path.name} is not a readable volume or DICOM file",
                          "open a NIfTI, NRRD or MetaImage volume, or a DICOM folder")
+    check_nifti_complete(path)  # a truncated NIfTI has a good header: its end is checked before the scene goes
 
 
 def _is_dicom(path: Path) -> bool:
