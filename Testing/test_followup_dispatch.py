@@ -17,17 +17,14 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 from dicom_validation import dciodvfy_errors  # noqa: E402
 from server_fixtures import ApiServer  # noqa: E402
-from test_followup_pacs import CROP, PATIENT, _rigid, _study, _with_seg  # noqa: E402
-from test_followup_tracking import IN_PLANE, _groups, place, real_lesion  # noqa: E402
+from test_followup_pacs import DATES, PATIENT, _study, _with_seg, three_time_points  # noqa: E402
+from test_followup_tracking import _groups  # noqa: E402
 
 from aiportal.server.client import ServerClient  # noqa: E402
-
-DATES = ("20240101", "20240401", "20240701")
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +33,10 @@ def studies(shared_data, tmp_path_factory):
 
     runtime = build_headless_runtime()
     root = tmp_path_factory.mktemp("dispatch-studies")
-    shape = (20, CROP[1].stop - CROP[1].start, CROP[2].stop - CROP[2].start)
-    a, b, c = (real_lesion(shared_data, "brain1"), real_lesion(shared_data, "brain2"),
-               real_lesion(shared_data, "brain1", largest=False))
-    lesion_a = place(shape, a, (4, 30, 30))
-    masks = [[lesion_a, place(shape, b, (6, 100, 110))], [ndimage.binary_erosion(lesion_a, IN_PLANE, iterations=2)],
-             [ndimage.binary_dilation(lesion_a, IN_PLANE, iterations=3), place(shape, c, (10, 130, 20))]]
-    motions = [_rigid(0, (0, 0, 0)), _rigid(3.0, (6, -4, 2)), _rigid(-4.0, (-5, 7, -3))]
+    masks, motions = three_time_points(shared_data)
     source = shared_data / "totalseg" / "example_ct_dicom"
-    folders = [_with_seg(runtime, _study(source, root / date, date=date, motion=motion), lesions)
-               for date, motion, lesions in zip(DATES, motions, masks, strict=True)]
+    folders = [_with_seg(runtime, _study(source, root / date, date=date, motion=motions[date]), masks[date])
+               for date in DATES]
     yield folders
     runtime.scene.Clear(1)
 

@@ -54,6 +54,22 @@ def _rigid(degrees: float, shift_mm) -> np.ndarray:
     return matrix
 
 
+DATES = ("20240101", "20240401", "20240701")
+
+
+def three_time_points(shared_data) -> tuple[dict[str, list[np.ndarray]], dict[str, np.ndarray]]:
+    """The three-time-point case: real lesion shapes per study date (one shrinks and vanishes, one grows,
+    one is new at the last) and each study's known rigid motion."""
+    shape = (20, CROP[1].stop - CROP[1].start, CROP[2].stop - CROP[2].start)
+    a, b, c = (real_lesion(shared_data, "brain1"), real_lesion(shared_data, "brain2"),
+               real_lesion(shared_data, "brain1", largest=False))
+    lesion_a, lesion_b = place(shape, a, (4, 30, 30)), place(shape, b, (6, 100, 110))
+    masks = [[lesion_a, lesion_b], [ndimage.binary_erosion(lesion_a, IN_PLANE, iterations=2)],
+             [ndimage.binary_dilation(lesion_a, IN_PLANE, iterations=3), place(shape, c, (10, 130, 20))]]
+    motions = [_rigid(0, (0, 0, 0)), _rigid(3.0, (6, -4, 2)), _rigid(-4.0, (-5, 7, -3))]
+    return dict(zip(DATES, masks, strict=True)), dict(zip(DATES, motions, strict=True))
+
+
 def _study(source: Path, out: Path, *, date: str, motion: np.ndarray, patient: str = PATIENT) -> Path:
     """The cropped real CT, uncompressed, as a new study on its own frame of reference moved by ``motion``."""
     out.mkdir(parents=True)
@@ -101,15 +117,7 @@ def pacs(shared_data, tmp_path_factory):
     runtime = build_headless_runtime()
     root = tmp_path_factory.mktemp("followup")
     source = shared_data / "totalseg" / "example_ct_dicom"
-    shape = (20, CROP[1].stop - CROP[1].start, CROP[2].stop - CROP[2].start)
-    a, b, c = (real_lesion(shared_data, "brain1"), real_lesion(shared_data, "brain2"),
-               real_lesion(shared_data, "brain1", largest=False))
-    lesion_a, lesion_b = place(shape, a, (4, 30, 30)), place(shape, b, (6, 100, 110))
-    masks = {"20240101": [lesion_a, lesion_b],
-             "20240401": [ndimage.binary_erosion(lesion_a, IN_PLANE, iterations=2)],
-             "20240701": [ndimage.binary_dilation(lesion_a, IN_PLANE, iterations=3), place(shape, c, (10, 130, 20))]}
-    motions = {"20240101": _rigid(0, (0, 0, 0)), "20240401": _rigid(3.0, (6, -4, 2)),
-               "20240701": _rigid(-4.0, (-5, 7, -3))}
+    masks, motions = three_time_points(shared_data)
     folders = {date: _with_seg(runtime, _study(source, root / date, date=date, motion=motions[date]), masks[date])
                for date in masks}
     no_seg = _study(source, root / "20230601", date="20230601", motion=_rigid(2.0, (3, 3, 0)))

@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import vtk
-from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_followup_pacs import CROP, _rigid, _study  # noqa: E402
-from test_followup_tracking import IN_PLANE, place, real_lesion  # noqa: E402
+from test_followup_pacs import DATES, _study, three_time_points  # noqa: E402
 from test_recist import _segmentation  # noqa: E402
 
 from aiportal.errors import InputError  # noqa: E402
@@ -26,8 +24,6 @@ from aiportal.followup.scene import TABLE_COLUMNS, series_job, show_series  # no
 from aiportal.followup.tracking import BASELINE, GONE, NEW, PRESENT  # noqa: E402
 from aiportal.io.volumes import ijk_to_ras_matrix, load_volume  # noqa: E402
 
-DATES = ("20240101", "20240401", "20240701")
-
 
 @pytest.fixture(scope="module")
 def studies(shared_data, tmp_path_factory):
@@ -35,13 +31,8 @@ def studies(shared_data, tmp_path_factory):
 
     runtime = build_headless_runtime()
     root = tmp_path_factory.mktemp("views")
-    shape = (20, CROP[1].stop - CROP[1].start, CROP[2].stop - CROP[2].start)
-    a, b, c = (real_lesion(shared_data, "brain1"), real_lesion(shared_data, "brain2"),
-               real_lesion(shared_data, "brain1", largest=False))
-    lesion_a, lesion_b = place(shape, a, (4, 30, 30)), place(shape, b, (6, 100, 110))
-    masks = [[lesion_a, lesion_b], [ndimage.binary_erosion(lesion_a, IN_PLANE, iterations=2)],
-             [ndimage.binary_dilation(lesion_a, IN_PLANE, iterations=3), place(shape, c, (10, 130, 20))]]
-    motions = [_rigid(0, (0, 0, 0)), _rigid(3.0, (6, -4, 2)), _rigid(-4.0, (-5, 7, -3))]
+    by_date, motion_by_date = three_time_points(shared_data)
+    masks, motions = list(by_date.values()), list(motion_by_date.values())
     points = []
     for date, motion, lesions in zip(DATES, motions, masks, strict=True):
         folder = _study(shared_data / "totalseg" / "example_ct_dicom", root / date, date=date, motion=motion)

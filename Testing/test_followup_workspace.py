@@ -14,17 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_followup_pacs import CROP, _rigid, _study, _with_seg  # noqa: E402
-from test_followup_tracking import IN_PLANE, place, real_lesion  # noqa: E402
+from test_followup_pacs import DATES, _study, _with_seg, three_time_points  # noqa: E402
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
 WAIT_MS = 240_000  # loading three studies and two registrations on a shared 2-core machine
-DATES = ("20240101", "20240401", "20240701")
 
 
 @pytest.fixture(scope="module")
@@ -33,16 +30,10 @@ def folders(shared_data, tmp_path_factory):
 
     runtime = build_headless_runtime()
     root = tmp_path_factory.mktemp("fu-studies")
-    shape = (20, CROP[1].stop - CROP[1].start, CROP[2].stop - CROP[2].start)
-    a, b, c = (real_lesion(shared_data, "brain1"), real_lesion(shared_data, "brain2"),
-               real_lesion(shared_data, "brain1", largest=False))
-    lesion_a = place(shape, a, (4, 30, 30))
-    masks = [[lesion_a, place(shape, b, (6, 100, 110))], [ndimage.binary_erosion(lesion_a, IN_PLANE, iterations=2)],
-             [ndimage.binary_dilation(lesion_a, IN_PLANE, iterations=3), place(shape, c, (10, 130, 20))]]
-    motions = [_rigid(0, (0, 0, 0)), _rigid(3.0, (6, -4, 2)), _rigid(-4.0, (-5, 7, -3))]
+    masks, motions = three_time_points(shared_data)
     source = shared_data / "totalseg" / "example_ct_dicom"
-    made = [_with_seg(runtime, _study(source, root / date, date=date, motion=motion), lesions)
-            for date, motion, lesions in zip(DATES, motions, masks, strict=True)]
+    made = [_with_seg(runtime, _study(source, root / date, date=date, motion=motions[date]), masks[date])
+            for date in DATES]
     no_seg = _study(source, root / "20230601", date="20230601", motion=np.eye(4))
     yield made, no_seg
     runtime.scene.Clear(1)
