@@ -106,7 +106,7 @@ def cmd_models_install(args: argparse.Namespace) -> int:
         size = f"{weights.size / 1e6:.0f} MB" if weights.size else "size unknown until the download starts"
         print(f"{weights.model_id} {weights.version}: {len(weights.artifacts)} file(s), {size}\n"
               f"  licence: {weights.license or 'see the publisher'}\n"
-              + "".join(f"  from {a.url}\n" for a in weights.artifacts), end="")
+              + "".join(f"  from {a.origin}\n" for a in weights.artifacts), end="")
     if not _ask("Accept these licences and download?", args.yes):
         print("nothing installed")
         return 1

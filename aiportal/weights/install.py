@@ -25,6 +25,7 @@ from aiportal.weights.download import DEFAULT_TRANSFER, Transfer, download
 from aiportal.weights.manifest import Artifact, ModelWeights
 from aiportal.weights.pins import Pin
 
+MONAI_LAYOUTS = ("monai-bundle-zip", "monai-bundle")
 _DATASET_FOLDER = re.compile(r"^Dataset\d{3,}_")
 MARGIN = 100 << 20
 
@@ -100,12 +101,16 @@ def fetch_artifact(weights: ModelWeights, artifact: Artifact, folder: Path, *, t
         post = {"license_number": _licence_key(totalseg_home), "task": artifact.licensed_task,
                 "version": _version()}
     digest = None
-    if not target.is_file():  # else: downloaded whole by an earlier run that stopped before installing
+    if artifact.layout == "monai-bundle":  # MONAI's own downloader (monai.bundle.download)
+        from aiportal.weights.monai_fetch import monai_download
+
+        target, digest = monai_download(artifact, weights.version, folder, progress)
+    elif not target.is_file():  # else: downloaded whole by an earlier run that stopped before installing
         target, digest = download(artifact.url, target, transfer=transfer, expected_size=artifact.size,
                                   post_json=post, progress=progress, cancel=cancel)
     if pin is None:
-        return target, check_file(target, artifact, artifact.url, digest)
-    return target, check_file(target, artifact, artifact.url, digest,
+        return target, check_file(target, artifact, artifact.origin, digest)
+    return target, check_file(target, artifact, artifact.origin, digest,
                               f"the pin of its first download ({pin.first_seen})",
                               "the publisher's file is not the one you first downloaded: run again; if it repeats "
                               "and the publisher really re-released it, `aiportal models install "
@@ -137,7 +142,7 @@ def _unpack(artifact: Artifact, path: Path, staging: Path, digest: str) -> dict[
     elif artifact.layout == "nnunet-zip" and not any(staging.rglob("fold_*/checkpoint_final.pth")):
         raise InputError(f"{artifact.name} holds no nnU-Net results folder (fold_N/checkpoint_final.pth)",
                          "give the zip nnU-Net's export (nnUNetv2_export_model_to_zip) writes")
-    elif artifact.layout == "monai-bundle-zip" and not any(staging.rglob("configs/metadata.json")):
+    elif artifact.layout in MONAI_LAYOUTS and not any(staging.rglob("configs/metadata.json")):
         raise InputError(f"{artifact.name} holds no MONAI bundle (configs/metadata.json)",
                          "give a bundle zip as `monai.bundle download` fetches it")
     return {file.relative_to(staging).as_posix(): sha for file, sha in written.items()}
@@ -161,7 +166,7 @@ def folder_models(weights: ModelWeights, folder: Path) -> list[str]:
     found = []
     if "nnunet-zip" in layouts:
         found += sorted({f"nnunet:{p.parent.parent}" for p in folder.rglob("fold_*/checkpoint_final.pth")})
-    if "monai-bundle-zip" in layouts:
+    if layouts & set(MONAI_LAYOUTS):
         found += sorted(f"monai:{p.parent.parent}" for p in folder.rglob("configs/metadata.json"))
     return found
 

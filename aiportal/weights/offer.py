@@ -57,7 +57,7 @@ def weights_offer(model_id: str) -> WeightsOffer:
         return WeightsOffer(model_id, False, False, tooltip=error.fix or str(error))
     installed = weights_present(model_id)
     size = size_text(weights.size) if weights.size else "size shown while downloading"
-    sources = "\n".join(artifact.url for artifact in weights.artifacts)
+    sources = "\n".join(artifact.origin for artifact in weights.artifacts)
     question = (f"Download the weights of {model_id} ({weights.version}, {size})?\n\n"
                 f"Licence: {weights.license}\n\nFrom:\n{sources}\n\n"
                 "They are checked (size, sha256) and installed for every later run.")

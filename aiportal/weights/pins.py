@@ -50,7 +50,7 @@ def _write(pins: dict[str, Pin]) -> None:
 
 def _key(artifact: Artifact) -> str:
     # licensed TotalSegmentator tasks share one licence-server URL: the task tells their files apart
-    return f"{artifact.url}#{artifact.licensed_task}" if artifact.licensed_task else artifact.url
+    return f"{artifact.url}#{artifact.licensed_task}" if artifact.licensed_task else artifact.origin
 
 
 def pin(model_id: str, artifact: Artifact, sha256: str, size: int) -> None:
