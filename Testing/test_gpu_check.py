@@ -54,6 +54,18 @@ def test_parse_arch():
     assert parse_arch("gfx90a") is None  # a ROCm name: not judged
 
 
+def test_the_h200_this_project_was_lent():
+    """Values read on the project's H200 machine (nvidia-smi; torch 2.11.0+cu130 there), 2026-12-04."""
+    info = {"torch": "2.11.0+cu130", "cuda_build": "13.0", "cuda": True, "gpu": "NVIDIA H200", "capability": "sm_90",
+            "memory_gb": 139.80072021484375, "arch_list": ["sm_75", "sm_80", "sm_86", "sm_90", "sm_100", "sm_120"]}
+    assert driver_supports("13.0", driver_version("NVIDIA H200, 580.159.04")) == (True, "580.65.06")
+    (finding,) = gpu_findings(info, "NVIDIA H200, 580.159.04", "/opt/torch/.venv/bin/python3")
+    assert finding.ok and "torch 2.11.0+cu130 (CUDA build 13.0); GPU NVIDIA H200 sm_90, 140 GiB" in finding.detail
+    (too_old,) = gpu_findings(dict(info, cuda=False), "NVIDIA H200, 570.124.06", "python")  # a 12.x-era driver
+    assert not too_old.ok and "needs NVIDIA driver >= 580.65.06 for CUDA 13.0" in too_old.detail
+    assert "install a torch build for CUDA 12.x" in too_old.fix and "cu126" in too_old.fix
+
+
 def test_findings_for_machines_we_cannot_have():
     python = "/envs/torch/bin/python"
     old_driver = gpu_findings({"torch": "2.7.1+cu128", "cuda_build": "12.8", "cuda": False},
