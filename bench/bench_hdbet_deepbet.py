@@ -75,6 +75,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--hdbet-mode", default="fast", choices=("fast", "accurate"))
+    parser.add_argument("--hdbet-tta", choices=("on", "off"), help="mirroring (default: on for accurate only)")
     parser.add_argument("--out", type=Path, help="keep the masks here (default: a temporary folder)")
     args = parser.parse_args()
     rows = []
@@ -83,7 +84,8 @@ def main() -> int:
         for case in args.cases.split(","):
             path = CASES[case]
             deepbet = _run(path, "deepbet", folder / case / "deepbet", {})
-            hdbet = _run(path, "hdbet", folder / case / "hdbet", {"mode": args.hdbet_mode})
+            params = {"mode": args.hdbet_mode, **({"tta": args.hdbet_tta == "on"} if args.hdbet_tta else {})}
+            hdbet = _run(path, "hdbet", folder / case / "hdbet", params)
             row = {"case": case, "deepbet": deepbet, "hdbet": hdbet}
             if "error" not in deepbet and "error" not in hdbet:
                 row["dice"] = dice(_mask(folder / case / "deepbet"), _mask(folder / case / "hdbet"))
@@ -103,7 +105,8 @@ def main() -> int:
     for row in rows:
         print(f"{row['case']}: peak resident memory deepbet {row['deepbet'].get('peak_mb', 0):.0f} MB, HD-BET "
               f"{row['hdbet'].get('peak_mb', 0):.0f} MB")
-    print(f"HD-BET mode {args.hdbet_mode}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(f"HD-BET mode {args.hdbet_mode}, mirroring {args.hdbet_tta or 'default'}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     return 0
 
 
