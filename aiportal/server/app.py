@@ -11,6 +11,7 @@ Routes (all under authentication; scopes in brackets):
 - ``POST /v1/jobs/{id}/cancel`` · ``POST /v1/jobs/{id}/push`` [submit]
 - ``GET /v1/jobs/{id}/results`` · ``GET /v1/jobs/{id}/results/{name}`` [read]
 - ``GET /v1/audit`` [audit] (these last four lines: :mod:`.job_routes`)
+- ``POST``/``GET /v1/admin/weights`` [admin]: weights bundles (see :mod:`.weights_routes`)
 - MONAI Label subset: ``GET /info/`` [read], ``POST /infer/{model}`` [submit] (see :mod:`.monailabel`)
 - ``GET /metrics`` [metrics] (:mod:`.metrics`) · ``GET /dashboard`` [dashboard] (:mod:`.dashboard`)
 
@@ -68,6 +69,7 @@ from aiportal.server.schemas import (  # noqa: F401  (re-exported: the MONAI Lab
     job_view,
 )
 from aiportal.server.settings import ServerSettings
+from aiportal.server.weights_routes import BUNDLE_PATH, weights_router
 
 log = logging.getLogger("aiportal.server")
 
@@ -96,8 +98,10 @@ async def _send_json(send, status: int, body: dict, headers: dict[str, str] | No
 class SecurityMiddleware:
     """401 before anything else, 429 per client, 413 for bodies over the limit (checked as they stream)."""
 
-    def __init__(self, app, authenticator: Authenticator, limiter: RateLimiter, max_body: int) -> None:
+    def __init__(self, app, authenticator: Authenticator, limiter: RateLimiter, max_body: int,
+                 path_limits: dict[str, int] | None = None) -> None:  # routes with their own cap (weights bundles)
         self.app, self.authenticator, self.limiter, self.max_body = app, authenticator, limiter, max_body
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":  # the API description (/openapi.json, /docs) needs a credential too
@@ -117,9 +121,9 @@ class SecurityMiddleware:
                                          "fix": f"retry after {wait_s:.1f} s"}, {"Retry-After": str(int(wait_s) + 1)})
             return
         scope.setdefault("state", {})["principal"] = principal
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
-            await _too_large(send, self.max_body)
+        declared, max_body = headers.get("content-length", ""), self.path_limits.get(scope["path"], self.max_body)
+        if declared.isdigit() and int(declared) > max_body:
+            await _too_large(send, max_body)
             return
         received = 0
         started = over = False
@@ -129,7 +133,7 @@ class SecurityMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > max_body:
                     over = True
                     raise _BodyTooLarge
             return message
@@ -139,7 +143,7 @@ class SecurityMiddleware:
             if over:  # the body parser turned our abort into its own 400: answer 413 instead (chunked uploads)
                 if not started:
                     started = True
-                    await _too_large(send, self.max_body)
+                    await _too_large(send, max_body)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -148,7 +152,7 @@ class SecurityMiddleware:
             await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
-                await _too_large(send, self.max_body)
+                await _too_large(send, max_body)
 
 
 async def _too_large(send, limit: int) -> None:
@@ -251,7 +255,8 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
                              429: {"model": ErrorBody, "description": "rate limit"}})
     app.state.aiportal = state
     app.add_middleware(SecurityMiddleware, authenticator=Authenticator(state.keys, settings),
-                       limiter=RateLimiter(settings.rate_limit_per_minute), max_body=settings.max_upload_bytes)
+                       limiter=RateLimiter(settings.rate_limit_per_minute), max_body=settings.max_upload_bytes,
+                       path_limits={BUNDLE_PATH: settings.max_bundle_bytes})
     _install_error_handlers(app)
     _add_routes(app, state)
     add_job_routes(app, state, require)
@@ -262,6 +267,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from aiportal.server.metrics import add_metrics
 
     add_dashboard(app, state, require, add_metrics(app, state, require))
+    app.include_router(weights_router(settings, require))  # POST/GET /v1/admin/weights: see .weights_routes
     return app
 
 

@@ -23,9 +23,9 @@ def _settings(args: argparse.Namespace):
     return ServerSettings.from_environment(
         data_dir=args.data_dir, database_url=args.database_url,
         **{key: getattr(args, key, None) for key in (
-            "engine", "workers", "executor", "broker_url", "max_upload_mb", "rate_limit_per_minute", "max_attempts",
-            "stale_after_s", "result_ttl_s", "job_timeout_s", "pacs_endpoint", "oidc_issuer", "oidc_jwks_url",
-            "oidc_audience", "oidc_role_claim", "dispatch_rules")},
+            "engine", "workers", "executor", "broker_url", "max_upload_mb", "max_bundle_mb", "rate_limit_per_minute",
+            "max_attempts", "stale_after_s", "result_ttl_s", "job_timeout_s", "pacs_endpoint", "oidc_issuer",
+            "oidc_jwks_url", "oidc_audience", "oidc_role_claim", "dispatch_rules")},
         deidentify=True if getattr(args, "deidentify", False) else None)
 
 
@@ -105,6 +105,7 @@ def add_serve_command(subparsers) -> None:
     serve.add_argument("--executor", choices=["process", "thread"], help="model in a child process (default) or thread")
     serve.add_argument("--broker-url", help="Celery broker, e.g. redis://127.0.0.1:6379/0 or amqp://...")
     serve.add_argument("--max-upload-mb", type=float)
+    serve.add_argument("--max-bundle-mb", type=float, help="largest weights bundle an admin may upload (default 20480)")
     serve.add_argument("--rate-limit", dest="rate_limit_per_minute", type=int, help="requests per minute per client")
     serve.add_argument("--max-attempts", type=int, help="attempts of a job whose worker died before it fails")
     serve.add_argument("--stale-after", dest="stale_after_s", type=float, help="seconds without heartbeat = lost")

@@ -95,6 +95,11 @@ class ServerClient:
     def models(self) -> list[dict]:
         return self._json("GET", "/v1/models")
 
+    def install_weights_bundle(self, bundle: Path | str) -> dict:
+        """Stream a weights bundle (`aiportal models pack`) to the server, which checks and installs it (admin)."""
+        with open(bundle, "rb") as stream:
+            return self._json("POST", "/v1/admin/weights", data=stream, timeout=self.upload_timeout_s)
+
     # -- jobs ------------------------------------------------------------------------------------
     def submit_file(self, path: Path | str, model: str, *, consent: bool, params: dict | None = None,
                     formats: str = "nrrd,json", client_request_id: str | None = None,

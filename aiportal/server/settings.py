@@ -36,6 +36,7 @@ class ServerSettings:
     executor: Executor = "process"  # model runs in a child process (isolation, hard cancel) or a thread
     broker_url: str = "redis://127.0.0.1:6379/0"  # Celery mode: Redis or RabbitMQ (amqp://)
     max_upload_mb: float = 1024.0
+    max_bundle_mb: float = 20480.0  # a weights bundle uploaded by an administrator (POST /v1/admin/weights)
     rate_limit_per_minute: int = 120  # requests per client (key id or token subject)
     max_attempts: int = 2  # a job whose worker died is retried until this many attempts, then failed
     stale_after_s: float = 60.0  # a running job without a heartbeat this long lost its worker
@@ -58,6 +59,10 @@ class ServerSettings:
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_bundle_bytes(self) -> int:
+        return int(self.max_bundle_mb * 1024 * 1024)
 
     @property
     def oidc_enabled(self) -> bool:
@@ -100,6 +105,7 @@ class ServerSettings:
 
 
 _NUMBERS = {"workers": int, "rate_limit_per_minute": int, "max_attempts": int, "max_upload_mb": float,
+            "max_bundle_mb": float,
             "stale_after_s": float, "result_ttl_s": float, "fetched_ttl_s": float, "job_timeout_s": float}
 
 

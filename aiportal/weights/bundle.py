@@ -25,6 +25,7 @@ from aiportal.weights import archive, store
 from aiportal.weights.download import DEFAULT_TRANSFER, Transfer
 from aiportal.weights.install import InstallResult, fetch_artifact, install, pinned
 from aiportal.weights.manifest import ModelWeights, from_json, manifest_for
+from aiportal.weights.pins import pin, with_pins
 
 FORMAT = "aiportal-weights-bundle"
 MAX_MANIFEST = 4 << 20
@@ -36,20 +37,23 @@ def pack(model_ids: list[str], out: Path, *, manifest: str | Path | None = None,
     out = Path(out)
     if out.exists():
         raise InputError(f"{out} exists already", "choose a new file name for the bundle, or delete that file")
-    plans = [pinned(manifest_for(model_id, manifest)) for model_id in model_ids]
+    plans = [with_pins(manifest_for(model_id, manifest)) for model_id in model_ids]
     entries: dict[str, dict] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=".pack-") as work_name:
         work = Path(work_name)
         files: list[tuple[str, Path]] = []
-        for number, weights in enumerate(plans):
+        for number, (weights, used_pins) in enumerate(plans):
+            weights = pinned(weights)
             artifacts = []
             for artifact in weights.artifacts:
                 def step(fraction: float, stage: str, number: int = number) -> None:
                     progress(0.9 * (number + fraction) / len(plans), stage)
 
                 path, digest = fetch_artifact(weights, artifact, work / weights.model_id, transfer=transfer,
-                                              progress=step, cancel=cancel)
+                                              progress=step, cancel=cancel, pin=used_pins.get(artifact.name))
+                if not artifact.sha256:  # first download anywhere on this machine: pinned (trust on first use)
+                    pin(weights.model_id, artifact, digest, path.stat().st_size)
                 artifacts.append(replace(artifact, sha256=digest, size=path.stat().st_size))
                 files.append((f"files/{weights.model_id}/{artifact.name}", path))
             entry = replace(weights, artifacts=tuple(artifacts)).to_json()

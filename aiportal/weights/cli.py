@@ -83,6 +83,12 @@ def cmd_models_install(args: argparse.Namespace) -> int:
     from aiportal.weights.offer import weights_present
 
     plans = [manifest_for(model_id, args.manifest) for model_id in args.models]
+    if args.forget_pin:
+        from aiportal.weights.pins import forget
+
+        for weights in plans:
+            for url in forget(weights):
+                print(f"{weights.model_id}: forgot the sha256 pinned for {url}; the next download is trusted anew")
     todo = []
     for weights in plans:
         if args.force:
@@ -100,7 +106,7 @@ def cmd_models_install(args: argparse.Namespace) -> int:
         size = f"{weights.size / 1e6:.0f} MB" if weights.size else "size unknown until the download starts"
         print(f"{weights.model_id} {weights.version}: {len(weights.artifacts)} file(s), {size}\n"
               f"  licence: {weights.license or 'see the publisher'}\n"
-              + "".join(f"  from {a.url}\n" for a in weights.artifacts), end="")
+              + "".join(f"  from {a.origin}\n" for a in weights.artifacts), end="")
     if not _ask("Accept these licences and download?", args.yes):
         print("nothing installed")
         return 1
@@ -212,6 +218,8 @@ def add_models_commands(commands) -> None:
     install.add_argument("--yes", "-y", action="store_true", help="accept the licences and size without asking")
     install.add_argument("--force", action="store_true", help="install again even when installed")
     install.add_argument("--home", type=Path, help="TotalSegmentator home (default as for import-weights)")
+    install.add_argument("--forget-pin", action="store_true", help="drop the sha256 pinned at the first download of "
+                                                                   "files without a published one (a re-release)")
     _network_arguments(install)
     install.set_defaults(handler=cmd_models_install)
     pack = sub.add_parser("pack", help="write one bundle file with the weights of MODELs (for an air-gapped site)")

@@ -67,23 +67,9 @@ def torch_findings(name: str, python: str, driver: str | None) -> list[Finding]:
     if probe.returncode != 0:
         return [Finding(topic, True, "no torch here (models of this environment do not need it)")]
     info = json.loads(probe.stdout.strip().splitlines()[-1])
-    build = f"torch {info['torch']} (CUDA build {info['cuda_build'] or 'none: CPU only'})"
-    if not info["cuda"]:
-        if driver:
-            return [Finding(topic, False, f"{build} sees no GPU, but the machine has {driver}",
-                            f"install a CUDA build of torch into {python}, e.g. `{python} -m pip install torch "
-                            "--index-url https://download.pytorch.org/whl/cu126` (pick the CUDA version your "
-                            "driver supports: nvidia-smi shows it)")]
-        return [Finding(topic, True, f"{build}; no NVIDIA GPU: models run on the CPU (slower)")]
-    findings = [Finding(topic, True, f"{build}; GPU {info['gpu']} {info['capability']}, "
-                                     f"{info['memory_gb']:.0f} GiB" + (f"; driver {driver}" if driver else ""))]
-    arch = info["capability"]
-    if info.get("arch_list") and arch not in info["arch_list"] and \
-            not any(a.startswith("compute_") for a in info["arch_list"]):
-        findings.append(Finding(topic, False, f"torch {info['torch']} is built for {', '.join(info['arch_list'])}, "
-                                              f"not for this GPU's {arch}",
-                                f"install a torch build that supports {arch} into {python}"))
-    return findings
+    from aiportal.weights.gpu_check import gpu_findings
+
+    return [Finding(topic, f.ok, f.detail, f.fix) for f in gpu_findings(info, driver, python, platform.system())]
 
 
 def _memory_gb() -> float | None:

@@ -20,10 +20,12 @@ from aiportal import __version__
 from aiportal.digests import file_sha256
 from aiportal.errors import InputError, ModelError
 from aiportal.progress import CancelToken, ProgressCallback, no_progress
-from aiportal.weights import archive, store
+from aiportal.weights import archive, pins, store
 from aiportal.weights.download import DEFAULT_TRANSFER, Transfer, download
 from aiportal.weights.manifest import Artifact, ModelWeights
+from aiportal.weights.pins import Pin
 
+MONAI_LAYOUTS = ("monai-bundle-zip", "monai-bundle")
 _DATASET_FOLDER = re.compile(r"^Dataset\d{3,}_")
 MARGIN = 100 << 20
 
@@ -33,16 +35,22 @@ class InstallResult:
     model_id: str
     folders: list[Path]
     receipt: Path
-    unverified: list[str] = field(default_factory=list)  # artifacts without a published sha256 to check
+    unverified: list[str] = field(default_factory=list)  # first download of files without a published sha256
+    pinned: list[str] = field(default_factory=list)  # files without a published sha256, checked against their pin
     already: bool = False
     use_as: list[str] = field(default_factory=list)  # `--model` values of folder models it installed
 
     @property
     def warning(self) -> str | None:
-        if not self.unverified:
-            return None
-        return (f"UNVERIFIED: no published sha256 for {', '.join(self.unverified)}; installed as downloaded "
-                "(its sha256 is now in the receipt, so `aiportal models verify` and bundles check it from here on)")
+        notes = []
+        if self.unverified:
+            notes.append(f"UNVERIFIED: no published sha256 for {', '.join(self.unverified)}; installed as downloaded "
+                         "(trust on first use: its sha256 is pinned now, so later downloads, `aiportal models "
+                         "verify` and bundles must match it)")
+        if self.pinned:
+            notes.append(f"TRUST ON FIRST USE: {', '.join(self.pinned)} matched the sha256 pinned at its first "
+                         "download (the publisher gives none)")
+        return "; ".join(notes) or None
 
 
 def _totalseg_weights_folder(home: str | Path | None) -> Path:
@@ -61,26 +69,28 @@ def _licence_key(home: str | Path | None) -> str:
     return key
 
 
-def check_file(path: Path, artifact: Artifact, origin: str, digest: str | None = None) -> str:
+def check_file(path: Path, artifact: Artifact, origin: str, digest: str | None = None,
+               listed_by: str = "the manifest", fix: str = "") -> str:
     """The file's sha256 (``digest`` when already known); deletes the file and raises when size or sha256
-    differ from the manifest."""
+    differ from what ``listed_by`` (the manifest, or a trust-on-first-use pin) lists."""
     size = path.stat().st_size
     digest = digest or file_sha256(path)
     problem = None
     if artifact.size is not None and size != artifact.size:
-        problem = f"has {size} bytes, the manifest lists {artifact.size}"
+        problem = f"has {size} bytes, {listed_by} lists {artifact.size}"
     elif artifact.sha256 and digest != artifact.sha256.lower():
-        problem = f"has sha256 {digest[:16]}…, the manifest lists {artifact.sha256[:16]}…"
+        problem = f"has sha256 {digest[:16]}…, {listed_by} lists {artifact.sha256[:16]}…"
     if problem:
         path.unlink(missing_ok=True)
         raise ModelError(f"{artifact.name} from {origin} {problem}: refused and deleted",
-                         "the file was damaged or altered on the way: run the command again; if it repeats, "
+                         fix or "the file was damaged or altered on the way: run the command again; if it repeats, "
                          "your proxy or mirror serves a different file")
     return digest
 
 
 def fetch_artifact(weights: ModelWeights, artifact: Artifact, folder: Path, *, transfer: Transfer,
-                   progress: ProgressCallback, cancel: CancelToken | None, totalseg_home=None) -> tuple[Path, str]:
+                   progress: ProgressCallback, cancel: CancelToken | None, totalseg_home=None,
+                   pin: Pin | None = None) -> tuple[Path, str]:
     """Download one artifact into ``folder`` (resuming) and check it; returns the file and its sha256."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / artifact.name
@@ -91,10 +101,20 @@ def fetch_artifact(weights: ModelWeights, artifact: Artifact, folder: Path, *, t
         post = {"license_number": _licence_key(totalseg_home), "task": artifact.licensed_task,
                 "version": _version()}
     digest = None
-    if not target.is_file():  # else: downloaded whole by an earlier run that stopped before installing
+    if artifact.layout == "monai-bundle":  # MONAI's own downloader (monai.bundle.download)
+        from aiportal.weights.monai_fetch import monai_download
+
+        target, digest = monai_download(artifact, weights.version, folder, progress)
+    elif not target.is_file():  # else: downloaded whole by an earlier run that stopped before installing
         target, digest = download(artifact.url, target, transfer=transfer, expected_size=artifact.size,
                                   post_json=post, progress=progress, cancel=cancel)
-    return target, check_file(target, artifact, artifact.url, digest)
+    if pin is None:
+        return target, check_file(target, artifact, artifact.origin, digest)
+    return target, check_file(target, artifact, artifact.origin, digest,
+                              f"the pin of its first download ({pin.first_seen})",
+                              "the publisher's file is not the one you first downloaded: run again; if it repeats "
+                              "and the publisher really re-released it, `aiportal models install "
+                              f"{weights.model_id} --force --forget-pin` trusts the new file")
 
 
 def _dataset_relative(name: str) -> str | None:
@@ -122,7 +142,7 @@ def _unpack(artifact: Artifact, path: Path, staging: Path, digest: str) -> dict[
     elif artifact.layout == "nnunet-zip" and not any(staging.rglob("fold_*/checkpoint_final.pth")):
         raise InputError(f"{artifact.name} holds no nnU-Net results folder (fold_N/checkpoint_final.pth)",
                          "give the zip nnU-Net's export (nnUNetv2_export_model_to_zip) writes")
-    elif artifact.layout == "monai-bundle-zip" and not any(staging.rglob("configs/metadata.json")):
+    elif artifact.layout in MONAI_LAYOUTS and not any(staging.rglob("configs/metadata.json")):
         raise InputError(f"{artifact.name} holds no MONAI bundle (configs/metadata.json)",
                          "give a bundle zip as `monai.bundle download` fetches it")
     return {file.relative_to(staging).as_posix(): sha for file, sha in written.items()}
@@ -146,7 +166,7 @@ def folder_models(weights: ModelWeights, folder: Path) -> list[str]:
     found = []
     if "nnunet-zip" in layouts:
         found += sorted({f"nnunet:{p.parent.parent}" for p in folder.rglob("fold_*/checkpoint_final.pth")})
-    if "monai-bundle-zip" in layouts:
+    if layouts & set(MONAI_LAYOUTS):
         found += sorted(f"monai:{p.parent.parent}" for p in folder.rglob("configs/metadata.json"))
     return found
 
@@ -170,6 +190,8 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
     with store.install_lock(lock_timeout, on_wait=lambda: progress(0.0, "waiting for another install to finish")):
         if not force and is_installed(weights):  # the install we waited for did it
             return InstallResult(weights.model_id, [], store.receipt_path(weights.model_id), already=True)
+        published = {a.name for a in weights.artifacts if a.sha256}
+        weights, used_pins = pins.with_pins(weights) if local_files is None else (weights, {})
         size = weights.size or 0
         ts_folder = _totalseg_weights_folder(totalseg_home)
         if local_files is None:
@@ -185,7 +207,8 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
                 fetched.append((artifact, path, check_file(path, artifact, origin or str(path))))
             else:
                 path, digest = fetch_artifact(weights, artifact, downloads, transfer=transfer, progress=step,
-                                              cancel=cancel, totalseg_home=totalseg_home)
+                                              cancel=cancel, totalseg_home=totalseg_home,
+                                              pin=used_pins.get(artifact.name))
                 fetched.append((artifact, path, digest))
         placed: list[Path] = []
         files: dict[str, dict] = {}  # installed file -> sha256 and size, for the receipt
@@ -218,13 +241,16 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
                         _swap_in(model_folder, destination)
                         placed.append(destination)
         unverified = [artifact.name for artifact in weights.artifacts if not artifact.sha256]
+        for artifact, path, digest in fetched:
+            if local_files is None and not artifact.sha256:
+                pins.pin(weights.model_id, artifact, digest, path.stat().st_size)
         receipt = {
             "model_id": weights.model_id, "version": weights.version, "license": weights.license,
             "installed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "aiportal": __version__,
             "origin": origin or "download",
             "artifacts": [{**{k: v for k, v in vars(artifact).items() if v is not None},
                            "sha256": digest, "size": path.stat().st_size,
-                           "checked_against": "manifest" if artifact.sha256 else "none (first download)"}
+                           "checked_against": _checked_against(artifact, published, used_pins)}
                           for artifact, path, digest in fetched],
             "folders": [str(p) for p in placed], "files": dict(sorted(files.items())),
         }
@@ -233,7 +259,15 @@ def install(weights: ModelWeights, *, transfer: Transfer = DEFAULT_TRANSFER, pro
             shutil.rmtree(downloads, ignore_errors=True)
         progress(1.0, f"{weights.model_id} installed")
         use_as = [name for folder in placed for name in folder_models(weights, folder)]
-        return InstallResult(weights.model_id, placed, path, unverified, use_as=use_as)
+        return InstallResult(weights.model_id, placed, path, unverified, sorted(used_pins), use_as=use_as)
+
+
+def _checked_against(artifact: Artifact, published: set[str], used_pins: dict[str, Pin]) -> str:
+    if artifact.name in used_pins:
+        return f"pin (trust on first use, pinned {used_pins[artifact.name].first_seen})"
+    if artifact.name in published or artifact.sha256:
+        return "manifest"
+    return "none (first download: sha256 pinned now, trust on first use)"
 
 
 def pinned(weights: ModelWeights) -> ModelWeights:

@@ -10,8 +10,10 @@ an nnU-Net results zip or a MONAI bundle of its own. Its format::
         {"name": "x.zip", "url": "https://...", "sha256": "...", "size": 123, "layout": "nnunet-zip"}]}}
 
 Layouts: ``totalseg-zip`` (a ``Dataset###_*`` folder, unpacked into TotalSegmentator's weights
-folder), ``nnunet-zip`` (an nnU-Net results folder), ``monai-bundle-zip`` (a MONAI bundle) and
-``file`` (kept as is); the last three go to ``<weights dir>/MODEL_ID/``.
+folder), ``nnunet-zip`` (an nnU-Net results folder), ``monai-bundle-zip`` (a MONAI bundle zip),
+``monai-bundle`` (a MONAI bundle fetched by ``monai.bundle.download`` from ``url``, or from ``source``
+and the version: see :mod:`.monai_fetch`) and ``file`` (kept as is); all but the first go to
+``<weights dir>/MODEL_ID/``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from aiportal.errors import InputError, ModelError, cli_command
 
-LAYOUTS = ("totalseg-zip", "nnunet-zip", "monai-bundle-zip", "file")
+LAYOUTS = ("totalseg-zip", "nnunet-zip", "monai-bundle-zip", "monai-bundle", "file")
 MANIFEST_ENV = "AIPORTAL_WEIGHTS_MANIFEST"
 TOTALSEG_LICENSED_URL = "https://backend.totalsegmentator.com:443/download_weights"
 
@@ -41,6 +43,12 @@ class Artifact:
     sha256: str | None = None
     size: int | None = None
     licensed_task: str | None = None  # TotalSegmentator licence server task (POST with the licence key)
+    source: str | None = None  # layout monai-bundle without a url: monai.bundle.download's source (github, ...)
+
+    @property
+    def origin(self) -> str:
+        """Where it comes from, for people and for trust-on-first-use pins."""
+        return self.url or f"monai.bundle.download(name={self.name!r}, source={self.source or 'github'!r})"
 
 
 @dataclass(frozen=True)
@@ -64,11 +72,15 @@ class ModelWeights:
 
 def _artifact(raw: dict, model_id: str) -> Artifact:
     try:
-        artifact = Artifact(name=Path(raw["name"]).name, url=raw["url"], layout=raw.get("layout", "file"),
-                            sha256=raw.get("sha256"), size=raw.get("size"), licensed_task=raw.get("licensed_task"))
+        artifact = Artifact(name=Path(raw["name"]).name, url=raw.get("url") or "", layout=raw.get("layout", "file"),
+                            sha256=raw.get("sha256"), size=raw.get("size"), licensed_task=raw.get("licensed_task"),
+                            source=raw.get("source"))
     except (KeyError, TypeError) as error:
         raise InputError(f"weights manifest entry {model_id!r} has an artifact without {error}",
                          "each artifact needs at least name and url") from None
+    if not artifact.url and artifact.layout != "monai-bundle":
+        raise InputError(f"weights manifest entry {model_id!r}: artifact {artifact.name!r} has no url",
+                         "give its url (only layout monai-bundle may name a source instead)")
     if artifact.layout not in LAYOUTS:
         raise InputError(f"weights manifest entry {model_id!r}: layout {artifact.layout!r} is unknown",
                          f"use one of: {', '.join(LAYOUTS)}")

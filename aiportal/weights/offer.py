@@ -20,6 +20,8 @@ class WeightsOffer:
     installed: bool
     question: str = ""  # licence, size and source, asked once before the download
     tooltip: str = ""
+    license: str = ""
+    size_text: str = ""
 
 
 def weights_present(model_id: str) -> bool:
@@ -42,6 +44,10 @@ def weights_present(model_id: str) -> bool:
         return False
 
 
+def size_text(size: int) -> str:
+    return f"{size / 1e6:.0f} MB" if size >= 10e6 else f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.0f} kB"
+
+
 def weights_offer(model_id: str) -> WeightsOffer:
     from aiportal.weights.manifest import manifest_for
 
@@ -50,14 +56,14 @@ def weights_offer(model_id: str) -> WeightsOffer:
     except AIPortalError as error:  # no download: classical, embedded in a package, or a folder model
         return WeightsOffer(model_id, False, False, tooltip=error.fix or str(error))
     installed = weights_present(model_id)
-    size = f"{weights.size / 1e6:.0f} MB" if weights.size else "size shown while downloading"
-    sources = "\n".join(artifact.url for artifact in weights.artifacts)
+    size = size_text(weights.size) if weights.size else "size shown while downloading"
+    sources = "\n".join(artifact.origin for artifact in weights.artifacts)
     question = (f"Download the weights of {model_id} ({weights.version}, {size})?\n\n"
                 f"Licence: {weights.license}\n\nFrom:\n{sources}\n\n"
                 "They are checked (size, sha256) and installed for every later run.")
     tooltip = (f"Weights of {model_id} are installed" if installed else
                f"Download and install the weights of {model_id} ({size}; licence: {weights.license})")
-    return WeightsOffer(model_id, True, installed, question, tooltip)
+    return WeightsOffer(model_id, True, installed, question, tooltip, weights.license or "see the publisher", size)
 
 
 def install_function(model_id: str) -> Callable[[ProgressCallback, CancelToken], str]:

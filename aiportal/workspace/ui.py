@@ -32,6 +32,7 @@ from trame_slicer.app.ui import SegmentationAppUI
 from trame_slicer.app.ui.control_button import ControlButton
 
 from aiportal.workspace.followup import FOLLOWUP_PANEL, FollowUpPanel
+from aiportal.workspace.models_panel import weights_block
 from aiportal.workspace.planning import PLANNING_PANEL, PlanningPanel
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class AISegmentPanel(VCard):
         VSelect(v_model=("ai_model_id",), items=("ai_models",), item_title="title", item_value="id",
                 label="Model", density="compact", hide_details=True, disabled=("ai_running",),
                 raw_attrs=_testid("ai-model"))
+        workspace.weights = weights_block(workspace)  # Install weights, when the picked model's are missing
         html.Div("{{ (ai_models.find(m => m.id === ai_model_id) || {}).limitations }}",
                  classes="text-caption text-grey mt-1")
         with html.Div(v_if=("(ai_models.find(m => m.id === ai_model_id) || {prompts: []}).prompts.includes('box')",),
@@ -186,7 +188,7 @@ class AISegmentPanel(VCard):
                       raw_attrs=_testid("ai-boxes-one-structure"))
         with html.Div(classes="d-flex align-center mt-3"):
             VBtn("Run", click=workspace.run_ai, color="primary", prepend_icon="mdi-play",
-                 disabled=("ai_running || !ws_volume_name",), raw_attrs=_testid("ai-run"))
+                 disabled=("ai_running || !ws_volume_name || weights_missing",), raw_attrs=_testid("ai-run"))
             VBtn("Cancel", v_if=("ai_running",), click=workspace.cancel_ai, classes="ml-2", variant="tonal",
                  prepend_icon="mdi-stop", raw_attrs=_testid("ai-cancel"))
         with html.Div(v_if=("ai_running",), classes="mt-2", raw_attrs=_testid("ai-progress")):

@@ -14,6 +14,7 @@ def register_builtin_models(catalog: Catalog) -> None:
     from aiportal.models.backends import (
         classic_ct,
         deepbet,
+        hdbet,
         litemedsam,
         monai_bundle,
         nnunet,
@@ -23,6 +24,7 @@ def register_builtin_models(catalog: Catalog) -> None:
     catalog.register(classic_ct.ENTRY, classic_ct.ClassicCTBackend)
     catalog.register(litemedsam.ENTRY, litemedsam.LiteMedSAMBackend)
     catalog.register(deepbet.ENTRY, deepbet.DeepbetBackend)
+    catalog.register(hdbet.ENTRY, hdbet.HdBetBackend)
     try:  # TotalSegmentator's label tables come from its installed package
         for entry, backend in totalsegmentator.entries():
             catalog.register(entry, backend)
