@@ -187,6 +187,8 @@ def _route_scope(method: str, path: str) -> str:
         return "metrics"
     if path == "/dashboard":
         return "dashboard"
+    if path.startswith("/v1/admin/"):
+        return "admin"
     if method == "post":
         return "submit"
     if "/results" in path:

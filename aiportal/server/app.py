@@ -69,7 +69,7 @@ from aiportal.server.schemas import (  # noqa: F401  (re-exported: the MONAI Lab
     job_view,
 )
 from aiportal.server.settings import ServerSettings
-from aiportal.server.weights_routes import BUNDLE_PATH, weights_router
+from aiportal.server.weights_routes import BUNDLE_PATH, add_weights_routes
 
 log = logging.getLogger("aiportal.server")
 
@@ -267,7 +267,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
     from aiportal.server.metrics import add_metrics
 
     add_dashboard(app, state, require, add_metrics(app, state, require))
-    app.include_router(weights_router(settings, require))  # POST/GET /v1/admin/weights: see .weights_routes
+    add_weights_routes(app, settings, require)  # POST/GET /v1/admin/weights: see .weights_routes
     return app
 
 

@@ -20,7 +20,7 @@ import logging
 import uuid
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel
 
 from aiportal.errors import AIPortalError
@@ -89,11 +89,11 @@ def _installed(results) -> list[InstalledWeights]:
     return answer
 
 
-def weights_router(settings, require) -> APIRouter:
-    """The routes, bound to the server's settings and its scope check."""
-    router = APIRouter(tags=["admin"])
+def add_weights_routes(app, settings, require) -> None:
+    """The routes, bound to the server's settings and its scope check; added to the app itself, not
+    through an ``APIRouter``, for the reason :mod:`.job_routes` gives (route labels, 405 ``Allow``)."""
 
-    @router.post(BUNDLE_PATH, response_model=BundleAnswer)
+    @app.post(BUNDLE_PATH, response_model=BundleAnswer, tags=["admin"])
     async def upload_bundle(request: Request, principal=Depends(require("admin"))) -> BundleAnswer:
         from aiportal.weights.bundle import import_bundle
 
@@ -115,12 +115,10 @@ def weights_router(settings, require) -> APIRouter:
                                                   "(AIPORTAL_WEIGHTS_DIR, TOTALSEG_HOME_DIR) use them from their "
                                                   "next job on")
 
-    @router.get(BUNDLE_PATH, response_model=list[WeightsCheck])
+    @app.get(BUNDLE_PATH, response_model=list[WeightsCheck], tags=["admin"])
     async def check_weights(_principal=Depends(require("admin"))) -> list[WeightsCheck]:
         from aiportal.weights.verify import verify
 
         checks = await asyncio.to_thread(verify, None, False)
         return [WeightsCheck(model_id=c.model_id, ok=c.ok, detail=redact_paths(c.detail) or "",
                              problems=[redact_paths(p) or "" for p in c.problems]) for c in checks]
-
-    return router
