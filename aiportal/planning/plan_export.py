@@ -52,8 +52,9 @@ def build_plan(grid: LabelGrid, spec: PlanSpec) -> tuple[dict, np.ndarray | None
                             for entry, target in spec.trajectories]
     resected = None
     if spec.organ:
+        target = spec.target if spec.target != spec.organ else None  # the desktop resects the picked target
         result, resected = resect(grid, spec.organ, planes=spec.planes or None, combine=spec.combine,
-                                  target=spec.target, margin_mm=spec.margin_mm, surface=spec.surface)
+                                  target=target, margin_mm=spec.margin_mm, surface=spec.surface)
         plan["resection"] = result.as_dict()
     return plan, resected
 
