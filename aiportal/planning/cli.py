@@ -25,10 +25,11 @@ def _thresholds(pairs: list[str]) -> dict[str, float]:
     return thresholds
 
 
-def _grid(args: argparse.Namespace, path: Path | None = None):
+def _grid(args: argparse.Namespace, path: Path | None = None, volume: Path | None = None):
     from aiportal.planning.grid import load_label_grid
 
-    return load_label_grid(path or args.segmentation, class_map=args.class_map, task=args.task, volume=args.volume)
+    return load_label_grid(path or args.segmentation, class_map=args.class_map, task=args.task,
+                           volume=volume or args.volume)
 
 
 def _emit(args: argparse.Namespace, result, lines: list[str]) -> int:
@@ -177,7 +178,8 @@ def cmd_outcome(args: argparse.Namespace) -> int:
     from aiportal.planning.outcome import outcome_lines, plan_outcome
     from aiportal.planning.outcome_registration import outcome_frame
 
-    planned, actual = _grid(args), _grid(args, args.actual)
+    planned = _grid(args)
+    actual = _grid(args, args.actual, args.actual_image)  # a .seg.nrrd on the post-operative CT
     frame = outcome_frame(args.planned_image, args.actual_image, args.register)
 
     def pair(values):
