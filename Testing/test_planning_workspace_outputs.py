@@ -114,7 +114,9 @@ def test_bundle_and_outcome_match_the_cli(server, shared_data, tmp_path):
         zipped = tmp_path / "browser-bundle.zip"
         download_info.value.save_as(zipped)
         page.get_by_test_id("plan-bundle-message").wait_for(timeout=WAIT_MS)
-        assert "Plan bundle:" in page.get_by_test_id("plan-bundle-message").inner_text()
+        message = page.get_by_test_id("plan-bundle-message").inner_text()
+        assert "Plan bundle:" in message and cli_plan["resection"]["warnings"]  # the lung crosses the cut: said
+        assert all(f"WARNING: {w}" in message for w in cli_plan["resection"]["warnings"]), message
 
         with zipfile.ZipFile(zipped) as archive:
             names = set(archive.namelist())

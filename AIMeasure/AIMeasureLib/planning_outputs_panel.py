@@ -51,7 +51,8 @@ class PlanningOutputsPanel:
                                                                          folder=folder)]
             if dicomVolume is None:
                 lines.append(_("No DICOM SEG/SR: the volume was not loaded from DICOM."))
-            self.ui.planningLabel.text = "\n".join(lines + [f"WARNING: {note}" for note in manifest["notes"]])
+            lines += [f"WARNING: {warning}" for warning in manifest["warnings"]] + list(manifest["notes"])
+            self.ui.planningLabel.text = "\n".join(lines)
 
     def onCompareOutcome(self) -> None:
         """Register the post-operative CT, compare its segments with the planned ones, show the table."""

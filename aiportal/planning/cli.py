@@ -171,7 +171,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     manifest = write_plan_bundle(grid, args.out, _plan_spec(args, grid), segments=segments or None,
                                  coordinates=args.coordinates.upper(), dicom_volume=dicom_volume,
                                  dicom_options=dicom_options)
-    return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"])
+    return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"]
+                 + [f"WARNING: {w}" for w in manifest["warnings"]])
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:

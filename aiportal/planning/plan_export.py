@@ -62,8 +62,9 @@ def build_plan(grid: LabelGrid, spec: PlanSpec) -> tuple[dict, np.ndarray | None
 def write_plan_bundle(grid: LabelGrid, folder: Path, spec: PlanSpec, *, segments: list[str] | None = None,
                       coordinates: str = "LPS", runtime=None, dicom_volume=None,
                       dicom_options: dict | None = None) -> dict:
-    """Measure the plan and write its bundle into ``folder``; returns the manifest. ``segments`` (STL, SEG)
-    default to every segment that has voxels."""
+    """Measure the plan and write its bundle into ``folder``; returns the manifest with the plan's
+    ``warnings`` (e.g. a target crossing the cut). ``segments`` (STL, SEG) default to every segment that has
+    voxels."""
     from aiportal.planning.bundle import write_bundle
 
     if dicom_volume is not None:
@@ -72,9 +73,10 @@ def write_plan_bundle(grid: LabelGrid, folder: Path, spec: PlanSpec, *, segments
         require_series_lattice(grid, dicom_volume.node)  # before anything is measured or written
     plan, resected = build_plan(grid, spec)
     names = segments or grid.present_names()
-    return write_bundle(grid, Path(folder), plan, segments=list(dict.fromkeys(names)), resected_mask=resected,
-                        coordinates=coordinates, runtime=runtime, dicom_volume=dicom_volume,
-                        dicom_options=dicom_options)
+    manifest = write_bundle(grid, Path(folder), plan, segments=list(dict.fromkeys(names)), resected_mask=resected,
+                            coordinates=coordinates, runtime=runtime, dicom_volume=dicom_volume,
+                            dicom_options=dicom_options)
+    return {**manifest, "warnings": list(plan.get("resection", {}).get("warnings", []))}  # for every face to show
 
 
 def new_bundle_folder(parent: Path, stem: str) -> Path:

@@ -91,8 +91,8 @@ async def export_plan_bundle(workspace: Workspace, target_id, threshold, entry, 
             trajectories=trajectories, tool_radius_mm=parse_number(radius or "0", "tool radius"), organ=organ,
             planes=planes, surface=cut, dicom_volume=loaded if loaded.source is not None else None,
             dicom_options={"assign_missing_uids": bool(assign_uids)}, runtime=workspace.runtime)
-        notes = list(manifest["notes"]) + ([] if loaded.source is not None else
-                                           ["no DICOM SEG/SR: the volume was not opened from DICOM"])
+        notes = [f"WARNING: {w}" for w in manifest["warnings"]] + list(manifest["notes"]) + (
+            [] if loaded.source is not None else ["no DICOM SEG/SR: the volume was not opened from DICOM"])
         message = "\n".join([*notes, f"Plan bundle: {len(manifest['files']) + 1} files in {folder}"])
         download = {"name": f"{folder.name}.zip", "type": "application/zip", "content": zip_folder(folder)}
     except Exception as error:
