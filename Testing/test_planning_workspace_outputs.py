@@ -159,3 +159,39 @@ def test_bundle_and_outcome_match_the_cli(server, shared_data, tmp_path):
         page.get_by_test_id("plan-error").filter(has_text="missing.seg.nrrd does not exist").wait_for(timeout=WAIT_MS)
         assert not console.errors, console.errors
         browser.close()
+
+
+def test_bundle_of_a_dicom_series_holds_seg_and_sr(server, shared_data, tmp_path):
+    """Opened from DICOM (anonymised: new UIDs asked for in the Results panel), the bundle also holds the
+    segments as a DICOM SEG and their TID 1500 SR, both valid."""
+    from dicom_validation import dciodvfy_errors
+
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+        console = ConsoleErrors(page)
+        page.goto(server.url)
+        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
+        page.get_by_test_id("load-path").locator("input").fill(str(shared_data / "totalseg" / "example_ct_dicom"))
+        page.get_by_test_id("load-open").click()
+        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
+        page.get_by_test_id("ai-run").click()
+        page.get_by_test_id("ai-summary").wait_for(timeout=WAIT_MS)
+        page.get_by_test_id("results-toolbar").click()
+        page.get_by_test_id("assign-uids").locator("input").check()
+        page.get_by_test_id("planning-toolbar").click()
+        page.get_by_test_id("plan-target").click()
+        page.locator(".v-overlay .v-list-item").first.click()
+        with page.expect_download(timeout=WAIT_MS) as download_info:
+            page.get_by_test_id("plan-bundle").click()
+        zipped = tmp_path / "bundle.zip"
+        download_info.value.save_as(zipped)
+        with zipfile.ZipFile(zipped) as archive:
+            archive.extractall(tmp_path / "bundle")
+        for name in ("segmentation.dcm", "measurements.dcm"):
+            assert dciodvfy_errors(tmp_path / "bundle" / "dicom" / name) == [], name
+        plan = json.loads((tmp_path / "bundle" / "plan.json").read_text())
+        assert plan["proximity"] and "no DICOM" not in page.get_by_test_id("plan-bundle-message").inner_text()
+        assert page.get_by_test_id("plan-error").count() == 0
+        assert not console.errors, console.errors
+        browser.close()
