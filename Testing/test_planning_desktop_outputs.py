@@ -154,3 +154,6 @@ def test_outcome_from_the_panel_matches_the_cli(shared_data, runtime, tmp_path):
     assert max(r["mean_surface_distance_mm"] for r in unregistered["structures"]) > 3.0
     with pytest.raises(InputError, match="post-operative"):
         session.outcome(planned, planned_ct, None, actual_ct)
+    other = segmentation_node_from_masks(scene, actual_grid, {"spleen": actual_grid.mask("spleen")})
+    with pytest.raises(InputError, match="no segment named as in"):
+        session.outcome(planned, planned_ct, other, actual_ct)

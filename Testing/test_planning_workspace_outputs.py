@@ -182,6 +182,10 @@ def test_bundle_of_a_dicom_series_holds_seg_and_sr(server, shared_data, tmp_path
         page.get_by_test_id("planning-toolbar").click()
         page.get_by_test_id("plan-target").click()
         page.locator(".v-overlay .v-list-item").first.click()
+        for field in ("plan-entry", "plan-target-point", "plan-plane-point", "plan-plane-normal"):
+            page.get_by_test_id(field).locator("input").fill("")  # the first test's plan (the server keeps it)
+        page.get_by_test_id("plan-organ").click()
+        page.locator(".v-overlay .v-list-item").first.click()  # one of this segmentation's, not the first test's
         with page.expect_download(timeout=WAIT_MS) as download_info:
             page.get_by_test_id("plan-bundle").click()
         zipped = tmp_path / "bundle.zip"

@@ -43,7 +43,11 @@ def _typed(*texts: str) -> bool:
 
 
 def _name(node, segment_id: str | None) -> str | None:
-    return node.GetSegmentation().GetSegment(segment_id).GetName() if segment_id else None
+    """The segment's name; a clear error when it is gone (picked before another volume was opened)."""
+    segment = node.GetSegmentation().GetSegment(segment_id) if segment_id else None
+    if segment_id and segment is None:
+        raise InputError("a picked segment is not in this segmentation", "pick the target and the organ again")
+    return segment.GetName() if segment is not None else None
 
 
 def _resection_cut(session, node, volume, organ_id, target_id, plane_point, plane_normal, surface):
@@ -105,14 +109,17 @@ async def export_plan_bundle(workspace: Workspace, target_id, threshold, entry, 
     return download
 
 
-def run_outcome(workspace: Workspace, segmentation_path, image_path, mode, planned_entry, planned_target,
-                actual_entry, actual_target, planned_plane_point, planned_plane_normal, actual_plane_point,
-                actual_plane_normal) -> None:
+async def run_outcome(workspace: Workspace, segmentation_path, image_path, mode, planned_entry, planned_target,
+                      actual_entry, actual_target, planned_plane_point, planned_plane_normal, actual_plane_point,
+                      actual_plane_normal) -> None:
     """Fill ``plan_outcome_rows``: the post-operative files registered to the open CT, compared per structure;
     the trajectory / cut plane deviations when the actual ones are typed (post-operative RAS)."""
     from aiportal.planning.scene_plan import OUTCOME_COLUMNS, deviation_text, outcome_from_files
 
-    workspace.clear_error("plan")
+    with workspace.state:
+        workspace.clear_error("plan")
+        workspace.state.plan_outcome_busy = True
+    await asyncio.sleep(0)  # the page shows the button busy before the (blocking) registration
     try:
         node, volume = _inputs(workspace)
         deviations = {}
@@ -134,8 +141,10 @@ def run_outcome(workspace: Workspace, segmentation_path, image_path, mode, plann
             runtime=workspace.runtime, **deviations)
     except Exception as error:
         workspace.show_error(error, "plan")
+        workspace.state.plan_outcome_busy = False
         return
     with workspace.state:
+        workspace.state.plan_outcome_busy = False
         workspace.state.plan_outcome_rows = [
             {key: row[key] if key == "structure" else f"{row[key]:.2f}" for key, _, _ in OUTCOME_COLUMNS}
             for row in result["structures"]]
@@ -173,7 +182,8 @@ def outcome_section(workspace: Workspace) -> None:
     _field("plan_actual_plane_point", "Actual cut plane point R A S (optional)", "plan-actual-plane-point")
     _field("plan_actual_plane_normal", "Actual cut plane normal", "plan-actual-plane-normal")
     VBtn("Compare with outcome", size="small", variant="tonal", classes="mt-2", prepend_icon="mdi-compare",
-         click=(lambda *a: run_outcome(workspace, *a), OUTCOME_ARGUMENTS), raw_attrs=_testid("plan-outcome"))
+         loading=("plan_outcome_busy",), raw_attrs=_testid("plan-outcome"),
+         click=(lambda *a: run_outcome(workspace, *a), OUTCOME_ARGUMENTS))
     with html.Div(v_if=("plan_outcome_lines.length",), classes="text-body-2 mt-2",
                   raw_attrs=_testid("plan-outcome-summary")):
         html.Div("{{ line }}", v_for="line in plan_outcome_lines", key="line")
