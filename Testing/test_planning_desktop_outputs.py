@@ -94,6 +94,11 @@ def test_bundle_from_the_panel_matches_the_cli(shared_data, runtime, tmp_path):
 
     with pytest.raises(InputError, match="not empty"):
         session.export_bundle(segmentation, ct.node, out, _segment_id(segmentation, "liver"), 8.0)
+    failed = tmp_path / "failed"  # anonymised series without new UIDs: refused, nothing left in the folder
+    with pytest.raises(InputError):
+        session.export_bundle(segmentation, ct.node, failed, _segment_id(segmentation, "liver"), 8.0,
+                              dicom_volume=ct)
+    assert not any(failed.iterdir())
 
 
 def _motion() -> np.ndarray:

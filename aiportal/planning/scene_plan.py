@@ -49,8 +49,18 @@ def bundle_from_scene(grid: LabelGrid, folder: Path, *, target: str | None = Non
     spec = PlanSpec(target=target, default_threshold_mm=threshold_mm or None,
                     trajectories=list(trajectories or []), tool_radius_mm=tool_radius_mm, organ=organ,
                     planes=list(planes or []), surface=surface)
-    return write_plan_bundle(grid, folder, spec, runtime=runtime, dicom_volume=dicom_volume,
-                             dicom_options=dicom_options)
+    try:
+        return write_plan_bundle(grid, folder, spec, runtime=runtime, dicom_volume=dicom_volume,
+                                 dicom_options=dicom_options)
+    except BaseException:  # a half-written bundle is not left in the (new or empty) folder
+        import shutil
+
+        for path in Path(folder).iterdir() if Path(folder).is_dir() else []:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        raise
 
 
 def outcome_from_nodes(planned: LabelGrid, planned_volume, actual_segmentation, actual_volume, *,
