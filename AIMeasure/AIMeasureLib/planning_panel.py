@@ -1,5 +1,6 @@
 """AIMeasure's Planning section: proximity to the picked segment, a trajectory line re-checked live, and a
-virtual resection of the picked segment by a markups plane or a drawn point list.
+virtual resection of the picked segment by a markups plane or a drawn point list (the plan bundle and plan
+vs outcome: :mod:`AIMeasureLib.planning_outputs_panel`).
 
 The widget side only: the logic is :mod:`aiportal.planning.desktop` (a :class:`PlanningSession` kept by
 AIMeasureLogic, so the structures are precomputed once per segmentation and a dragged end point is
@@ -9,6 +10,8 @@ re-checked in milliseconds).
 import slicer
 from slicer.i18n import tr as _
 from slicer.util import VTKObservationMixin
+
+from AIMeasureLib.planning_outputs_panel import PlanningOutputsPanel
 
 
 class PlanningPanel(VTKObservationMixin):
@@ -28,6 +31,7 @@ class PlanningPanel(VTKObservationMixin):
         self.ui.proximityButton.connect("clicked(bool)", self.onProximityButton)
         self.ui.trajectoryLineSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onTrajectoryLineChanged)
         self.ui.resectButton.connect("clicked(bool)", self.onResectButton)
+        self.outputs = PlanningOutputsPanel(ui, logic, parameterNode, selectedSegmentID)  # bundle, outcome
 
     def cleanup(self) -> None:
         self.removeObservers()

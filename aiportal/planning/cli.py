@@ -25,10 +25,11 @@ def _thresholds(pairs: list[str]) -> dict[str, float]:
     return thresholds
 
 
-def _grid(args: argparse.Namespace, path: Path | None = None):
+def _grid(args: argparse.Namespace, path: Path | None = None, volume: Path | None = None):
     from aiportal.planning.grid import load_label_grid
 
-    return load_label_grid(path or args.segmentation, class_map=args.class_map, task=args.task, volume=args.volume)
+    return load_label_grid(path or args.segmentation, class_map=args.class_map, task=args.task,
+                           volume=volume or args.volume)
 
 
 def _emit(args: argparse.Namespace, result, lines: list[str]) -> int:
@@ -140,68 +141,56 @@ def cmd_angle(args: argparse.Namespace) -> int:
     return _emit(args, result, [f"{result['kind']} angle: {result['angle_deg']:.2f}°"])
 
 
+def _plan_spec(args: argparse.Namespace, grid):
+    from aiportal.planning.plan_export import PlanSpec
+
+    return PlanSpec(target=args.target, structures=args.structures, thresholds=_thresholds(args.threshold),
+                    default_threshold_mm=args.default_threshold,
+                    trajectories=[(v[:3], v[3:]) for v in args.trajectory or []], tool_radius_mm=args.radius,
+                    organ=args.organ, planes=_planes(args.plane), combine=args.combine, margin_mm=args.margin,
+                    surface=_surface(args, grid) if args.organ else None)
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from aiportal.planning.bundle import write_bundle
-    from aiportal.planning.resection import resect
+    from aiportal.planning.plan_export import require_empty_folder, write_plan_bundle
     from aiportal.runtime import get_runtime
 
-    if args.out.exists() and any(args.out.iterdir()) and not args.overwrite:
-        raise InputError(f"output folder {args.out} is not empty", "choose a new folder or pass --overwrite")
+    require_empty_folder(args.out, args.overwrite)
     grid = _grid(args)
-    plan: dict = {"segmentation": grid.source, "target": args.target}
-    if args.target:
-        plan["proximity"] = _proximity_rows(args, grid)
-    plan["trajectories"] = [_trajectory(args, grid, v[:3], v[3:]) for v in args.trajectory or []]
-    resected = None
-    if args.organ:
-        result, resected = resect(grid, args.organ, planes=_planes(args.plane), combine=args.combine,
-                                  target=args.target, margin_mm=args.margin, surface=_surface(args, grid))
-        plan["resection"] = result.as_dict()
     segments = args.segments or ([args.target] if args.target else []) + list(args.structures or []) + (
-        [args.organ] if args.organ else [])
+        [args.organ] if args.organ else [])  # none named: every segment
     dicom_volume, dicom_options = None, None
     if args.dicom:
         from aiportal.io.volumes import load_volume
-        from aiportal.planning.bundle_dicom import require_series_lattice
 
         dicom_volume = load_volume(args.dicom, get_runtime())
         if dicom_volume.source is None:
             raise InputError(f"--dicom {args.dicom} is not a DICOM series", "give the series the plan was made on")
-        require_series_lattice(grid, dicom_volume.node)  # before anything is written
         dicom_options = {"task": args.task, "snomed_csv": args.snomed_csv, "assign_missing_uids": args.assign_uids,
                          "observer_person": args.observer}
-    manifest = write_bundle(grid, args.out, plan, segments=list(dict.fromkeys(segments)), resected_mask=resected,
-                            coordinates=args.coordinates.upper(), dicom_volume=dicom_volume,
-                            dicom_options=dicom_options)
-    return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"])
+    manifest = write_plan_bundle(grid, args.out, _plan_spec(args, grid), segments=segments or None,
+                                 coordinates=args.coordinates.upper(), dicom_volume=dicom_volume,
+                                 dicom_options=dicom_options)
+    return _emit(args, manifest, [f"plan bundle in {args.out}: {len(manifest['files'])} files + plan.json"]
+                 + [f"WARNING: {w}" for w in manifest["warnings"]])
 
 
 def cmd_outcome(args: argparse.Namespace) -> int:
-    from aiportal.planning.geometry import plane_deviation, trajectory_deviation
-    from aiportal.planning.outcome import compare_outcome
+    from aiportal.planning.outcome import outcome_lines, plan_outcome
     from aiportal.planning.outcome_registration import outcome_frame
 
-    planned, actual = _grid(args), _grid(args, args.actual)
+    planned = _grid(args)
+    actual = _grid(args, args.actual, args.actual_image)  # a .seg.nrrd on the post-operative CT
     frame = outcome_frame(args.planned_image, args.actual_image, args.register)
-    result: dict = {"frame": frame.as_dict(),
-                    "structures": compare_outcome(planned, actual, args.structures, frame.actual_to_planned_ras)}
-    lines = [f"{'registered' if frame.registered else 'not registered'}: {frame.reason}"]
-    lines += [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
-              f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
-              f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
-              for r in result["structures"]]
-    if args.planned_trajectory and args.actual_trajectory:
-        p, a = args.planned_trajectory, frame.map_points([args.actual_trajectory[:3], args.actual_trajectory[3:]])
-        result["trajectory"] = trajectory_deviation((p[:3], p[3:]), (a[0], a[1]))
-        lines.append("trajectory: " + ", ".join(f"{k} {v}" for k, v in result["trajectory"].items()))
-    if args.planned_plane and args.actual_plane:
-        p, a = args.planned_plane, args.actual_plane
-        point = frame.map_points(a[:3])[0]
-        normal = frame.actual_to_planned_ras[:3, :3] @ a[3:]  # rigid: normals turn with the points
-        result["plane"] = plane_deviation((p[:3], p[3:]), (point, normal))
-        lines.append("plane: " + ", ".join(f"{k} {v}" for k, v in result["plane"].items()))
-    lines += [f"WARNING: {w}" for w in frame.warnings]
-    return _emit(args, result, lines)
+
+    def pair(values):
+        return (values[:3], values[3:]) if values else None
+
+    result = plan_outcome(planned, actual, frame, args.structures,
+                          planned_trajectory=pair(args.planned_trajectory),
+                          actual_trajectory=pair(args.actual_trajectory),
+                          planned_plane=pair(args.planned_plane), actual_plane=pair(args.actual_plane))
+    return _emit(args, result, outcome_lines(result))
 
 
 def _common(parser: argparse.ArgumentParser, segmentation: bool = True) -> None:

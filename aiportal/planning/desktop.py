@@ -64,6 +64,38 @@ class PlanningSession:
         result, _ = self.resect(segmentation_node, volume_node, organ_id, planes=planes, surface=surface)
         return result
 
+    def export_bundle(self, segmentation_node, volume_node, folder, segment_id: str, threshold_mm: float, *,
+                      line_node=None, cut_node=None, dicom_volume=None, dicom_options: dict | None = None,
+                      runtime=None) -> dict:
+        """The plan bundle of the panel's plan: proximity to the picked segment, the trajectory line (if placed)
+        and, with a cut, its resection (see :func:`aiportal.planning.scene_plan.bundle_from_scene`)."""
+        from aiportal.planning.scene_plan import bundle_from_scene, line_points
+
+        grid = self.grid(segmentation_node, volume_node)
+        name = segmentation_node.GetSegmentation().GetSegment(segment_id).GetName()
+        placed = line_node is not None and line_node.GetNumberOfDefinedControlPoints() >= 2
+        planes, surface = cut_from_markups(cut_node) if cut_node is not None else (None, None)
+        return bundle_from_scene(grid, folder, target=name, threshold_mm=threshold_mm,
+                                 trajectories=[line_points(line_node)] if placed else [],
+                                 organ=name if cut_node is not None else None, planes=planes, surface=surface,
+                                 dicom_volume=dicom_volume, dicom_options=dicom_options, runtime=runtime)
+
+    def outcome(self, segmentation_node, volume_node, actual_segmentation, actual_volume, *, mode: str = "auto",
+                planned_line=None, actual_line=None, planned_cut=None, actual_plane=None, planned_source=None,
+                actual_source=None) -> dict:
+        """Plan vs outcome (see :func:`~aiportal.planning.scene_plan.outcome_from_nodes`); the lines and planes
+        are compared when both of a pair are given (the planned cut only when it is a markups plane)."""
+        from aiportal.planning.scene_plan import line_points, outcome_from_nodes, plane_of
+
+        deviations = {}
+        if planned_line is not None and actual_line is not None:
+            deviations.update(planned_trajectory=line_points(planned_line), actual_trajectory=line_points(actual_line))
+        if planned_cut is not None and planned_cut.IsA("vtkMRMLMarkupsPlaneNode") and actual_plane is not None:
+            deviations.update(planned_plane=plane_of(planned_cut), actual_plane=plane_of(actual_plane))
+        return outcome_from_nodes(self.grid(segmentation_node, volume_node), volume_node, actual_segmentation,
+                                  actual_volume, mode=mode, planned_source=planned_source,
+                                  actual_source=actual_source, **deviations)
+
     def centre_ras(self, segmentation_node, volume_node, segment_id: str):
         """The centroid (RAS) of a segment's voxels: the side a drawn surface removes."""
         grid = self.grid(segmentation_node, volume_node)

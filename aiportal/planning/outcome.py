@@ -63,3 +63,36 @@ def compare_outcome(planned: LabelGrid, actual: LabelGrid, structures: list[str]
     a 4×4 post-operative RAS → planning RAS matrix)."""
     names = structures or [n for n in planned.present_names() if n in set(actual.present_names())]
     return [asdict(compare_structure(planned, actual, name, actual_to_planned)) for name in names]
+
+
+def plan_outcome(planned: LabelGrid, actual: LabelGrid, frame, structures: list[str] | None = None, *,
+                 planned_trajectory=None, actual_trajectory=None, planned_plane=None, actual_plane=None) -> dict:
+    """Every face's plan-vs-outcome result: the frame (an :class:`~aiportal.planning.outcome_registration.
+    OutcomeFrame`), the per-structure distances and, given both, the trajectory ((entry, target) RAS) and cut
+    plane ((point, normal)) deviations; the actual ones are in the post-operative frame and mapped first."""
+    from aiportal.planning.geometry import plane_deviation, trajectory_deviation
+
+    result: dict = {"frame": frame.as_dict(),
+                    "structures": compare_outcome(planned, actual, structures, frame.actual_to_planned_ras)}
+    if planned_trajectory is not None and actual_trajectory is not None:
+        mapped = frame.map_points([actual_trajectory[0], actual_trajectory[1]])
+        result["trajectory"] = trajectory_deviation(tuple(planned_trajectory), (mapped[0], mapped[1]))
+    if planned_plane is not None and actual_plane is not None:
+        point = frame.map_points(actual_plane[0])[0]
+        normal = frame.actual_to_planned_ras[:3, :3] @ np.asarray(actual_plane[1], float)  # rigid: normals turn too
+        result["plane"] = plane_deviation(tuple(planned_plane), (point, normal))
+    return result
+
+
+def outcome_lines(result: dict) -> list[str]:
+    """The result as text lines (CLI, desktop panel)."""
+    frame = result["frame"]
+    lines = [f"{'registered' if frame['registered'] else 'not registered'}: {frame['reason']}"]
+    lines += [f"{r['structure']:<32} volume {r['planned_ml']:.1f} → {r['actual_ml']:.1f} ml "
+              f"({r['volume_change_percent']:+.1f} %), mean surface {r['mean_surface_distance_mm']:.2f} mm, "
+              f"Hausdorff {r['hausdorff_mm']:.2f} mm" + (f", Dice {r['dice']:.3f}" if r["dice"] is not None else "")
+              for r in result["structures"]]
+    for key in ("trajectory", "plane"):
+        if key in result:
+            lines.append(f"{key}: " + ", ".join(f"{k} {v}" for k, v in result[key].items()))
+    return lines + [f"WARNING: {w}" for w in frame["warnings"]]

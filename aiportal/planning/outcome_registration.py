@@ -54,20 +54,34 @@ def outcome_frame(planned_image: Path | None, actual_image: Path | None, mode: s
     if mode == "no":
         return OutcomeFrame(reason="registration turned off (--register no)")
     from aiportal.io.volumes import load_volume
-    from aiportal.register.registration import register_volumes
     from aiportal.runtime import get_runtime
 
     runtime = runtime or get_runtime()
     planned, actual = load_volume(planned_image, runtime), load_volume(actual_image, runtime)
     try:
-        same_frame = (planned.source is not None and actual.source is not None
-                      and planned.source.frame_of_reference_uid
-                      and planned.source.frame_of_reference_uid == actual.source.frame_of_reference_uid)
-        if mode == "auto" and same_frame:
-            return OutcomeFrame(reason="both series share one frame of reference")
-        result = register_volumes(planned.node, actual.node, kind="rigid")
+        return frame_for_volumes(planned.node, actual.node, mode, planned.source, actual.source)
     finally:
         runtime.scene.RemoveNode(planned.node)
         runtime.scene.RemoveNode(actual.node)
+
+
+def frame_for_volumes(planned_node, actual_node, mode: str = "auto", planned_source=None,
+                      actual_source=None) -> OutcomeFrame:
+    """Register the post-operative volume node to the planning one (rigid) as ``mode`` says; the DICOM
+    sources (if any) tell ``auto`` whether both share one frame of reference."""
+    from aiportal.register.registration import register_volumes
+
+    if mode not in MODES:
+        raise InputError(f"registration mode {mode!r} is unknown", "use auto, yes or no")
+    if mode == "no":
+        return OutcomeFrame(reason="registration turned off",
+                            warnings=["not registered: the post-operative segmentation is assumed to be in the "
+                                      "planning frame"])
+    same_frame = (planned_source is not None and actual_source is not None
+                  and planned_source.frame_of_reference_uid
+                  and planned_source.frame_of_reference_uid == actual_source.frame_of_reference_uid)
+    if mode == "auto" and same_frame:
+        return OutcomeFrame(reason="both series share one frame of reference")
+    result = register_volumes(planned_node, actual_node, kind="rigid")
     return OutcomeFrame(np.asarray(result.matrix_ras, float), True, "rigid registration of the post-operative "
                         "image to the planning image", result.summary(), list(result.warnings))

@@ -1,5 +1,6 @@
 """The workspace's Planning panel: closest approach of every segment to a picked one, with alerts; a
-trajectory's clearances; a virtual resection by a plane or a drawn surface (:mod:`planning_actions`).
+trajectory's clearances; a virtual resection by a plane or a drawn surface (:mod:`planning_actions`); the
+plan bundle and plan vs outcome (:mod:`planning_outputs`).
 
 The numbers come from :mod:`aiportal.planning` (the same session object the desktop panel uses).
 """
@@ -23,6 +24,7 @@ from trame.widgets.vuetify3 import (
 )
 
 from aiportal.workspace.planning_actions import run_resection, run_trajectory
+from aiportal.workspace.planning_outputs import OUTCOME_STATE, bundle_section, outcome_section
 
 if TYPE_CHECKING:
     from aiportal.workspace.app import Workspace
@@ -67,7 +69,7 @@ class PlanningPanel(VCard):
                                 "plan_error": "", "plan_error_fix": "", "plan_entry": "", "plan_target_point": "",
                                 "plan_radius": "0", "plan_path_rows": [], "plan_path_length": "",
                                 "plan_organ": None, "plan_plane_point": "", "plan_plane_normal": "",
-                                "plan_surface": "", "plan_resection": None})
+                                "plan_surface": "", "plan_resection": None, **OUTCOME_STATE})
         with self:
             VCardTitle("Planning")
             with VCardText():
@@ -99,6 +101,8 @@ class PlanningPanel(VCard):
                             VChip("alert", v_if=("row.alert",), size="x-small", color="red")
                 _trajectory_section(workspace)
                 _resection_section(workspace)
+                bundle_section(workspace)
+                outcome_section(workspace)
 
 
 def _field(model: str, label: str, testid: str) -> None:
