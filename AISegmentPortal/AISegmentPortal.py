@@ -26,6 +26,9 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from AISegmentPortalLib.review_panel import ReviewPanel  # noqa: E402 (the Review section)
+from AISegmentPortalLib.review_panel import runSelfTest as reviewSelfTest
+
 from aiportal.background import FunctionJob
 from aiportal.desktop_jobs import JobFollower, desktop_jobs, follow
 from aiportal.desktop_requirements import ensure_feature
@@ -224,6 +227,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.installWeightsButton.connect("clicked(bool)", self.onInstallWeights)
+        self.reviewPanel = ReviewPanel(  # accept / mark as edited / reject each AI segment: AISegmentPortalLib
+            self.ui, lambda: self._parameterNode.outputSegmentation if self._parameterNode else None)
         # the API key stays in this session's memory (or the environment), never in the scene file
         self.ui.serverKeyLineEdit.text = os.environ.get("AIPORTAL_SERVER_API_KEY", "")
 
@@ -305,6 +310,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif index != comboBox.currentIndex:
                 comboBox.currentIndex = index
             comboBox.toolTip = comboBox.itemData(comboBox.currentIndex, qt.Qt.ToolTipRole) or ""
+            self.reviewPanel.refresh()  # the output segmentation may have changed
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
@@ -492,6 +498,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode.showIn3D:
                 show_segmentation_3d(result.segmentation_node, True)
         self._showResult(result)
+        self.reviewPanel.showResult(result, self._parameterNode.inputVolume.GetName()
+                                    if self._parameterNode and self._parameterNode.inputVolume else "")
 
     def _showResult(self, result: "SegmentationResult") -> None:
         """Fill the results table: each segment's model confidence, then the provenance of the run."""
@@ -848,6 +856,18 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.absent_labels, [])
         self.assertEqual(result.model.id, DEFAULT_MODEL_ID)
         self.assertEqual(result.provenance.model_id, DEFAULT_MODEL_ID)
+
+        from aiportal.audit import AuditLog
+
+        with tempfile.TemporaryDirectory() as folder:  # review decisions, audited with the AI draft's Dice
+            previousDrafts = os.environ.get("AIPORTAL_DRAFTS_DIR")
+            os.environ["AIPORTAL_DRAFTS_DIR"] = os.path.join(folder, "drafts")
+            try:
+                reviewSelfTest(self, result, AuditLog(os.path.join(folder, "audit.jsonl")))
+            finally:
+                os.environ.pop("AIPORTAL_DRAFTS_DIR")
+                if previousDrafts is not None:
+                    os.environ["AIPORTAL_DRAFTS_DIR"] = previousDrafts
 
         with tempfile.TemporaryDirectory() as folder:
             exported = logic.exportResults(segmentationNode, inputVolume, folder,

@@ -1,0 +1,101 @@
+"""AISegmentPortal's Review section: every AI segment is a suggestion the reader accepts, marks as edited or
+rejects; each decision is audited with the Dice and volume change between the AI's draft and her segment.
+
+The widget side only: the rules are :mod:`aiportal.review` (the same calls as the browser workspace),
+the rows and lines shown are :mod:`aiportal.review_view`.
+"""
+
+import getpass
+from collections.abc import Callable
+
+import qt
+import slicer
+from slicer.i18n import tr as _
+
+from aiportal.audit import AuditLog, ai_run_fields
+from aiportal.review import ReviewOutcome, remember_suggestions, review_segment
+from aiportal.review_view import outcome_text, pending_text, review_rows
+from aiportal.settings import Settings
+
+#: (button object name in the .ui, decision recorded through aiportal.review)
+DECISION_BUTTONS = (("reviewAcceptButton", "accepted"), ("reviewEditedButton", "modified"),
+                    ("reviewRejectButton", "rejected"))
+
+
+def auditLog() -> AuditLog:
+    """The audit trail every face writes to (AIPORTAL_AUDIT_LOG overrides)."""
+    return AuditLog(Settings.from_environment().audit_log)
+
+
+def rememberResult(result, inputName: str, log: AuditLog | None = None) -> int:
+    """A result is shown: keep its suggestions' digests and drafts, and audit the run (as the workspace does)."""
+    stored = remember_suggestions(result.segmentation_node)
+    (log or auditLog()).append("ai_run", **ai_run_fields(result, inputName), via="desktop")
+    return stored
+
+
+def decide(segmentationNode, segmentID: str, decision: str, log: AuditLog | None = None) -> ReviewOutcome:
+    """The reader's decision on one AI segment, recorded under her login; a rejected segment is removed."""
+    return review_segment(segmentationNode, segmentID, decision, log=log or auditLog(), user=getpass.getuser())
+
+
+class ReviewPanel:
+    """Connects the Review section's widgets (``ui``) to the shown segmentation (``segmentationNode()``)."""
+
+    def __init__(self, ui, segmentationNode: Callable) -> None:
+        self.ui = ui
+        self._segmentationNode = segmentationNode
+        for name, decision in DECISION_BUTTONS:
+            getattr(ui, name).connect("clicked(bool)", lambda checked=False, d=decision: self.onDecision(d))
+        self.refresh()
+
+    def showResult(self, result, inputName: str) -> None:
+        """Called when a result is shown: its segments become suggestions waiting for a decision."""
+        with slicer.util.tryWithErrorDisplay(_("Failed to keep the AI suggestions for review.")):
+            rememberResult(result, inputName)
+        self.ui.reviewLabel.text = ""
+        self.refresh()
+        self.ui.reviewCollapsibleButton.collapsed = False
+
+    def refresh(self) -> None:
+        """One row per AI segment of the shown segmentation: its name and review state."""
+        rows = review_rows(self._segmentationNode())
+        table = self.ui.reviewTable
+        table.setRowCount(len(rows))
+        for index, row in enumerate(rows):
+            nameItem = qt.QTableWidgetItem(row.name)
+            nameItem.setData(qt.Qt.UserRole, row.segment_id)
+            table.setItem(index, 0, nameItem)
+            table.setItem(index, 1, qt.QTableWidgetItem(row.state))
+        self.ui.reviewPendingLabel.text = pending_text(rows)
+
+    def selectedSegmentIDs(self) -> list[str]:
+        table = self.ui.reviewTable
+        indexes = sorted({item.row() for item in table.selectedItems()})
+        return [table.item(index, 0).data(qt.Qt.UserRole) for index in indexes]
+
+    def onDecision(self, decision: str) -> None:
+        node, segmentIDs = self._segmentationNode(), self.selectedSegmentIDs()
+        if node is None or not segmentIDs:
+            slicer.util.warningDisplay(_("Select one or more AI segments in the Review table first."))
+            return
+        lines = []
+        with slicer.util.tryWithErrorDisplay(_("The review decision was not recorded.")):
+            for segmentID in segmentIDs:
+                lines.append(outcome_text(decide(node, segmentID, decision)))
+        self.ui.reviewLabel.text = "\n".join(lines)
+        self.refresh()
+
+
+def runSelfTest(testCase, result, log: AuditLog) -> None:
+    """The module self-test's review: accept one suggestion untouched (Dice 1.0), reject another (removed)."""
+    segmentationNode = result.segmentation_node
+    testCase.assertGreater(rememberResult(result, "phantom", log), 0)
+    rows = review_rows(segmentationNode)
+    testCase.assertTrue(rows and all(row.state == "suggested" for row in rows))
+    accepted = decide(segmentationNode, rows[0].segment_id, "accepted", log)
+    testCase.assertEqual((accepted.decision, accepted.record["draft_dice"]), ("accepted", 1.0))
+    rejected = decide(segmentationNode, rows[-1].segment_id, "rejected", log)
+    testCase.assertTrue(rejected.removed)
+    testCase.assertIsNone(segmentationNode.GetSegmentation().GetSegment(rows[-1].segment_id))
+    testCase.assertEqual([r["decision"] for r in log.records() if r["event"] == "review"], ["accepted", "rejected"])
