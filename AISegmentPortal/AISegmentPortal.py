@@ -26,6 +26,7 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from AISegmentPortalLib.export_panel import ExportPanel  # noqa: E402 (the Export section)
 from AISegmentPortalLib.review_panel import ReviewPanel  # noqa: E402 (the Review section)
 from AISegmentPortalLib.review_panel import runSelfTest as reviewSelfTest
 
@@ -191,7 +192,6 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._poller = None
-        self._exportFollower = None
         self._connectionFollower = None
         self._weightsFollower = None
 
@@ -224,9 +224,10 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modelSearchBox.connect("textChanged(QString)", self._fillModelComboBox)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.installWeightsButton.connect("clicked(bool)", self.onInstallWeights)
+        self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode, followJob,
+                                       self._onJobProgress)  # the Export section: AISegmentPortalLib/export_panel.py
         self.reviewPanel = ReviewPanel(  # accept / mark as edited / reject each AI segment: AISegmentPortalLib
             self.ui, lambda: self._parameterNode.outputSegmentation if self._parameterNode else None)
         # the API key stays in this session's memory (or the environment), never in the scene file
@@ -237,9 +238,10 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        for follower in (self._poller, self._exportFollower, self._connectionFollower, self._weightsFollower):
+        for follower in (self._poller, self._connectionFollower, self._weightsFollower):
             if follower is not None:
                 follower.cancel()
+        self.exportPanel.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -433,49 +435,6 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         elif models is not None:
             self.ui.serverStatusLabel.text = _("Connected: {count} models ({names}).").format(
                 count=len(models), names=", ".join(m["id"] for m in models[:5]))
-
-    def onExportButton(self) -> None:
-        """Export the output segmentation in the checked formats into the chosen folder, in the background."""
-        if self._exportFollower is not None and self._exportFollower.running:
-            self._exportFollower.cancel()
-            return
-        segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        if not segmentationNode or not volumeNode or not self.ui.exportFolderLineEdit.currentPath:
-            slicer.util.warningDisplay(_("Select the input volume, the output segmentation and an output folder."))
-            return
-        formats = [name for name, checkBox in (
-            ("nrrd", self.ui.exportNrrdCheckBox), ("json", self.ui.exportJsonCheckBox),
-            ("csv", self.ui.exportCsvCheckBox), ("seg", self.ui.exportSegCheckBox), ("sr", self.ui.exportSrCheckBox),
-            ("rtstruct", self.ui.exportRtStructCheckBox), ("sc", self.ui.exportScCheckBox),
-            ("estl", self.ui.exportEstlCheckBox),
-            ("stl", self.ui.exportStlCheckBox), ("obj", self.ui.exportObjCheckBox)) if checkBox.checked]
-        options = ExportOptions(
-            formats=tuple(formats),
-            seg_type=self.ui.exportSegTypeComboBox.currentText,
-            assign_missing_uids=self.ui.exportAssignUidsCheckBox.checked,
-            surfaces_merged=self.ui.exportMergedSurfacesCheckBox.checked,
-            coordinates=self.ui.exportCoordinatesComboBox.currentText,
-            volume_true_surfaces=self.ui.exportVolumeTrueSurfacesCheckBox.checked,
-        )
-        folder = self.ui.exportFolderLineEdit.currentPath
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            job = self.logic.createExportJob(segmentationNode, volumeNode, folder, options)
-            self._exportFollower = followJob(job, self._onJobProgress,
-                                             lambda result, error: self._onExportDone(result, error, folder))
-            self.ui.exportButton.text = _("Cancel export")
-
-    def _onExportDone(self, result: ExportResult | None, error: str | None, folder: str) -> None:
-        self.ui.exportButton.text = _("Export")
-        if error is not None:
-            self.ui.statusLabel.text = _("Export failed.")
-            slicer.util.errorDisplay(_("Export failed.") + "\n\n" + error)
-        elif result is None:
-            self.ui.statusLabel.text = _("Export cancelled: nothing was written.")
-        else:
-            self.ui.statusLabel.text = "\n".join(
-                [_("Exported {count} file(s) to {folder}.").format(count=len(result.files), folder=folder),
-                 *result.notes])
 
     def _onJobProgress(self, fraction: float, stage: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)

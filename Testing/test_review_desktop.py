@@ -8,12 +8,11 @@ that keeps its items (no Slicer application runs here); `slicer.util` and the MR
 
 from __future__ import annotations
 
-import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from desktop_panel_fakes import Button, Table, import_panel
 
 from aiportal.audit import AuditLog
 from aiportal.io.volumes import load_volume
@@ -21,76 +20,10 @@ from aiportal.review import review_state
 from aiportal.segment import SegmentationJob
 from aiportal.segmentation import segment_ids, segment_mask, segment_voxel_counts
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-class _Item:
-    def __init__(self, text: str) -> None:
-        self.text, self.values, self.rowIndex = text, {}, -1
-
-    def setData(self, role, value) -> None:
-        self.values[role] = value
-
-    def data(self, role):
-        return self.values.get(role)
-
-    def row(self) -> int:
-        return self.rowIndex
-
-
-class _Table:
-    """What the panel uses of a QTableWidget: rows of items and the rows the reader selected."""
-
-    def __init__(self) -> None:
-        self.rows: list[list[_Item | None]] = []
-        self.selected: list[int] = []
-
-    def setRowCount(self, count: int) -> None:
-        self.rows = [[None, None] for _ in range(count)]
-
-    def setItem(self, row: int, column: int, item: _Item) -> None:
-        item.rowIndex = row
-        self.rows[row][column] = item
-
-    def item(self, row: int, column: int) -> _Item:
-        return self.rows[row][column]
-
-    def selectedItems(self) -> list[_Item]:
-        return [item for row in self.selected for item in self.rows[row]]
-
-    def select(self, name: str) -> None:
-        self.selected = [index for index, row in enumerate(self.rows) if row[0].text == name]
-
-    def states(self) -> dict[str, str]:
-        return {row[0].text: row[1].text for row in self.rows}
-
-
-class _Button:
-    def __init__(self) -> None:
-        self.slots = []
-
-    def connect(self, signal: str, slot) -> None:
-        self.slots.append(slot)
-
-    def click(self) -> None:
-        for slot in self.slots:
-            slot(False)
-
 
 @pytest.fixture
 def review_panel_module(monkeypatch):
-    qt = types.ModuleType("qt")
-    qt.QTableWidgetItem = _Item
-    qt.Qt = types.SimpleNamespace(UserRole=32)
-    i18n = types.ModuleType("slicer.i18n")
-    i18n.tr = lambda text: text
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
-    monkeypatch.syspath_prepend(str(REPO / "AISegmentPortal"))
-    monkeypatch.delitem(sys.modules, "AISegmentPortalLib.review_panel", raising=False)
-    from AISegmentPortalLib import review_panel
-
-    return review_panel
+    return import_panel(monkeypatch, "review_panel")
 
 
 def _grow(node, segment_id: str, volume) -> None:
@@ -116,10 +49,10 @@ def test_the_review_panel_records_edits_rejections_and_acceptances(review_panel_
     node = result.segmentation_node
     names = {node.GetSegmentation().GetSegment(s).GetName(): s for s in segment_ids(node)}
 
-    ui = types.SimpleNamespace(reviewTable=_Table(), reviewPendingLabel=types.SimpleNamespace(text=""),
+    ui = types.SimpleNamespace(reviewTable=Table(), reviewPendingLabel=types.SimpleNamespace(text=""),
                                reviewLabel=types.SimpleNamespace(text=""),
                                reviewCollapsibleButton=types.SimpleNamespace(collapsed=True),
-                               **{name: _Button() for name, _ in review_panel_module.DECISION_BUTTONS})
+                               **{name: Button() for name, _ in review_panel_module.DECISION_BUTTONS})
     shown = [None]
     panel = review_panel_module.ReviewPanel(ui, lambda: shown[0])
     assert ui.reviewTable.rows == [] and ui.reviewPendingLabel.text == "No AI segments to review."
@@ -170,9 +103,9 @@ def test_a_decision_without_a_selection_warns_and_records_nothing(review_panel_m
     monkeypatch.setenv("AIPORTAL_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     warnings = []
     monkeypatch.setattr(slicer.util, "warningDisplay", lambda text, *a, **k: warnings.append(text), raising=False)
-    ui = types.SimpleNamespace(reviewTable=_Table(), reviewPendingLabel=types.SimpleNamespace(text=""),
+    ui = types.SimpleNamespace(reviewTable=Table(), reviewPendingLabel=types.SimpleNamespace(text=""),
                                reviewLabel=types.SimpleNamespace(text=""),
-                               **{name: _Button() for name, _ in review_panel_module.DECISION_BUTTONS})
+                               **{name: Button() for name, _ in review_panel_module.DECISION_BUTTONS})
     review_panel_module.ReviewPanel(ui, lambda: None)
     ui.reviewAcceptButton.click()
     assert warnings and "Select one or more AI segments" in warnings[0]
