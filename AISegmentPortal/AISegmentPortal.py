@@ -29,6 +29,7 @@ if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot 
 from AISegmentPortalLib.export_panel import ExportPanel  # noqa: E402 (the Export section)
 from AISegmentPortalLib.review_panel import ReviewPanel  # noqa: E402 (the Review section)
 from AISegmentPortalLib.review_panel import runSelfTest as reviewSelfTest
+from AISegmentPortalLib.server_panel import ServerPanel  # noqa: E402 (the Server section)
 
 from aiportal.background import FunctionJob
 from aiportal.desktop_jobs import JobFollower, desktop_jobs, follow
@@ -192,7 +193,6 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._poller = None
-        self._connectionFollower = None
         self._weightsFollower = None
 
     def setup(self) -> None:
@@ -224,24 +224,23 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modelSearchBox.connect("textChanged(QString)", self._fillModelComboBox)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.installWeightsButton.connect("clicked(bool)", self.onInstallWeights)
+        self.serverPanel = ServerPanel(self.ui, self.logic, lambda: self._parameterNode, followJob)  # Server section
         self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode, followJob,
                                        self._onJobProgress)  # the Export section: AISegmentPortalLib/export_panel.py
         self.reviewPanel = ReviewPanel(  # accept / mark as edited / reject each AI segment: AISegmentPortalLib
             self.ui, lambda: self._parameterNode.outputSegmentation if self._parameterNode else None)
-        # the API key stays in this session's memory (or the environment), never in the scene file
-        self.ui.serverKeyLineEdit.text = os.environ.get("AIPORTAL_SERVER_API_KEY", "")
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        for follower in (self._poller, self._connectionFollower, self._weightsFollower):
+        for follower in (self._poller, self._weightsFollower):
             if follower is not None:
                 follower.cancel()
         self.exportPanel.cancel()
+        self.serverPanel.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -390,8 +389,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultsTable.setRowCount(0)
             server = None
             if self._parameterNode.runOnServer:
-                server = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
-                if not self._askConsent(server.base_url):
+                server = self.serverPanel.client()
+                if not self.serverPanel.askConsent(server.base_url):
                     return
             job = self.logic.startJob(
                 self._parameterNode.inputVolume,
@@ -404,37 +403,6 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
         self._updateRunState()
-
-    def _askConsent(self, serverURL: str) -> bool:
-        """Ask once per server before an image leaves this computer; the answer is kept in the settings."""
-        key = f"AIPortal/serverConsent/{serverURL}"
-        if slicer.app.settings().value(key) == "yes":
-            return True
-        question = _("The selected volume will be uploaded to {url} and processed there. Its DICOM header is "
-                     "de-identified only if the server is set to do so. Send images to this server?")
-        if not slicer.util.confirmYesNoDisplay(question.format(url=serverURL)):
-            return False
-        slicer.app.settings().setValue(key, "yes")
-        return True
-
-    def onTestConnection(self) -> None:
-        """Check the server address and key (its health and models) in the background."""
-        if self._connectionFollower is not None and self._connectionFollower.running:
-            return
-        with slicer.util.tryWithErrorDisplay(_("The server cannot be used.")):
-            client = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
-            self.ui.serverStatusLabel.text = _("Connecting to {url}...").format(url=client.base_url)
-            self._connectionFollower = followJob(
-                FunctionJob(lambda progress, cancel: client.models(), "connecting"),  # needs a valid key
-                lambda fraction, stage: None, self._onConnectionChecked)
-
-    def _onConnectionChecked(self, models: list | None, error: str | None) -> None:
-        if error is not None:
-            self.ui.serverStatusLabel.text = _("Not connected.")
-            slicer.util.errorDisplay(_("The server cannot be used.") + "\n\n" + error)
-        elif models is not None:
-            self.ui.serverStatusLabel.text = _("Connected: {count} models ({names}).").format(
-                count=len(models), names=", ".join(m["id"] for m in models[:5]))
 
     def _onJobProgress(self, fraction: float, stage: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)
