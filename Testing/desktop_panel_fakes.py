@@ -111,8 +111,9 @@ def import_panel(monkeypatch, name: str):
     monkeypatch.setitem(sys.modules, "slicer.i18n", i18n)
     import slicer
 
-    cursor = types.SimpleNamespace(setOverrideCursor=lambda shape: None, restoreOverrideCursor=lambda: None)
-    monkeypatch.setattr(slicer, "app", cursor, raising=False)  # tryWithErrorDisplay(waitCursor=True)
+    app = types.SimpleNamespace(setOverrideCursor=lambda shape: None, restoreOverrideCursor=lambda: None,
+                                layoutManager=lambda: None)  # tryWithErrorDisplay(waitCursor=True); no main window
+    monkeypatch.setattr(slicer, "app", app, raising=False)
     monkeypatch.syspath_prepend(str(REPO / "AISegmentPortal"))
     monkeypatch.delitem(sys.modules, f"AISegmentPortalLib.{name}", raising=False)
     return __import__(f"AISegmentPortalLib.{name}", fromlist=[name])

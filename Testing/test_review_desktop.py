@@ -110,3 +110,32 @@ def test_a_decision_without_a_selection_warns_and_records_nothing(review_panel_m
     ui.reviewAcceptButton.click()
     assert warnings and "Select one or more AI segments" in warnings[0]
     assert not (tmp_path / "audit.jsonl").exists()
+
+
+def test_the_3d_view_buttons_result_is_kept_for_review(monkeypatch, runtime, tmp_path):
+    """The AI Segment button of the 3D views: its result's segments become suggestions with drafts, run audited."""
+    import slicer
+
+    from aiportal.io.volumes import volume_node_from_array
+    from aiportal.sample import make_ct_phantom
+
+    monkeypatch.setenv("AIPORTAL_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
+    monkeypatch.setenv("AIPORTAL_DRAFTS_DIR", str(tmp_path / "drafts"))
+    view_buttons = import_panel(monkeypatch, "view_buttons")
+    monkeypatch.setattr(slicer.util, "showStatusMessage", lambda *a, **k: None, raising=False)
+    phantom = make_ct_phantom(shape=(40, 96, 96), spacing=(5.0, 3.5, 3.5))
+    volume = volume_node_from_array(runtime.scene, phantom.hu, phantom.ijk_to_ras, "phantom")
+    started = []
+    buttons = view_buttons.ThreeDViewSegmentButtons(
+        lambda node, onProgress, onDone: started.append(node) or types.SimpleNamespace(running=True), "classic-ct")
+    monkeypatch.setattr(view_buttons, "backgroundVolume", lambda: volume)
+    buttons.onClicked()
+    assert started == [volume]
+    result = SegmentationJob(volume, "classic-ct", runtime=runtime).run()
+    buttons._poller.running = False
+    buttons._onDone(result, None)
+    node = result.segmentation_node
+    assert {review_state(node, s) for s in segment_ids(node)} == {"suggested"}
+    assert len(list((tmp_path / "drafts").glob("*.npz"))) == len(segment_ids(node))
+    (run,) = AuditLog(tmp_path / "audit.jsonl").records()
+    assert (run["event"], run["input"], run["via"]) == ("ai_run", "phantom", "desktop")

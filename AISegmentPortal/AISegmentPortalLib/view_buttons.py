@@ -1,7 +1,8 @@
 """AISegmentPortal's "AI Segment" button in the controller bar of every 3D view.
 
 A click segments the volume shown in the red slice view with the module's default model: the job is
-started and followed by the module (``startPoller``), progress goes to the status bar.
+started and followed by the module (``startPoller``), progress goes to the status bar; the result's
+segments are suggestions kept for review (drafts, audited run) as in the module's Review section.
 """
 
 from collections.abc import Callable
@@ -11,6 +12,7 @@ import slicer
 from slicer.i18n import tr as _
 
 from aiportal.segment import show_segmentation_3d
+from AISegmentPortalLib.review_panel import rememberResult
 
 #: Object name of the "AI Segment" button in the 3D view controller bars (to find it again).
 VIEW_BUTTON_OBJECT_NAME = "AISegmentPortalThreeDViewButton"
@@ -28,6 +30,7 @@ class ThreeDViewSegmentButtons:
         self._startPoller = startPoller
         self._modelId = modelId
         self._poller = None
+        self._volumeName = ""
         self._installed = False
 
     def install(self) -> None:
@@ -77,6 +80,7 @@ class ThreeDViewSegmentButtons:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
             self._poller = self._startPoller(volumeNode, self._onProgress, self._onDone)
+            self._volumeName = volumeNode.GetName()
         self._updateButtons()
 
     def _onProgress(self, fraction: float, stage: str) -> None:
@@ -93,6 +97,8 @@ class ThreeDViewSegmentButtons:
             slicer.util.showStatusMessage(_("AI Segment cancelled."), 5000)
         else:
             show_segmentation_3d(result.segmentation_node, True)
+            with slicer.util.tryWithErrorDisplay(_("Failed to keep the AI suggestions for review.")):
+                rememberResult(result, self._volumeName)  # reviewed in the module's Review section
             slicer.util.showStatusMessage(
                 _("AI Segment: {name} is ready.").format(name=result.segmentation_node.GetName()), 5000
             )
