@@ -240,6 +240,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 follower.cancel()
         self.exportPanel.cancel()
         self.serverPanel.cancel()
+        self.reviewPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:

@@ -81,6 +81,13 @@ def test_the_review_panel_records_edits_rejections_and_acceptances(review_panel_
     assert names["Body"] not in segment_ids(node) and review_state(node, names["Bone"]) == "accepted"
     assert ui.reviewPendingLabel.text == f"{len(names) - 3} of {len(names) - 1} AI segments wait for your decision."
 
+    # a segment removed or renamed in the Segment Editor leaves the table at once (the node is observed)
+    node.GetSegmentation().GetSegment(names["Bone"]).SetName("Bone (checked)")
+    assert "Bone (checked)" in ui.reviewTable.states()
+    node.GetSegmentation().RemoveSegment(names["Left lung"])
+    assert "Left lung" not in ui.reviewTable.states()
+    panel.cleanup()
+
     log = AuditLog(tmp_path / "audit.jsonl")
     records = log.records()
     assert [r["event"] for r in records] == ["ai_run", "review", "review", "review"]

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import qt
 import slicer
 from slicer.i18n import tr as _
+from slicer.util import VTKObservationMixin
 
 from aiportal.audit import AuditLog, ai_run_fields
 from aiportal.review import ReviewOutcome, remember_suggestions, review_segment
@@ -39,12 +40,19 @@ def decide(segmentationNode, segmentID: str, decision: str, log: AuditLog | None
     return review_segment(segmentationNode, segmentID, decision, log=log or auditLog(), user=getpass.getuser())
 
 
-class ReviewPanel:
+#: Segments added, removed or renamed elsewhere (the Segment Editor) refresh the table.
+SEGMENT_EVENTS = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+
+
+class ReviewPanel(VTKObservationMixin):
     """Connects the Review section's widgets (``ui``) to the shown segmentation (``segmentationNode()``)."""
 
     def __init__(self, ui, segmentationNode: Callable) -> None:
+        VTKObservationMixin.__init__(self)
         self.ui = ui
         self._segmentationNode = segmentationNode
+        self._observed = None
         for name, decision in DECISION_BUTTONS:
             getattr(ui, name).connect("clicked(bool)", lambda checked=False, d=decision: self.onDecision(d))
         self.refresh()
@@ -57,9 +65,25 @@ class ReviewPanel:
         self.refresh()
         self.ui.reviewCollapsibleButton.collapsed = False
 
-    def refresh(self) -> None:
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def _observe(self, node) -> None:
+        if node is self._observed:
+            return
+        if self._observed is not None:
+            for event in SEGMENT_EVENTS:
+                self.removeObserver(self._observed, event, self.refresh)
+        self._observed = node
+        if node is not None:
+            for event in SEGMENT_EVENTS:
+                self.addObserver(node, event, self.refresh)
+
+    def refresh(self, caller=None, event=None) -> None:
         """One row per AI segment of the shown segmentation: its name and review state."""
-        rows = review_rows(self._segmentationNode())
+        node = self._segmentationNode()
+        self._observe(node)
+        rows = review_rows(node)
         table = self.ui.reviewTable
         table.setRowCount(len(rows))
         for index, row in enumerate(rows):
