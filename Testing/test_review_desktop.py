@@ -52,7 +52,7 @@ def test_the_review_panel_records_edits_rejections_and_acceptances(review_panel_
     ui = types.SimpleNamespace(reviewTable=Table(), reviewPendingLabel=types.SimpleNamespace(text=""),
                                reviewLabel=types.SimpleNamespace(text=""),
                                reviewCollapsibleButton=types.SimpleNamespace(collapsed=True),
-                               **{name: Button() for name, _ in review_panel_module.DECISION_BUTTONS})
+                               **{name: Button() for name in review_panel_module.DECISION_BUTTONS})
     shown = [None]
     panel = review_panel_module.ReviewPanel(ui, lambda: shown[0])
     assert ui.reviewTable.rows == [] and ui.reviewPendingLabel.text == "No AI segments to review."
@@ -112,7 +112,7 @@ def test_a_decision_without_a_selection_warns_and_records_nothing(review_panel_m
     monkeypatch.setattr(slicer.util, "warningDisplay", lambda text, *a, **k: warnings.append(text), raising=False)
     ui = types.SimpleNamespace(reviewTable=Table(), reviewPendingLabel=types.SimpleNamespace(text=""),
                                reviewLabel=types.SimpleNamespace(text=""),
-                               **{name: Button() for name, _ in review_panel_module.DECISION_BUTTONS})
+                               **{name: Button() for name in review_panel_module.DECISION_BUTTONS})
     review_panel_module.ReviewPanel(ui, lambda: None)
     ui.reviewAcceptButton.click()
     assert warnings and "Select one or more AI segments" in warnings[0]

@@ -18,9 +18,8 @@ from aiportal.review import ReviewOutcome, remember_suggestions, review_segment
 from aiportal.review_view import outcome_text, pending_text, review_rows
 from aiportal.settings import Settings
 
-#: (button object name in the .ui, decision recorded through aiportal.review)
-DECISION_BUTTONS = (("reviewAcceptButton", "accepted"), ("reviewEditedButton", "modified"),
-                    ("reviewRejectButton", "rejected"))
+#: The Review section's decision buttons (object names in the .ui).
+DECISION_BUTTONS = ("reviewAcceptButton", "reviewEditedButton", "reviewRejectButton")
 
 
 def auditLog() -> AuditLog:
@@ -53,8 +52,10 @@ class ReviewPanel(VTKObservationMixin):
         self.ui = ui
         self._segmentationNode = segmentationNode
         self._observed = None
-        for name, decision in DECISION_BUTTONS:
-            getattr(ui, name).connect("clicked(bool)", lambda checked=False, d=decision: self.onDecision(d))
+        # each button records its decision through aiportal.review (accepted becomes modified after an edit)
+        self.ui.reviewAcceptButton.connect("clicked(bool)", lambda checked=False: self.onDecision("accepted"))
+        self.ui.reviewEditedButton.connect("clicked(bool)", lambda checked=False: self.onDecision("modified"))
+        self.ui.reviewRejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision("rejected"))
         self.refresh()
 
     def showResult(self, result, inputName: str) -> None:
