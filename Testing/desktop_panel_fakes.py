@@ -33,6 +33,7 @@ class Table:
     def __init__(self) -> None:
         self.rows: list[list[Item | None]] = []
         self.selected: list[int] = []
+        self.slots = []
 
     def setRowCount(self, count: int) -> None:
         self.rows = [[None, None] for _ in range(count)]
@@ -47,8 +48,14 @@ class Table:
     def selectedItems(self) -> list[Item]:
         return [item for row in self.selected for item in self.rows[row]]
 
+    def connect(self, signal: str, slot) -> None:
+        self.slots.append(slot)
+
     def select(self, name: str) -> None:
+        """The reader clicks the row of this segment name (itemSelectionChanged follows)."""
         self.selected = [index for index, row in enumerate(self.rows) if row[0].text == name]
+        for slot in self.slots:
+            slot()
 
     def states(self) -> dict[str, str]:
         return {row[0].text: row[1].text for row in self.rows}

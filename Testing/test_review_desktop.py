@@ -66,7 +66,10 @@ def test_the_review_panel_records_edits_rejections_and_acceptances(review_panel_
     _grow(node, names["Left lung"], volume)
     after = segment_voxel_counts(node)[names["Left lung"]]
     assert after > before
-    ui.reviewTable.select("Left lung")
+    editor = runtime.scene.AddNewNodeByClass("vtkMRMLSegmentEditorNode")  # the Segment Editor's parameters
+    editor.SetAndObserveSegmentationNode(node)
+    ui.reviewTable.select("Left lung")  # picking the row selects the segment for editing
+    assert editor.GetSelectedSegmentID() == names["Left lung"]
     ui.reviewEditedButton.click()
     assert "Left lung: modified" in ui.reviewLabel.text and "Dice with the AI draft" in ui.reviewLabel.text
     ui.reviewTable.select("Body")

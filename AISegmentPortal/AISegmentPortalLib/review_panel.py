@@ -56,6 +56,7 @@ class ReviewPanel(VTKObservationMixin):
         self.ui.reviewAcceptButton.connect("clicked(bool)", lambda checked=False: self.onDecision("accepted"))
         self.ui.reviewEditedButton.connect("clicked(bool)", lambda checked=False: self.onDecision("modified"))
         self.ui.reviewRejectButton.connect("clicked(bool)", lambda checked=False: self.onDecision("rejected"))
+        self.ui.reviewTable.connect("itemSelectionChanged()", self.onSelectionChanged)
         self.refresh()
 
     def showResult(self, result, inputName: str) -> None:
@@ -99,6 +100,12 @@ class ReviewPanel(VTKObservationMixin):
         indexes = sorted({item.row() for item in table.selectedItems()})
         return [table.item(index, 0).data(qt.Qt.UserRole) for index in indexes]
 
+    def onSelectionChanged(self) -> None:
+        """One picked row becomes the Segment Editor's selected segment, ready to be edited before a decision."""
+        node, segmentIDs = self._segmentationNode(), self.selectedSegmentIDs()
+        if node is not None and len(segmentIDs) == 1:
+            selectInSegmentEditors(node, segmentIDs[0])
+
     def onDecision(self, decision: str) -> None:
         node, segmentIDs = self._segmentationNode(), self.selectedSegmentIDs()
         if node is None or not segmentIDs:
@@ -110,6 +117,17 @@ class ReviewPanel(VTKObservationMixin):
                 lines.append(outcome_text(decide(node, segmentID, decision)))
         self.ui.reviewLabel.text = "\n".join(lines)
         self.refresh()
+
+
+def selectInSegmentEditors(segmentationNode, segmentID: str) -> int:
+    """Select the segment in every Segment Editor that edits this segmentation; returns how many did."""
+    scene = segmentationNode.GetScene()
+    editors = [scene.GetNthNodeByClass(index, "vtkMRMLSegmentEditorNode")
+               for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentEditorNode"))] if scene else []
+    editing = [editor for editor in editors if editor.GetSegmentationNode() is segmentationNode]
+    for editor in editing:
+        editor.SetSelectedSegmentID(segmentID)
+    return len(editing)
 
 
 def runSelfTest(testCase, result, log: AuditLog) -> None:
