@@ -26,6 +26,12 @@ _repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(_repositoryRoot, "aiportal")) and _repositoryRoot not in sys.path:
     sys.path.append(_repositoryRoot)
 
+from AISegmentPortalLib.export_panel import ExportPanel  # noqa: E402 (the Export section)
+from AISegmentPortalLib.review_panel import ReviewPanel  # noqa: E402 (the Review section)
+from AISegmentPortalLib.review_panel import runSelfTest as reviewSelfTest
+from AISegmentPortalLib.server_panel import ServerPanel  # noqa: E402 (the Server section)
+from AISegmentPortalLib.view_buttons import VIEW_BUTTON_OBJECT_NAME, ThreeDViewSegmentButtons
+
 from aiportal.background import FunctionJob
 from aiportal.desktop_jobs import JobFollower, desktop_jobs, follow
 from aiportal.desktop_requirements import ensure_feature
@@ -44,8 +50,6 @@ if TYPE_CHECKING:
 
 #: Model run by the "AI Segment" button of the 3D views and preselected in the module.
 DEFAULT_MODEL_ID = "classic-ct"
-#: Object name of the "AI Segment" button in the 3D view controller bars (to find it again).
-VIEW_BUTTON_OBJECT_NAME = "AISegmentPortalThreeDViewButton"
 #: How often the main thread polls a running job for progress.
 POLL_INTERVAL_MS = 100
 
@@ -188,8 +192,6 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._poller = None
-        self._exportFollower = None
-        self._connectionFollower = None
         self._weightsFollower = None
 
     def setup(self) -> None:
@@ -221,20 +223,24 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modelSearchBox.connect("textChanged(QString)", self._fillModelComboBox)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
-        self.ui.testConnectionButton.connect("clicked(bool)", self.onTestConnection)
         self.ui.installWeightsButton.connect("clicked(bool)", self.onInstallWeights)
-        # the API key stays in this session's memory (or the environment), never in the scene file
-        self.ui.serverKeyLineEdit.text = os.environ.get("AIPORTAL_SERVER_API_KEY", "")
+        self.serverPanel = ServerPanel(self.ui, self.logic, lambda: self._parameterNode, followJob)  # Server section
+        self.exportPanel = ExportPanel(self.ui, self.logic, lambda: self._parameterNode, followJob,
+                                       self._onJobProgress)  # the Export section: AISegmentPortalLib/export_panel.py
+        self.reviewPanel = ReviewPanel(  # accept / mark as edited / reject each AI segment: AISegmentPortalLib
+            self.ui, lambda: self._parameterNode.outputSegmentation if self._parameterNode else None)
 
         # Make sure parameter node is initialized (needed for module reload)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
-        for follower in (self._poller, self._exportFollower, self._connectionFollower, self._weightsFollower):
+        for follower in (self._poller, self._weightsFollower):
             if follower is not None:
                 follower.cancel()
+        self.exportPanel.cancel()
+        self.serverPanel.cancel()
+        self.reviewPanel.cleanup()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -305,6 +311,7 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             elif index != comboBox.currentIndex:
                 comboBox.currentIndex = index
             comboBox.toolTip = comboBox.itemData(comboBox.currentIndex, qt.Qt.ToolTipRole) or ""
+            self.reviewPanel.refresh()  # the output segmentation may have changed
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
@@ -382,8 +389,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.resultsTable.setRowCount(0)
             server = None
             if self._parameterNode.runOnServer:
-                server = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
-                if not self._askConsent(server.base_url):
+                server = self.serverPanel.client()
+                if not self.serverPanel.askConsent(server.base_url):
                     return
             job = self.logic.startJob(
                 self._parameterNode.inputVolume,
@@ -396,80 +403,6 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._poller = SegmentationJobPoller(job, self._onJobProgress, self._onJobDone)
         self._updateRunState()
-
-    def _askConsent(self, serverURL: str) -> bool:
-        """Ask once per server before an image leaves this computer; the answer is kept in the settings."""
-        key = f"AIPortal/serverConsent/{serverURL}"
-        if slicer.app.settings().value(key) == "yes":
-            return True
-        question = _("The selected volume will be uploaded to {url} and processed there. Its DICOM header is "
-                     "de-identified only if the server is set to do so. Send images to this server?")
-        if not slicer.util.confirmYesNoDisplay(question.format(url=serverURL)):
-            return False
-        slicer.app.settings().setValue(key, "yes")
-        return True
-
-    def onTestConnection(self) -> None:
-        """Check the server address and key (its health and models) in the background."""
-        if self._connectionFollower is not None and self._connectionFollower.running:
-            return
-        with slicer.util.tryWithErrorDisplay(_("The server cannot be used.")):
-            client = self.logic.serverClient(self._parameterNode.serverURL, self.ui.serverKeyLineEdit.text)
-            self.ui.serverStatusLabel.text = _("Connecting to {url}...").format(url=client.base_url)
-            self._connectionFollower = followJob(
-                FunctionJob(lambda progress, cancel: client.models(), "connecting"),  # needs a valid key
-                lambda fraction, stage: None, self._onConnectionChecked)
-
-    def _onConnectionChecked(self, models: list | None, error: str | None) -> None:
-        if error is not None:
-            self.ui.serverStatusLabel.text = _("Not connected.")
-            slicer.util.errorDisplay(_("The server cannot be used.") + "\n\n" + error)
-        elif models is not None:
-            self.ui.serverStatusLabel.text = _("Connected: {count} models ({names}).").format(
-                count=len(models), names=", ".join(m["id"] for m in models[:5]))
-
-    def onExportButton(self) -> None:
-        """Export the output segmentation in the checked formats into the chosen folder, in the background."""
-        if self._exportFollower is not None and self._exportFollower.running:
-            self._exportFollower.cancel()
-            return
-        segmentationNode = self._parameterNode.outputSegmentation if self._parameterNode else None
-        volumeNode = self._parameterNode.inputVolume if self._parameterNode else None
-        if not segmentationNode or not volumeNode or not self.ui.exportFolderLineEdit.currentPath:
-            slicer.util.warningDisplay(_("Select the input volume, the output segmentation and an output folder."))
-            return
-        formats = [name for name, checkBox in (
-            ("nrrd", self.ui.exportNrrdCheckBox), ("json", self.ui.exportJsonCheckBox),
-            ("csv", self.ui.exportCsvCheckBox), ("seg", self.ui.exportSegCheckBox), ("sr", self.ui.exportSrCheckBox),
-            ("rtstruct", self.ui.exportRtStructCheckBox), ("sc", self.ui.exportScCheckBox),
-            ("estl", self.ui.exportEstlCheckBox),
-            ("stl", self.ui.exportStlCheckBox), ("obj", self.ui.exportObjCheckBox)) if checkBox.checked]
-        options = ExportOptions(
-            formats=tuple(formats),
-            seg_type=self.ui.exportSegTypeComboBox.currentText,
-            assign_missing_uids=self.ui.exportAssignUidsCheckBox.checked,
-            surfaces_merged=self.ui.exportMergedSurfacesCheckBox.checked,
-            coordinates=self.ui.exportCoordinatesComboBox.currentText,
-            volume_true_surfaces=self.ui.exportVolumeTrueSurfacesCheckBox.checked,
-        )
-        folder = self.ui.exportFolderLineEdit.currentPath
-        with slicer.util.tryWithErrorDisplay(_("Export failed."), waitCursor=True):
-            job = self.logic.createExportJob(segmentationNode, volumeNode, folder, options)
-            self._exportFollower = followJob(job, self._onJobProgress,
-                                             lambda result, error: self._onExportDone(result, error, folder))
-            self.ui.exportButton.text = _("Cancel export")
-
-    def _onExportDone(self, result: ExportResult | None, error: str | None, folder: str) -> None:
-        self.ui.exportButton.text = _("Export")
-        if error is not None:
-            self.ui.statusLabel.text = _("Export failed.")
-            slicer.util.errorDisplay(_("Export failed.") + "\n\n" + error)
-        elif result is None:
-            self.ui.statusLabel.text = _("Export cancelled: nothing was written.")
-        else:
-            self.ui.statusLabel.text = "\n".join(
-                [_("Exported {count} file(s) to {folder}.").format(count=len(result.files), folder=folder),
-                 *result.notes])
 
     def _onJobProgress(self, fraction: float, stage: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)
@@ -492,6 +425,8 @@ class AISegmentPortalWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode.showIn3D:
                 show_segmentation_3d(result.segmentation_node, True)
         self._showResult(result)
+        self.reviewPanel.showResult(result, self._parameterNode.inputVolume.GetName()
+                                    if self._parameterNode and self._parameterNode.inputVolume else "")
 
     def _showResult(self, result: "SegmentationResult") -> None:
         """Fill the results table: each segment's model confidence, then the provenance of the run."""
@@ -537,119 +472,20 @@ def modelToolTip(entry) -> str:
 
 
 #
-# "AI Segment" button in the 3D view controller bars
+# "AI Segment" button in the 3D view controller bars (AISegmentPortalLib/view_buttons.py)
 #
 
 
-class ThreeDViewSegmentButtons:
-    """An "AI Segment" button in the controller bar of every 3D view.
-
-    A click segments the background volume of the red slice view with the default model, with
-    progress in the status bar; a second click while it runs cancels it.
-    """
-
-    def __init__(self) -> None:
-        self._poller = None
-        self._installed = False
-
-    def install(self) -> None:
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:  # no main window (batch mode, tests run with --no-main-window)
-            return
-        self.addToViews()
-        if not self._installed:
-            # 3D views are created when a layout first shows them
-            layoutManager.connect("layoutChanged(int)", self.addToViews)
-            self._installed = True
-
-    def addToViews(self, layout: int | None = None) -> None:
-        """Add the button to every 3D view that does not have it yet."""
-        layoutManager = slicer.app.layoutManager()
-        for index in range(layoutManager.threeDViewCount):
-            controller = layoutManager.threeDWidget(index).threeDController()
-            if slicer.util.findChildren(widget=controller.barWidget(), name=VIEW_BUTTON_OBJECT_NAME):
-                continue
-            button = qt.QToolButton()
-            button.objectName = VIEW_BUTTON_OBJECT_NAME
-            button.autoRaise = True
-            button.connect("clicked()", self.onClicked)
-            controller.barLayout().addWidget(button)
-        self._updateButtons()
-
-    def buttons(self) -> list:
-        layoutManager = slicer.app.layoutManager()
-        if layoutManager is None:
-            return []
-        found = []
-        for index in range(layoutManager.threeDViewCount):
-            barWidget = layoutManager.threeDWidget(index).threeDController().barWidget()
-            found.extend(slicer.util.findChildren(widget=barWidget, name=VIEW_BUTTON_OBJECT_NAME))
-        return found
-
-    def onClicked(self) -> None:
-        if self._poller is not None and self._poller.running:
-            self._poller.cancel()
-            slicer.util.showStatusMessage(_("AI Segment: cancelling..."))
-            return
-        volumeNode = backgroundVolume()
-        if volumeNode is None:
-            slicer.util.warningDisplay(
-                _("Show a volume in the red slice view first: AI Segment segments the volume shown there.")
-            )
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the segmentation."), waitCursor=True):
-            job = AISegmentPortalLogic().startJob(volumeNode, DEFAULT_MODEL_ID)
-            self._poller = SegmentationJobPoller(job, self._onProgress, self._onDone)
-        self._updateButtons()
-
-    def _onProgress(self, fraction: float, stage: str) -> None:
-        slicer.util.showStatusMessage(
-            _("AI Segment: {stage} ({percent}%)").format(stage=stage, percent=round(100 * fraction))
-        )
-
-    def _onDone(self, result: "SegmentationResult | None", error: str | None) -> None:
-        self._updateButtons()
-        if error is not None:
-            slicer.util.showStatusMessage(_("AI Segment failed."), 5000)
-            slicer.util.errorDisplay(_("Segmentation failed.") + "\n\n" + error)
-        elif result is None:
-            slicer.util.showStatusMessage(_("AI Segment cancelled."), 5000)
-        else:
-            show_segmentation_3d(result.segmentation_node, True)
-            slicer.util.showStatusMessage(
-                _("AI Segment: {name} is ready.").format(name=result.segmentation_node.GetName()), 5000
-            )
-
-    def _updateButtons(self) -> None:
-        running = self._poller is not None and self._poller.running
-        for button in self.buttons():
-            button.text = _("Cancel") if running else _("AI Segment")
-            button.toolTip = (
-                _("Stop the running AI segmentation")
-                if running
-                else _("Segment the volume shown in the red slice view with the default model ({model})").format(
-                    model=DEFAULT_MODEL_ID
-                )
-            )
+def _startViewButtonJob(volumeNode, onProgress: Callable, onDone: Callable) -> "SegmentationJobPoller":
+    return SegmentationJobPoller(AISegmentPortalLogic().startJob(volumeNode, DEFAULT_MODEL_ID), onProgress, onDone)
 
 
-_threeDViewSegmentButtons = ThreeDViewSegmentButtons()
+_threeDViewSegmentButtons = ThreeDViewSegmentButtons(_startViewButtonJob, DEFAULT_MODEL_ID)
 
 
 def installThreeDViewButtons() -> None:
     """Add the "AI Segment" button to the 3D views (called once the application has started)."""
     _threeDViewSegmentButtons.install()
-
-
-def backgroundVolume() -> vtkMRMLScalarVolumeNode | None:
-    """The scalar volume shown as background in the red slice view, if any."""
-    layoutManager = slicer.app.layoutManager()
-    sliceWidget = layoutManager.sliceWidget("Red") if layoutManager else None
-    if sliceWidget is None:
-        return None
-    volumeId = sliceWidget.mrmlSliceCompositeNode().GetBackgroundVolumeID()
-    volumeNode = slicer.mrmlScene.GetNodeByID(volumeId) if volumeId else None
-    return volumeNode if volumeNode and volumeNode.IsA("vtkMRMLScalarVolumeNode") else None
 
 
 #
@@ -848,6 +684,18 @@ class AISegmentPortalTest(ScriptedLoadableModuleTest):
         self.assertEqual(result.absent_labels, [])
         self.assertEqual(result.model.id, DEFAULT_MODEL_ID)
         self.assertEqual(result.provenance.model_id, DEFAULT_MODEL_ID)
+
+        from aiportal.audit import AuditLog
+
+        with tempfile.TemporaryDirectory() as folder:  # review decisions, audited with the AI draft's Dice
+            previousDrafts = os.environ.get("AIPORTAL_DRAFTS_DIR")
+            os.environ["AIPORTAL_DRAFTS_DIR"] = os.path.join(folder, "drafts")
+            try:
+                reviewSelfTest(self, result, AuditLog(os.path.join(folder, "audit.jsonl")))
+            finally:
+                os.environ.pop("AIPORTAL_DRAFTS_DIR")
+                if previousDrafts is not None:
+                    os.environ["AIPORTAL_DRAFTS_DIR"] = previousDrafts
 
         with tempfile.TemporaryDirectory() as folder:
             exported = logic.exportResults(segmentationNode, inputVolume, folder,

@@ -1,0 +1,1 @@
+"""AISegmentPortal's panels (one file per section), kept out of AISegmentPortal.py so the module file stays small."""
