@@ -42,7 +42,7 @@ def test_fetch_priors_follow_and_write_srs(pacs, tmp_path):  # noqa: F811 - the 
     current = load_time_point(pacs.folders["20240701"], runtime)  # the study the user has open, with its lesions
     files = _files_of(current.volume, pacs.folders["20240701"])
     assert study_uid_of(current.volume, files) == pacs.uid["20240701"]
-    fetched = fetch_priors("followup-pacs", pacs.uid["20240701"], runtime, protocol="dicomweb")
+    fetched = fetch_priors("followup-pacs", pacs.uid["20240701"], tmp_path / "work", runtime, protocol="dicomweb")
     try:
         assert fetched.patient_id == PATIENT
         assert [p.label for p in fetched.points] == ["20240101", "20240401"]
@@ -94,15 +94,16 @@ def test_fetch_refusals_and_deidentified_priors(pacs, tmp_path):  # noqa: F811
     with pytest.raises(InputError, match="typed in was not loaded from DICOM"):
         study_uid_of(blank, [])
     with pytest.raises(InputError, match="No current study UID"):
-        fetch_priors("followup-pacs", "", runtime)
+        fetch_priors("followup-pacs", "", tmp_path / "w0", runtime)
     with pytest.raises(PacsError, match="No prior study of patient FOLLOWUP-ALONE"):
-        fetch_priors("followup-pacs", pacs.lonely, runtime, protocol="dicomweb")
+        fetch_priors("followup-pacs", pacs.lonely, tmp_path / "w1", runtime, protocol="dicomweb")
+    assert not (tmp_path / "w1").exists()  # a failed pull leaves nothing behind
     with pytest.raises(PacsError, match="followup-down"):
-        fetch_priors("followup-down", pacs.uid["20240701"], runtime)
+        fetch_priors("followup-down", pacs.uid["20240701"], tmp_path / "w2", runtime)
     with pytest.raises(PacsError, match="nowhere"):
-        fetch_priors("nowhere", pacs.uid["20240701"], runtime)
-    fetched = fetch_priors("followup-pacs", pacs.uid["20240701"], runtime, protocol="dicomweb", deidentify=True,
-                           max_priors=1)
+        fetch_priors("nowhere", pacs.uid["20240701"], tmp_path / "w3", runtime)
+    fetched = fetch_priors("followup-pacs", pacs.uid["20240701"], tmp_path / "w4", runtime, protocol="dicomweb",
+                           deidentify=True, max_priors=1)
     try:
         assert [p.label for p in fetched.points] == ["20240401"]  # the date kept as the label
         header = fetched.points[0].source.datasets[0]
@@ -111,3 +112,62 @@ def test_fetch_refusals_and_deidentified_priors(pacs, tmp_path):  # noqa: F811
         assert fetched.mapping.original_uids()[str(header.StudyInstanceUID)] == pacs.uid["20240401"]
     finally:
         fetched.remove()
+    assert not (tmp_path / "w4").exists()
+
+
+def test_panel_logic_fetches_follows_and_saves(pacs, tmp_path):  # noqa: F811
+    """AIMeasure's follow-up panel logic (AIMeasureLib/followup_panel.py, with Slicer 5.12's own slicer.i18n):
+    Fetch priors (de-identified), the fetched priors ticked as 'Earlier studies', Follow over time points,
+    then the output folder's table, plot, SRs and re-identification mapping."""
+    import importlib.util
+    import json
+    import stat
+
+    from aiportal.pacs.deidentify import ReidentificationMap
+
+    reference = Path(__file__).resolve().parents[2] / "shared" / "slicer-reference" / "slicer-5.12"
+    i18n = reference / "Base" / "Python" / "slicer" / "i18n.py"
+    if not i18n.is_file():
+        pytest.skip(f"Slicer reference sources not found in {reference}")
+    spec = importlib.util.spec_from_file_location("slicer.i18n", i18n)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(sys.modules, "slicer.i18n", module)
+        patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "AIMeasure"))
+        from AIMeasureLib.followup_panel import FollowUpSeriesLogic, timePoints
+
+    runtime = pacs.runtime
+    current = load_time_point(pacs.folders["20240701"], runtime)
+    files_of = {current.volume.GetID(): _files_of(current.volume, pacs.folders["20240701"])}
+    logic = FollowUpSeriesLogic()
+    job = logic.startFetch("followup-pacs", current.volume, True, filesOf=lambda v: files_of.get(v.GetID(), []))
+    job.wait()
+    fetched = logic.loadFetched(job.finish(), runtime)
+    work = fetched.work
+    try:
+        assert [p.label for p in fetched.points] == ["20240101", "20240401"]
+        points = timePoints(current.segmentation, current.volume, [p.segmentation for p in reversed(fetched.points)])
+        assert [label for label, _s, _v in points] == ["20240101", "20240401", "20240701"]
+        job = logic.start(points, filesOf=lambda v: files_of.get(v.GetID(), []))
+        job.wait()
+        view = logic.apply(runtime.scene, points, job.finish())
+        assert "Partial response" in view.summary and "Progressive disease" in view.summary
+        written = [path.name for path in logic.save(tmp_path / "out")]
+        assert written == ["followup.json", "followup.csv", "followup.png", "sr_0_20240101.dcm",
+                           "sr_1_20240401.dcm", "sr_2_20240701.dcm", "reidentification.json"] and not logic.srSkipped
+        document = json.loads((tmp_path / "out" / "followup.json").read_text())
+        assert [r.get("response") for r in document["responses"]] == [None, "PR", "PD"]
+        mapping = tmp_path / "out" / "reidentification.json"
+        assert stat.S_IMODE(mapping.stat().st_mode) == 0o600
+        originals = ReidentificationMap.load(mapping).original_uids()
+        for name, label in zip(written[3:6], ("20240101", "20240401", "20240701"), strict=True):
+            sr = pydicom.dcmread(tmp_path / "out" / name)
+            assert dciodvfy_errors(tmp_path / "out" / name) == [], name
+            # the priors' SRs are on the pseudonymous patient (the mapping gives their studies back); the current
+            # study's is on the study open in the scene
+            assert originals.get(str(sr.StudyInstanceUID), str(sr.StudyInstanceUID)) == pacs.uid[label]
+            assert (str(sr.PatientID) == PATIENT) == (label == "20240701")
+    finally:
+        logic.cleanup()
+    assert not work.exists()

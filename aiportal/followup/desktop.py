@@ -8,7 +8,6 @@ tracking, one longitudinal TID 1500 SR per time point is written as the CLI writ
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,19 +51,20 @@ class FetchedPriors:
             self.work = None
 
 
-def pull_priors_job(endpoint_name: str, study_uid: str, *, deidentify: bool = False, protocol: str = "auto",
-                    description: str = "", max_priors: int = 3) -> FunctionJob:
-    """The query and pulls in a worker thread (no scene access); ``job.finish()`` is (PulledStudies, work
-    folder, mapping or None). The endpoint is checked now, so a wrong name fails before anything starts."""
+def pull_priors_job(endpoint_name: str, study_uid: str, work: Path, *, deidentify: bool = False,
+                    protocol: str = "auto", description: str = "", max_priors: int = 3) -> FunctionJob:
+    """The query and pulls into ``work`` (a folder the caller made, removed on failure) in a worker thread, no
+    scene access; ``job.finish()`` is (PulledStudies, work, ReidentificationMap or None). The endpoint is
+    checked now, so a wrong name fails before anything starts."""
     from aiportal.followup.priors import deidentify_pulled, pull_current_and_priors
     from aiportal.pacs.config import get_endpoint
 
     if not (study_uid or "").strip():
         raise InputError("No current study UID", NOT_DICOM_FIX)
     endpoint = get_endpoint(endpoint_name)
+    work = Path(work)
 
     def compute(progress, cancel):
-        work = Path(tempfile.mkdtemp(prefix="aiportal-followup-"))
         try:
             progress(0.0, f"finding and pulling the priors on {endpoint.name}")
             pulled = pull_current_and_priors(endpoint, study_uid, work / "pulled", protocol=protocol,
@@ -104,9 +104,9 @@ def load_pulled_priors(pulled, work: Path, runtime, mapping=None) -> FetchedPrio
     return FetchedPriors(pulled.studies[0].patient_id, points, excluded, Path(work), mapping)
 
 
-def fetch_priors(endpoint_name: str, study_uid: str, runtime, **options) -> FetchedPriors:
+def fetch_priors(endpoint_name: str, study_uid: str, work: Path, runtime, **options) -> FetchedPriors:
     """:func:`pull_priors_job` waited for, then :func:`load_pulled_priors` (scripts and tests)."""
-    job = pull_priors_job(endpoint_name, study_uid, **options)
+    job = pull_priors_job(endpoint_name, study_uid, work, **options)
     job.start()
     job.wait()
     pulled, work, mapping = job.finish()
