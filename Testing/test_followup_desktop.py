@@ -171,3 +171,28 @@ def test_panel_logic_fetches_follows_and_saves(pacs, tmp_path):  # noqa: F811
     finally:
         logic.cleanup()
     assert not work.exists()
+
+
+def test_prior_without_seg_segmented_on_fetch(pacs, tmp_path):  # noqa: F811
+    """'Priors without a SEG': the 2023 prior (no SEG on the PACS) segmented by the named model in the worker
+    thread, loaded with that SEG and said so; a model that cannot run leaves it out, with the reason."""
+    from aiportal.followup.load import model_of_seg
+
+    runtime = pacs.runtime
+    fetched = fetch_priors("followup-pacs", pacs.uid["20240701"], tmp_path / "w", runtime, protocol="dicomweb",
+                           segment_missing="classic-ct")
+    try:
+        assert [p.label for p in fetched.points] == ["20230601", "20240101", "20240401"] and not fetched.excluded
+        segmented = fetched.points[0]
+        assert model_of_seg(segmented.seg_path) == "classic-ct" and dciodvfy_errors(segmented.seg_path) == []
+        assert fetched.notes == ["20230601 had no SEG: segmented by classic-ct for this follow-up"]
+        assert sr_source_of_point(segmented).segment_numbers  # its SR can reference the new SEG's segments
+    finally:
+        fetched.remove()
+    fetched = fetch_priors("followup-pacs", pacs.uid["20240701"], tmp_path / "v", runtime, protocol="dicomweb",
+                           segment_missing="no-such-model")
+    try:
+        assert [p.label for p in fetched.points] == ["20240101", "20240401"]
+        assert "no-such-model could not segment it" in fetched.excluded["20230601"]
+    finally:
+        fetched.remove()

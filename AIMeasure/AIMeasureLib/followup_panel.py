@@ -51,6 +51,13 @@ def sourceFiles(volume) -> list:
     return [database.fileForInstance(uid) for uid in uids] if database else []
 
 
+def segmentationModels() -> list:
+    """The catalog's models that segment a series without prompts (for priors that have no SEG)."""
+    from aiportal.models.catalog import get_catalog
+
+    return [model.id for model in get_catalog().models if not model.prompts]
+
+
 class FollowUpSeriesLogic:
     """GUI-free: fetch the priors, start the tracking job, put its result into the scene, write the files."""
 
@@ -62,8 +69,10 @@ class FollowUpSeriesLogic:
         self.srSkipped = {}
         self.workFolders = []  # the pulls' folders (temporary): see cleanup
 
-    def startFetch(self, pacsName: str, currentVolume, deidentify: bool = False, filesOf=sourceFiles):
-        """Pull the priors of the study of ``currentVolume`` from PACS ``pacsName`` in a worker thread."""
+    def startFetch(self, pacsName: str, currentVolume, deidentify: bool = False, filesOf=sourceFiles,
+                   segmentMissing: str = ""):
+        """Pull the priors of the study of ``currentVolume`` from PACS ``pacsName`` in a worker thread; a prior
+        without a SEG is segmented by the model ``segmentMissing`` when one is given."""
         from aiportal.followup.desktop import pull_priors_job, study_uid_of
 
         if not currentVolume:
@@ -71,7 +80,7 @@ class FollowUpSeriesLogic:
         studyUID = study_uid_of(currentVolume, filesOf(currentVolume))
         work = Path(tempfile.mkdtemp(prefix="aiportal-followup-"))
         self.workFolders.append(work)  # removed by cleanup even when the job is cancelled before it is loaded
-        job = pull_priors_job(pacsName, studyUID, work, deidentify=deidentify)
+        job = pull_priors_job(pacsName, studyUID, work, deidentify=deidentify, segment_missing=segmentMissing)
         job.start()
         return job
 
@@ -81,8 +90,8 @@ class FollowUpSeriesLogic:
         from aiportal.followup.desktop import load_pulled_priors
         from aiportal.runtime import get_runtime
 
-        self.cleanup(keep=pulled[1])
-        self.fetched = load_pulled_priors(*pulled[:2], runtime or get_runtime(), pulled[2])
+        self.cleanup(keep=pulled.work)
+        self.fetched = load_pulled_priors(pulled, runtime or get_runtime())
         return self.fetched
 
     def cleanup(self, keep=None) -> None:
@@ -164,6 +173,10 @@ class FollowUpSeriesPanel:
         ui.priorPacsSelector.clear()
         for name in names:
             ui.priorPacsSelector.addItem(name)
+        ui.segmentMissingSelector.clear()
+        ui.segmentMissingSelector.addItem(_("(leave them out)"))
+        for model in segmentationModels():
+            ui.segmentMissingSelector.addItem(model)
         ui.fetchPriorsButton.enabled = bool(names)
         if not names:
             ui.fetchPriorsButton.toolTip = why
@@ -172,8 +185,9 @@ class FollowUpSeriesPanel:
         failure = _("Failed to fetch the priors from the PACS.")
         with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
             ui = self.widget.ui
+            model = ui.segmentMissingSelector.currentText if ui.segmentMissingSelector.currentIndex > 0 else ""
             job = self.logic.startFetch(ui.priorPacsSelector.currentText, self.widget._parameterNode.inputVolume,
-                                        ui.deidentifyPriorsCheckBox.checked)
+                                        ui.deidentifyPriorsCheckBox.checked, segmentMissing=model)
             self.widget._runInBackground(job, lambda done: self.logic.loadFetched(done.finish()), self.showFetched,
                                          failure)
 
@@ -185,7 +199,8 @@ class FollowUpSeriesPanel:
         done = _("Fetched {count} prior(s) of patient {patient}: {labels}. Ticked under 'Earlier studies'.").format(
             count=len(fetched.points), patient=fetched.patient_id, labels=", ".join(p.label for p in fetched.points))
         self.widget.ui.statusLabel.text = "\n".join(
-            [done, *(_("Left out {study}: {why}").format(study=k, why=v) for k, v in fetched.excluded.items())])
+            [done, *fetched.notes,
+             *(_("Left out {study}: {why}").format(study=k, why=v) for k, v in fetched.excluded.items())])
 
     def onFollowSeries(self) -> None:
         failure = _("Failed to follow the lesions over the time points.")

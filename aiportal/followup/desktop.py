@@ -43,6 +43,7 @@ class FetchedPriors:
     excluded: dict[str, str] = field(default_factory=dict)
     work: Path | None = None  # the pulled files (each SR reads its time point's SEG there): see :meth:`remove`
     mapping: object | None = None  # the ReidentificationMap of a de-identified pull
+    notes: list[str] = field(default_factory=list)  # e.g. a prior segmented for this follow-up
 
     def remove(self) -> None:
         """Delete the pulled files (nothing of the PACS is left in temporary folders)."""
@@ -51,11 +52,26 @@ class FetchedPriors:
             self.work = None
 
 
+@dataclass
+class PulledPriors:
+    """What the worker thread made: the pulled studies (the current one's files already deleted), the folder
+    holding them, the de-identification mapping, and the SEGs made for priors that had none (folder -> SEG)."""
+
+    studies: object  # aiportal.followup.priors.PulledStudies
+    work: Path
+    mapping: object | None = None
+    segmented: dict[Path, Path] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
 def pull_priors_job(endpoint_name: str, study_uid: str, work: Path, *, deidentify: bool = False,
-                    protocol: str = "auto", description: str = "", max_priors: int = 3) -> FunctionJob:
+                    segment_missing: str = "", protocol: str = "auto", description: str = "",
+                    max_priors: int = 3) -> FunctionJob:
     """The query and pulls into ``work`` (a folder the caller made, removed on failure) in a worker thread, no
-    scene access; ``job.finish()`` is (PulledStudies, work, ReidentificationMap or None). The endpoint is
-    checked now, so a wrong name fails before anything starts."""
+    scene access; ``job.finish()`` is a :class:`PulledPriors`. A prior without a SEG is segmented by the model
+    ``segment_missing`` (the pipeline of `aiportal segment`, audited) when one is named. The endpoint is checked
+    now, so a wrong name fails before anything starts."""
     from aiportal.followup.priors import deidentify_pulled, pull_current_and_priors
     from aiportal.pacs.config import get_endpoint
 
@@ -73,11 +89,14 @@ def pull_priors_job(endpoint_name: str, study_uid: str, work: Path, *, deidentif
             if deidentify:
                 from aiportal.pacs.deidentify import ReidentificationMap
 
-                progress(0.8, "de-identifying the pulled studies")
+                progress(0.5, "de-identifying the pulled studies")
                 mapping = ReidentificationMap()
                 pulled = deidentify_pulled(pulled, work / "deidentified", mapping)
             shutil.rmtree(pulled.current, ignore_errors=True)  # the current study is the one open in the scene
-            return pulled, work, mapping
+            made = PulledPriors(pulled, work, mapping)
+            if segment_missing:
+                _segment_missing(made, segment_missing, progress, cancel)
+            return made
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
@@ -85,23 +104,46 @@ def pull_priors_job(endpoint_name: str, study_uid: str, work: Path, *, deidentif
     return FunctionJob(compute, "pulling the priors")
 
 
-def load_pulled_priors(pulled, work: Path, runtime, mapping=None) -> FetchedPriors:
+def _segment_missing(made: PulledPriors, model_id: str, progress, cancel) -> None:
+    """Each prior without a SEG segmented by ``model_id``; one the model cannot segment is left out, said why."""
+    from aiportal.errors import AIPortalError
+    from aiportal.followup.load import seg_files, segment_folder
+
+    labels = made.studies.labels
+    for folder in made.studies.priors:
+        cancel.check("the fetch of the priors")
+        if seg_files(folder):
+            continue
+        label = labels.get(Path(folder)) or Path(folder).name
+        progress(0.6, f"segmenting {label} with {model_id} (it has no SEG)")
+        try:
+            made.segmented[Path(folder)] = segment_folder(folder, model_id, made.work / "segmented" / Path(folder).name)
+            made.notes.append(f"{label} had no SEG: segmented by {model_id} for this follow-up")
+        except AIPortalError as error:
+            made.excluded[label] = f"has no SEG, and {model_id} could not segment it: {error}"
+
+
+def load_pulled_priors(made: PulledPriors, runtime) -> FetchedPriors:
     """Each pulled prior's image series and SEG as scene nodes (main thread), labelled by its study date; one
     without a SEG is left out with the reason, as the CLI does."""
+    pulled = made.studies
     labels = pulled.labels
-    excluded = dict(pulled.skipped)
+    excluded = {**pulled.skipped, **made.excluded}
     points = []
     try:
         for folder in pulled.priors:
+            label = labels.get(Path(folder))
+            if (label or Path(folder).name) in made.excluded:
+                continue
             try:
-                points.append(load_time_point(folder, runtime, label=labels.get(Path(folder))))
+                points.append(load_time_point(folder, runtime, label=label, seg=made.segmented.get(Path(folder))))
             except NoSegmentation as error:
-                excluded[labels.get(Path(folder)) or Path(folder).name] = str(error)
+                excluded[label or Path(folder).name] = str(error)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(made.work, ignore_errors=True)
         raise
     points.sort(key=lambda point: point.label)
-    return FetchedPriors(pulled.studies[0].patient_id, points, excluded, Path(work), mapping)
+    return FetchedPriors(pulled.studies[0].patient_id, points, excluded, made.work, made.mapping, list(made.notes))
 
 
 def fetch_priors(endpoint_name: str, study_uid: str, work: Path, runtime, **options) -> FetchedPriors:
@@ -109,8 +151,7 @@ def fetch_priors(endpoint_name: str, study_uid: str, work: Path, runtime, **opti
     job = pull_priors_job(endpoint_name, study_uid, work, **options)
     job.start()
     job.wait()
-    pulled, work, mapping = job.finish()
-    return load_pulled_priors(pulled, work, runtime, mapping)
+    return load_pulled_priors(job.finish(), runtime)
 
 
 @dataclass
