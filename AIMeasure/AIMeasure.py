@@ -160,6 +160,7 @@ class AIMeasureWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._follower is not None:
             self._follower.cancel()  # its result is never applied
         self.planningPanel.cleanup()
+        self.followUpSeries.logic.cleanup()  # the files of the priors fetched from a PACS
         self.removeObservers()
 
     def enter(self) -> None:

@@ -1,9 +1,14 @@
 """AIMeasure's follow-up over several time points: the current study (the panel's segmentation and volume)
 and the earlier segmentations the user ticks, tracked by the logic of `aiportal followup`
 (:mod:`aiportal.followup`), shown as one linked slice view per time point with the delta table and the
-per-lesion diameter chart (:mod:`aiportal.followup.scene`)."""
+per-lesion diameter chart (:mod:`aiportal.followup.scene`). *Fetch priors* pulls the current study's priors
+with their SEGs from a configured PACS and ticks them (:mod:`aiportal.followup.desktop`); with an output
+folder, one longitudinal SR per time point is written there beside the table and plot."""
 
 import re
+import shutil
+import tempfile
+from pathlib import Path
 
 import slicer
 from slicer.i18n import tr as _
@@ -39,17 +44,80 @@ def timePoints(currentSegmentation, currentVolume, priorSegmentations) -> list:
     return [*points, (studyLabel(currentVolume), currentSegmentation, currentVolume)]
 
 
+def sourceFiles(volume) -> list:
+    """The DICOM files of a volume loaded by Slicer's DICOM module (none for a file-based volume)."""
+    database = getattr(slicer, "dicomDatabase", None)
+    uids = (volume.GetAttribute("DICOM.instanceUIDs") or "").split()
+    return [database.fileForInstance(uid) for uid in uids] if database else []
+
+
+def segmentationModels() -> list:
+    """The catalog's models that segment a series without prompts (for priors that have no SEG)."""
+    from aiportal.models.catalog import get_catalog
+
+    return [model.id for model in get_catalog().models if not model.prompts]
+
+
 class FollowUpSeriesLogic:
-    """GUI-free: start the tracking job, put its result into the scene."""
+    """GUI-free: fetch the priors, start the tracking job, put its result into the scene, write the files."""
 
     def __init__(self):
         self.result = None
         self.view = None
+        self.fetched = None  # FetchedPriors of the last "Fetch priors"
+        self.sources = {}  # label -> SrSource (or None: no SR) of the tracked time points
+        self.srSkipped = {}
+        self.workFolders = []  # the pulls' folders (temporary): see cleanup
 
-    def start(self, points: list, register: bool = True):
+    def startFetch(self, pacsName: str, currentVolume, deidentify: bool = False, filesOf=sourceFiles,
+                   segmentMissing: str = ""):
+        """Pull the priors of the study of ``currentVolume`` from PACS ``pacsName`` in a worker thread; a prior
+        without a SEG is segmented by the model ``segmentMissing`` when one is given."""
+        from aiportal.followup.desktop import pull_priors_job, study_uid_of
+
+        if not currentVolume:
+            raise ValueError(_("Select the current volume: its study's priors are fetched."))
+        studyUID = study_uid_of(currentVolume, filesOf(currentVolume))
+        work = Path(tempfile.mkdtemp(prefix="aiportal-followup-"))
+        self.workFolders.append(work)  # removed by cleanup even when the job is cancelled before it is loaded
+        job = pull_priors_job(pacsName, studyUID, work, deidentify=deidentify, segment_missing=segmentMissing)
+        job.start()
+        return job
+
+    def loadFetched(self, pulled, runtime=None):
+        """The pulled priors into the scene (Slicer's, or ``runtime``'s) with their SEGs (main thread); the
+        previous fetch's files go."""
+        from aiportal.followup.desktop import load_pulled_priors
+        from aiportal.runtime import get_runtime
+
+        self.cleanup(keep=pulled.work)
+        self.fetched = load_pulled_priors(pulled, runtime or get_runtime())
+        return self.fetched
+
+    def cleanup(self, keep=None) -> None:
+        """Delete the pulled files (all, or all but the folder ``keep``)."""
+        for folder in self.workFolders:
+            if folder != keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        self.workFolders = [folder for folder in self.workFolders if folder == keep]
+        if self.fetched is not None and self.fetched.work != keep:
+            self.fetched.remove()
+
+    def start(self, points: list, register: bool = True, filesOf=sourceFiles):
+        from aiportal.errors import InputError
+        from aiportal.followup.desktop import sr_source_of_point, sr_source_of_volume
         from aiportal.followup.scene import series_job
 
         job = series_job(points, register=register)
+        fetched = {p.volume.GetID(): p for p in (self.fetched.points if self.fetched else [])}
+        self.sources = {}
+        for label, _segmentation, volume in points:  # read now: the tracking puts the priors under transforms
+            try:
+                point = fetched.get(volume.GetID())
+                self.sources[label] = (sr_source_of_point(point) if point is not None
+                                       else sr_source_of_volume(volume, filesOf(volume)))
+            except InputError:
+                self.sources[label] = None
         job.start()
         return job
 
@@ -62,12 +130,18 @@ class FollowUpSeriesLogic:
         return self.view
 
     def save(self, folder) -> list:
-        """followup.json/csv (the delta table, responses, registrations) and followup.png (the per-lesion plot)."""
-        from pathlib import Path
-
+        """followup.json/csv (the delta table, responses, registrations), followup.png (the per-lesion plot), one
+        TID 1500 SR per time point loaded from DICOM (``srSkipped``: the others, and why) and, after a
+        de-identified fetch, reidentification.json (owner-only)."""
+        from aiportal.followup.desktop import write_series_srs
         from aiportal.followup.outputs import write_plot, write_table
 
-        return [*write_table(self.result, Path(folder)), write_plot(self.result, Path(folder) / "followup.png")]
+        folder = Path(folder)
+        files = [*write_table(self.result, folder), write_plot(self.result, folder / "followup.png")]
+        srs, self.srSkipped = write_series_srs(self.result, self.sources, folder)
+        if self.fetched is not None and self.fetched.mapping is not None and srs:
+            srs.append(self.fetched.mapping.save(folder / "reidentification.json"))
+        return files + srs
 
     def run(self, scene, points: list, register: bool = True):
         """The panel's job, waited for."""
@@ -83,6 +157,50 @@ class FollowUpSeriesPanel:
         self.widget = widget
         self.logic = FollowUpSeriesLogic()
         widget.ui.followSeriesButton.connect("clicked(bool)", self.onFollowSeries)
+        widget.ui.fetchPriorsButton.connect("clicked(bool)", self.onFetchPriors)
+        self.fillPacsSelector()
+
+    def fillPacsSelector(self) -> None:
+        """The configured PACS endpoints (`aiportal pacs add`); none: the button says how to add one."""
+        from aiportal.pacs.config import list_endpoints
+
+        ui = self.widget.ui
+        try:
+            names = [endpoint.name for endpoint in list_endpoints()]
+            why = _("No PACS is configured: add one with 'aiportal pacs add NAME --url ...'.")
+        except Exception as error:  # noqa: BLE001 - a broken settings file: said on the button, not raised
+            names, why = [], str(error)
+        ui.priorPacsSelector.clear()
+        for name in names:
+            ui.priorPacsSelector.addItem(name)
+        ui.segmentMissingSelector.clear()
+        ui.segmentMissingSelector.addItem(_("(leave them out)"))
+        for model in segmentationModels():
+            ui.segmentMissingSelector.addItem(model)
+        ui.fetchPriorsButton.enabled = bool(names)
+        if not names:
+            ui.fetchPriorsButton.toolTip = why
+
+    def onFetchPriors(self) -> None:
+        failure = _("Failed to fetch the priors from the PACS.")
+        with slicer.util.tryWithErrorDisplay(failure, waitCursor=True):
+            ui = self.widget.ui
+            model = ui.segmentMissingSelector.currentText if ui.segmentMissingSelector.currentIndex > 0 else ""
+            job = self.logic.startFetch(ui.priorPacsSelector.currentText, self.widget._parameterNode.inputVolume,
+                                        ui.deidentifyPriorsCheckBox.checked, segmentMissing=model)
+            self.widget._runInBackground(job, lambda done: self.logic.loadFetched(done.finish()), self.showFetched,
+                                         failure)
+
+    def showFetched(self, fetched) -> None:
+        import qt
+
+        for point in fetched.points:
+            self.widget.ui.priorSeriesSelector.setCheckState(point.segmentation, qt.Qt.Checked)
+        done = _("Fetched {count} prior(s) of patient {patient}: {labels}. Ticked under 'Earlier studies'.").format(
+            count=len(fetched.points), patient=fetched.patient_id, labels=", ".join(p.label for p in fetched.points))
+        self.widget.ui.statusLabel.text = "\n".join(
+            [done, *fetched.notes,
+             *(_("Left out {study}: {why}").format(study=k, why=v) for k, v in fetched.excluded.items())])
 
     def onFollowSeries(self) -> None:
         failure = _("Failed to follow the lesions over the time points.")
@@ -103,6 +221,8 @@ class FollowUpSeriesPanel:
         if folder and str(folder) not in ("", "."):  # the report folder: the table and plot as files too
             done += " " + _("Wrote {files} in {folder}.").format(
                 files=", ".join(path.name for path in self.logic.save(folder)), folder=folder)
+            done += "".join(" " + _("No SR for {label}: {why}.").format(label=k, why=v)
+                            for k, v in self.logic.srSkipped.items())
         self.widget.ui.statusLabel.text = done
 
 
@@ -143,12 +263,11 @@ def runSelfTest(test) -> None:
         test.assertEqual(composite.GetBackgroundVolumeID(), volume.GetID())
         test.assertTrue(composite.GetLinkedControl())
     import json
-    import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as folder:
         written = [path.name for path in logic.save(folder)]
         test.assertEqual(written, ["followup.json", "followup.csv", "followup.png"])
+        test.assertEqual(sorted(logic.srSkipped), ["20240101 CT", "20240102 CT", "20240103 CT"])  # not from DICOM
         document = json.loads((Path(folder) / "followup.json").read_text())
         test.assertEqual([r.get("response") for r in document["responses"]], [None, "SD", "PD"])
     test.delayDisplay("Test passed")

@@ -76,6 +76,12 @@ def load_time_point(folder: Path, runtime, *, label: str | None = None, seg: Pat
 def segment_and_load(folder: Path, runtime, model_id: str, out_dir: Path, *, label: str | None = None) -> TimePoint:
     """A time point without a SEG, segmented first by ``model_id`` (the same pipeline as `aiportal segment`,
     audited; its SEG and run.json stay in ``out_dir``)."""
+    return load_time_point(folder, runtime, label=label, seg=segment_folder(folder, model_id, out_dir))
+
+
+def segment_folder(folder: Path, model_id: str, out_dir: Path) -> Path:
+    """The SEG ``model_id`` makes of the folder's image series (the largest), by the pipeline of `aiportal
+    segment` in a runtime of its own (so a worker thread may call it); its run.json stays in ``out_dir``."""
     from aiportal.export.exporter import ExportOptions, parse_formats
     from aiportal.pipeline import PipelineRequest, run_segmentation
 
@@ -83,7 +89,7 @@ def segment_and_load(folder: Path, runtime, model_id: str, out_dir: Path, *, lab
     series = max(images, key=lambda s: s.number_of_files) if images else None
     run_segmentation(PipelineRequest(Path(folder), model_id, Path(out_dir), ExportOptions(formats=parse_formats("seg")),
                                      series_uid=series.series_uid if series else None, via="followup"))
-    return load_time_point(folder, runtime, label=label, seg=Path(out_dir) / "segmentation.dcm")
+    return Path(out_dir) / "segmentation.dcm"
 
 
 def model_of_seg(path: Path) -> str:
