@@ -51,6 +51,7 @@ from aiportal.errors import AIPortalError
 from aiportal.io.completeness import read_whole_gzip
 from aiportal.server.auth import ApiKeyStore, Authenticator, AuthError, Principal, RateLimiter
 from aiportal.server.browser_auth import challenge
+from aiportal.server.docs_routes import add_docs_routes
 from aiportal.server.engine import Engine, job_folder, make_engine
 from aiportal.server.job_routes import add_job_routes
 from aiportal.server.jobs import JobRecord, JobStore
@@ -249,6 +250,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         state.engine.stop()
 
     app = FastAPI(title="AI Portal inference server", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # served without a CDN by .docs_routes
                   description=__doc__.split("\n\n")[0],
                   responses={401: {"model": ErrorBody, "description": "missing or invalid credential"},
                              403: {"model": ErrorBody, "description": "credential lacks the scope"},
@@ -268,6 +270,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     add_dashboard(app, state, require, add_metrics(app, state, require))
     add_weights_routes(app, settings, require)  # POST/GET /v1/admin/weights: see .weights_routes
+    add_docs_routes(app)  # /docs, /redoc and their scripts, from this server (no CDN)
     return app
 
 
