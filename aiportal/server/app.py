@@ -14,6 +14,7 @@ Routes (all under authentication; scopes in brackets):
 - ``POST``/``GET /v1/admin/weights`` [admin]: weights bundles (see :mod:`.weights_routes`)
 - MONAI Label subset: ``GET /info/`` [read], ``POST /infer/{model}`` [submit] (see :mod:`.monailabel`)
 - ``GET /metrics`` [metrics] (:mod:`.metrics`) · ``GET /dashboard`` [dashboard] (:mod:`.dashboard`)
+- ``GET /docs`` · ``GET /redoc``: the API description's pages, with no CDN (:mod:`.docs_routes`)
 
 Browsers asking for a page get a Basic challenge and sign in with the key as the password
 (:mod:`.browser_auth`); scripts send ``Authorization: Bearer``.
