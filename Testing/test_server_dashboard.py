@@ -125,6 +125,12 @@ def test_the_api_description_renders_in_chromium_from_this_server_alone(api, chr
     assert jobs.locator(".opblock-summary-method").text_content() == "GET"
     assert jobs.locator(".opblock-summary-path").get_attribute("data-path") == "/v1/jobs"
     assert page.locator(".opblock").count() >= 14 and page.locator("text=AI Portal inference server").count() >= 1
+    health = page.locator("#operations-server-health_v1_health_get")  # Try it out, under the pages' policy
+    health.locator(".opblock-summary").click()
+    health.locator("button.try-out__btn").click()
+    health.locator("button.execute").click()
+    status = health.locator(".live-responses-table tr.response .response-col_status").first
+    assert status.text_content(timeout=30_000) == "200"
     page.screenshot(path=str(artifacts_dir("server-dashboard") / "docs.png"))
     assert [url for url in requested if not url.startswith(api.url + "/")] == []  # Swagger UI asks nothing else
     response = page.goto(f"{api.url}/redoc")
