@@ -108,18 +108,47 @@ def test_the_dashboard_in_chromium_shows_service_and_governance_charts(api, chro
     context.close()
 
 
-def test_the_api_description_opens_in_chromium_after_signing_in(api, chromium):
-    """Swagger UI's own script comes from its CDN (not reachable here): the test checks the page and
-    that the page's fetch of /openapi.json carries the browser's sign-in."""
-    context = chromium.new_context(http_credentials={"username": "me", "password": api.keys["admin"]})
+def test_the_api_description_renders_in_chromium_from_this_server_alone(api, chromium):
+    """Swagger UI and ReDoc load their scripts from the server itself (a closed hospital network has no
+    CDN): after signing in, /docs lists the operations and /redoc renders, and nothing leaves the server."""
+    context = chromium.new_context(viewport={"width": 1300, "height": 1000},
+                                   http_credentials={"username": "me", "password": api.keys["admin"]})
     page = context.new_page()
+    requested: list[str] = []
+    blocked: dict[str, str] = {}  # outside requests the pages' Content-Security-Policy stopped in the browser
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("requestfailed", lambda request: blocked.update({request.url: request.failure or ""}))
     response = page.goto(f"{api.url}/docs")
-    assert response.status == 200 and "SwaggerUIBundle" in page.content()
-    spec = page.evaluate("fetch('/openapi.json').then(r => r.json().then(body => [r.status, Object.keys(body.paths)]))")
-    assert spec[0] == 200 and "/dashboard" in spec[1] and len(spec[1]) >= 14
-    assert page.goto(f"{api.url}/redoc").status == 200
+    assert response.status == 200
+    jobs = page.locator("#operations-jobs-list_jobs_v1_jobs_get")  # GET /v1/jobs, drawn by Swagger UI's script
+    jobs.wait_for(timeout=30_000)
+    assert jobs.locator(".opblock-summary-method").text_content() == "GET"
+    assert jobs.locator(".opblock-summary-path").get_attribute("data-path") == "/v1/jobs"
+    assert page.locator(".opblock").count() >= 14 and page.locator("text=AI Portal inference server").count() >= 1
+    health = page.locator("#operations-server-health_v1_health_get")  # Try it out, under the pages' policy
+    health.locator(".opblock-summary").click()
+    health.locator("button.try-out__btn").click()
+    health.locator("button.execute").click()
+    status = health.locator(".live-responses-table tr.response .response-col_status").first
+    assert status.text_content(timeout=30_000) == "200"
+    page.screenshot(path=str(artifacts_dir("server-dashboard") / "docs.png"))
+    assert [url for url in requested if not url.startswith(api.url + "/")] == []  # Swagger UI asks nothing else
+    response = page.goto(f"{api.url}/redoc")
+    assert response.status == 200 and "default-src 'self'" in response.headers["content-security-policy"]
+    page.locator('[data-section-id="operation/list_jobs_v1_jobs_get"]').wait_for(timeout=30_000)  # by ReDoc's script
+    assert page.locator('[data-section-id^="operation/"]').count() >= 14
+    page.screenshot(path=str(artifacts_dir("server-dashboard") / "redoc.png"))
+    outside = {url for url in requested if not url.startswith(api.url + "/")}
+    assert outside == {"https://cdn.redoc.ly/redoc/logo-mini.svg"}, outside  # ReDoc's footer logo, which the
+    assert blocked[next(iter(outside))] == "csp", blocked  # policy stops before it is sent
+    assert {f"{api.url}/docs/assets/swagger-ui-bundle.js", f"{api.url}/docs/assets/swagger-ui.css",
+            f"{api.url}/docs/assets/redoc.standalone.js", f"{api.url}/openapi.json"} <= set(requested), requested
     context.close()
-    anonymous = chromium.new_context()  # no sign-in: Chromium gets the Basic challenge and no page
-    with pytest.raises(playwright_api.Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
-        anonymous.new_page().goto(f"{api.url}/docs")
+    anonymous = chromium.new_context()  # no sign-in: Chromium gets the Basic challenge and no page, no script
+    for path in ("/docs", "/docs/assets/swagger-ui-bundle.js"):
+        with pytest.raises(playwright_api.Error, match="ERR_INVALID_AUTH_CREDENTIALS"):
+            anonymous.new_page().goto(f"{api.url}{path}")
     anonymous.close()
+    for name in ("../__init__.py", "core.py", "nothing.js"):  # only the listed files, never the package's others
+        answer = requests.get(f"{api.url}/docs/assets/{name}", headers=_basic(api.keys["admin"]), timeout=10)
+        assert answer.status_code == 404, (name, answer.status_code)

@@ -147,7 +147,7 @@ def test_chunked_upload_over_the_limit_is_413(api):
 
 
 def test_api_description_needs_a_key_and_405_names_the_allowed_methods(api):
-    for path in ("/openapi.json", "/docs", "/redoc"):
+    for path in ("/openapi.json", "/docs", "/redoc", "/docs/assets/swagger-ui-bundle.js"):
         assert requests.get(api.url + path, timeout=10).status_code == 401, path
         assert requests.get(api.url + path, headers=_auth(api, "viewer"), timeout=10).status_code == 200, path
     answer = requests.delete(f"{api.url}/v1/health", headers=_auth(api, "admin"), timeout=10)

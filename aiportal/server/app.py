@@ -14,6 +14,7 @@ Routes (all under authentication; scopes in brackets):
 - ``POST``/``GET /v1/admin/weights`` [admin]: weights bundles (see :mod:`.weights_routes`)
 - MONAI Label subset: ``GET /info/`` [read], ``POST /infer/{model}`` [submit] (see :mod:`.monailabel`)
 - ``GET /metrics`` [metrics] (:mod:`.metrics`) · ``GET /dashboard`` [dashboard] (:mod:`.dashboard`)
+- ``GET /docs`` · ``GET /redoc``: the API description's pages, with no CDN (:mod:`.docs_routes`)
 
 Browsers asking for a page get a Basic challenge and sign in with the key as the password
 (:mod:`.browser_auth`); scripts send ``Authorization: Bearer``.
@@ -51,6 +52,7 @@ from aiportal.errors import AIPortalError
 from aiportal.io.completeness import read_whole_gzip
 from aiportal.server.auth import ApiKeyStore, Authenticator, AuthError, Principal, RateLimiter
 from aiportal.server.browser_auth import challenge
+from aiportal.server.docs_routes import add_docs_routes
 from aiportal.server.engine import Engine, job_folder, make_engine
 from aiportal.server.job_routes import add_job_routes
 from aiportal.server.jobs import JobRecord, JobStore
@@ -249,6 +251,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
         state.engine.stop()
 
     app = FastAPI(title="AI Portal inference server", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # served without a CDN by .docs_routes
                   description=__doc__.split("\n\n")[0],
                   responses={401: {"model": ErrorBody, "description": "missing or invalid credential"},
                              403: {"model": ErrorBody, "description": "credential lacks the scope"},
@@ -268,6 +271,7 @@ def create_app(settings: ServerSettings | None = None) -> FastAPI:
 
     add_dashboard(app, state, require, add_metrics(app, state, require))
     add_weights_routes(app, settings, require)  # POST/GET /v1/admin/weights: see .weights_routes
+    add_docs_routes(app)  # /docs, /redoc and their scripts, from this server (no CDN)
     return app
 
 
