@@ -31,6 +31,7 @@ from trame.widgets.vuetify3 import (
 from trame_slicer.app.ui import SegmentationAppUI
 from trame_slicer.app.ui.control_button import ControlButton
 
+from aiportal.workspace.measure import MEASURE_PANEL, MeasurePanel
 from aiportal.workspace.planning import PLANNING_PANEL, PlanningPanel
 
 if TYPE_CHECKING:
@@ -103,6 +104,7 @@ class WorkspacePage(SegmentationAppUI):
             self._register_tool_ui(AISegmentPanel, workspace=workspace)
             self._register_tool_ui(ResultsPanel, workspace=workspace)
             self._register_tool_ui(PlanningPanel, workspace=workspace)
+            self._register_tool_ui(MeasurePanel, workspace=workspace)
         with layout.toolbar:
             ControlButton(name="AI Segment", icon="mdi-robot-outline", classes="mt-1",
                           click=lambda: workspace.open_tool(AI_PANEL), active=(self._is_tool_active(AISegmentPanel),),
@@ -115,6 +117,10 @@ class WorkspacePage(SegmentationAppUI):
                           click=lambda: workspace.open_tool(PLANNING_PANEL),
                           active=(self._is_tool_active(PlanningPanel),), disabled=("!ai_segments.length",),
                           raw_attrs=_testid("planning-toolbar"))
+            ControlButton(name="Measure (RECIST, vessels)", icon="mdi-ruler", classes="mt-1",
+                          click=lambda: workspace.open_tool(MEASURE_PANEL),
+                          active=(self._is_tool_active(MeasurePanel),), disabled=("!ai_segments.length",),
+                          raw_attrs=_testid("measure-toolbar"))
         with layout, VAlert(v_if=("ws_error",), type="error", closable=True, click_close="ws_error = ''",
                     style="position: fixed; top: 70px; left: 50%; transform: translateX(-50%); z-index: 3000;"
                           "max-width: 60%;", raw_attrs=_testid("ws-error")):
