@@ -211,6 +211,7 @@ def main() -> None:
                         f"{package_cpu_per_slice:.2f} s/slice x {calls} = {package_cpu_per_slice * calls:.0f} s: "
                         f"{package_cpu_per_slice * calls / measured['propagation_cpu_s']:.1f}x; "
                         f"{len(measured['warnings'])} warning(s)" + "".join(f"\n    {w}" for w in measured["warnings"]))
+            print(runs[-1].splitlines()[0], flush=True)  # as it goes: a run cut short keeps its timings
         shutil.rmtree(job)
         for organ in ORGANS:
             print(f"{case:<14} {organ:<13} " + " ".join(f"{scores[organ][p]:>9.4f}{'W' if warned[organ][p] else ' '}"
