@@ -529,8 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="separate lesions smaller than this are speckle, dropped and counted "
                               "(default 14.1 mm³: a 3 mm sphere)")
     measure.add_argument("--vessels", metavar="NAME[,NAME...]",
-                         help="segments to measure as vessels: centreline, cross-sections, maximum diameter "
-                              "perpendicular to the centreline (vessels.json); not measured with RECIST")
+                         help="segments to measure as vessels (centreline, cross-sections, maximum diameter "
+                              "perpendicular to it) or landmark discs (on their own plane): vessels.json; no RECIST")
     measure.add_argument("--sr", action="store_true",
                          help="also write segmentation.dcm (SEG) and measurements.dcm (TID 1500 SR with the "
                               "RECIST axes and vessel diameters); needs a DICOM --volume")

@@ -22,6 +22,7 @@ import numpy as np
 
 from aiportal.background import BackgroundJob, JobState, JobStatus  # noqa: F401 - JobStatus is part of this API
 from aiportal.errors import AIPortalError, InputError
+from aiportal.io.finite import refuse_non_finite_in_scene
 from aiportal.models.backend import LabelMapResult, ModelInput
 from aiportal.models.catalog import Catalog, ModelEntry, get_catalog
 from aiportal.models.devices import DEVICES, check_device, resolve_device  # noqa: F401 - DEVICES is part of this API
@@ -86,6 +87,7 @@ class SegmentationJob(BackgroundJob):
         catalog = catalog or get_catalog()
         self.model = catalog.get(model_id)
         _check_dimensions(volume_node, self.model, input_name or volume_node.GetName())
+        refuse_non_finite_in_scene(volume_node, input_name or volume_node.GetName())  # a volume Slicer loaded
         self._backend_ref = catalog.backend_ref(model_id)
         self.executor, self.timeout_s = executor, timeout_s
         self.requested_device = check_device(device)

@@ -92,15 +92,17 @@ def _package_child(job: Path, threads: int) -> None:
     net = model(pretrained=True, root=str(lm._cache_dir()))
     low, high = lm.intensity_window(ModelInput(array, np.eye(4), spec["modality"], spec["case"]), {})
     rows, columns = array.shape[1:]
-    seconds = []
+    seconds, cpu_seconds = [], []
     for i0, j0, k, i1, j1, _ in spec["boxes"]:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         # the package squashes the slice to 256 x 256: box coordinates per axis
         predict_array(net, lm.to_unit(array[k], low, high),
                       box=[i0 * 256 / columns, j0 * 256 / rows, i1 * 256 / columns, j1 * 256 / rows])
         seconds.append(time.perf_counter() - started)
+        cpu_seconds.append(time.process_time() - cpu_started)
     (job / "package.json").write_text(json.dumps({
-        "slice_s": seconds, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+        "slice_s": seconds, "slice_cpu_s": cpu_seconds,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
 def _child(job: Path, threads: int) -> None:
@@ -116,21 +118,23 @@ def _child(job: Path, threads: int) -> None:
         return
     array = np.load(job / "image.npy")
     loaded: list[float] = []
+    loaded_cpu: list[float] = []  # CPU seconds of every thread of this process: what load on the machine barely moves
     load_model = lm.LiteMedSAM.__init__
 
     def timed_load(self, *args, **kwargs) -> None:  # the propagation's time starts once the model is loaded
         load_model(self, *args, **kwargs)
         loaded.append(time.perf_counter())
+        loaded_cpu.append(time.process_time())
 
     lm.LiteMedSAM.__init__ = timed_load
     started = time.perf_counter()
     result = lm.LiteMedSAMBackend().run(ModelInput(array, np.eye(4), spec["modality"], spec["case"]),
                                         {"boxes": spec["boxes"], "box_labels": spec["labels"], "threads": threads,
                                          "propagate": spec["propagate"]}, lambda f, s: None, CancelToken())
-    ended = time.perf_counter()
+    ended, ended_cpu = time.perf_counter(), time.process_time()
     np.savez_compressed(job / "result.npz", *result.layers)
     (job / "result.json").write_text(json.dumps({
-        "seconds": ended - started, "propagation_s": ended - loaded[0],
+        "seconds": ended - started, "propagation_s": ended - loaded[0], "propagation_cpu_s": ended_cpu - loaded_cpu[0],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "warnings": result.warnings, "slices_encoded": result.details["slices_encoded"],
         "slices_segmented": sum(len(kept) for kept in result.details["slices"].values())}))
@@ -144,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for torch and ONNX Runtime")
+    parser.add_argument("--prompts", default=",".join(PROMPTS), help="which prompt rows to run (default: all)")
     parser.add_argument("--package-slices", type=int, default=6,
                         help="slices the package's own per-slice loop is timed on, per case")
     parser.add_argument("--child", metavar="JOB", help=argparse.SUPPRESS)
@@ -179,7 +184,8 @@ def main() -> None:
                        capture_output=True)
         package = json.loads((job / "package.json").read_text())
         package_per_slice = float(np.median(package["slice_s"]))
-        for how in PROMPTS:
+        package_cpu_per_slice = float(np.median(package["slice_cpu_s"]))
+        for how in args.prompts.split(","):
             boxes, labels = organ_prompts(reference, how)
             (job / "job.json").write_text(json.dumps({"case": case, "modality": modality, "boxes": boxes,
                                                       "labels": labels, "propagate": how != "oracle"}))
@@ -200,12 +206,17 @@ def main() -> None:
                         f"encoded, peak {measured['peak_rss_mib']:>5.0f} MiB; the package's loop "
                         f"{package_per_slice:.2f} s/slice x {calls} structure-slices = {as_package:.0f} s "
                         f"(peak {package['peak_rss_mib']:.0f} MiB): "
-                        f"{as_package / measured['propagation_s']:.1f}x; "
+                        f"{as_package / measured['propagation_s']:.1f}x; CPU time (robust to other load on the "
+                        f"machine): ours {measured['propagation_cpu_s']:.0f} s, the package's "
+                        f"{package_cpu_per_slice:.2f} s/slice x {calls} = {package_cpu_per_slice * calls:.0f} s: "
+                        f"{package_cpu_per_slice * calls / measured['propagation_cpu_s']:.1f}x; "
                         f"{len(measured['warnings'])} warning(s)" + "".join(f"\n    {w}" for w in measured["warnings"]))
+            print(runs[-1].splitlines()[0], flush=True)  # as it goes: a run cut short keeps its timings
         shutil.rmtree(job)
         for organ in ORGANS:
             print(f"{case:<14} {organ:<13} " + " ".join(f"{scores[organ][p]:>9.4f}{'W' if warned[organ][p] else ' '}"
-                                                        for p in PROMPTS), flush=True)
+                                                        if p in scores[organ] else f"{'-':>10}" for p in PROMPTS),
+                  flush=True)
     print("W: the run warned about that organ (run.json warnings)")
     print("\nruns (all four organs per run):")
     print("\n".join(runs))

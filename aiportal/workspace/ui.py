@@ -32,6 +32,7 @@ from trame_slicer.app.ui import SegmentationAppUI
 from trame_slicer.app.ui.control_button import ControlButton
 
 from aiportal.workspace.followup import FOLLOWUP_PANEL, FollowUpPanel
+from aiportal.workspace.measure import MEASURE_PANEL, MeasurePanel
 from aiportal.workspace.models_panel import weights_block
 from aiportal.workspace.planning import PLANNING_PANEL, PlanningPanel
 
@@ -106,6 +107,7 @@ class WorkspacePage(SegmentationAppUI):
             self._register_tool_ui(ResultsPanel, workspace=workspace)
             self._register_tool_ui(PlanningPanel, workspace=workspace)
             self._register_tool_ui(FollowUpPanel, workspace=workspace)
+            self._register_tool_ui(MeasurePanel, workspace=workspace)
         with layout.toolbar:
             ControlButton(name="AI Segment", icon="mdi-robot-outline", classes="mt-1",
                           click=lambda: workspace.open_tool(AI_PANEL), active=(self._is_tool_active(AISegmentPanel),),
@@ -121,6 +123,10 @@ class WorkspacePage(SegmentationAppUI):
             ControlButton(name="Follow-up", icon="mdi-chart-timeline-variant", classes="mt-1",
                           click=lambda: workspace.open_tool(FOLLOWUP_PANEL),
                           active=(self._is_tool_active(FollowUpPanel),), raw_attrs=_testid("followup-toolbar"))
+            ControlButton(name="Measure (RECIST, vessels)", icon="mdi-ruler", classes="mt-1",
+                          click=lambda: workspace.open_tool(MEASURE_PANEL),
+                          active=(self._is_tool_active(MeasurePanel),), disabled=("!ai_segments.length",),
+                          raw_attrs=_testid("measure-toolbar"))
         with layout, VAlert(v_if=("ws_error",), type="error", closable=True, click_close="ws_error = ''",
                     style="position: fixed; top: 70px; left: 50%; transform: translateX(-50%); z-index: 3000;"
                           "max-width: 60%;", raw_attrs=_testid("ws-error")):
