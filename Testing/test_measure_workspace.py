@@ -9,7 +9,7 @@ import re
 import shutil
 
 import pytest
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir, open_and_segment
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
@@ -52,13 +52,7 @@ def test_measure_panel_shows_the_cli_numbers_and_warnings(server, shared_data, r
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         console = ConsoleErrors(page)
-        page.goto(server.url)
-        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
-        page.get_by_test_id("load-path").locator("input").fill(str(ct))
-        page.get_by_test_id("load-open").click()
-        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
-        page.get_by_test_id("ai-run").click()
-        page.get_by_test_id("ai-summary").wait_for(timeout=WAIT_MS)
+        open_and_segment(page, server.url, ct, WAIT_MS)
 
         page.get_by_test_id("measure-toolbar").click()
         page.get_by_test_id("measure-run").click()

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir, open_and_segment
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
@@ -42,13 +42,7 @@ def test_proximity_panel_matches_the_library(server, shared_data, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         console = ConsoleErrors(page)
-        page.goto(server.url)
-        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
-        page.get_by_test_id("load-path").locator("input").fill(str(ct))
-        page.get_by_test_id("load-open").click()
-        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
-        page.get_by_test_id("ai-run").click()
-        page.get_by_test_id("ai-summary").wait_for(timeout=WAIT_MS)
+        open_and_segment(page, server.url, ct, WAIT_MS)
 
         page.get_by_test_id("planning-toolbar").click()
         page.get_by_test_id("plan-target").click()

@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir, open_and_segment
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
@@ -91,13 +91,7 @@ def test_bundle_and_outcome_match_the_cli(server, shared_data, tmp_path):
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
         console = ConsoleErrors(page)
-        page.goto(server.url)
-        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
-        page.get_by_test_id("load-path").locator("input").fill(str(ct))
-        page.get_by_test_id("load-open").click()
-        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
-        page.get_by_test_id("ai-run").click()
-        page.get_by_test_id("ai-summary").wait_for(timeout=WAIT_MS)
+        open_and_segment(page, server.url, ct, WAIT_MS)
 
         page.get_by_test_id("planning-toolbar").click()
         page.get_by_test_id("plan-target").click()
@@ -170,13 +164,7 @@ def test_bundle_of_a_dicom_series_holds_seg_and_sr(server, shared_data, tmp_path
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
         console = ConsoleErrors(page)
-        page.goto(server.url)
-        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
-        page.get_by_test_id("load-path").locator("input").fill(str(shared_data / "totalseg" / "example_ct_dicom"))
-        page.get_by_test_id("load-open").click()
-        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
-        page.get_by_test_id("ai-run").click()
-        page.get_by_test_id("ai-summary").wait_for(timeout=WAIT_MS)
+        open_and_segment(page, server.url, shared_data / "totalseg" / "example_ct_dicom", WAIT_MS)
         page.get_by_test_id("results-toolbar").click()
         page.get_by_test_id("assign-uids").locator("input").check()
         page.get_by_test_id("planning-toolbar").click()

@@ -94,3 +94,14 @@ class ConsoleErrors:
         page.on("pageerror", lambda error: self.errors.append(f"uncaught: {error}"))
         page.on("response", lambda response: response.status >= 400
                 and self.errors.append(f"HTTP {response.status} {response.request.method} {response.url}"))
+
+
+def open_and_segment(page, url: str, image, wait_ms: int) -> None:
+    """Open the workspace, load ``image`` by its path and run the default AI model on it."""
+    page.goto(url)
+    page.get_by_test_id("ai-segment-toolbar").click(timeout=wait_ms)
+    page.get_by_test_id("load-path").locator("input").fill(str(image))
+    page.get_by_test_id("load-open").click()
+    page.get_by_test_id("volume-name").wait_for(timeout=wait_ms)
+    page.get_by_test_id("ai-run").click()
+    page.get_by_test_id("ai-summary").wait_for(timeout=wait_ms)
