@@ -1,6 +1,7 @@
 """The workspace's Register panel in Debian's Chromium: the nibabel MR pair with its known motion
-(shared/data/nibabel-moved) registered with the defaults, the page's lines checked against what
-`aiportal register` prints and writes for the same pair, the found motion against the known one."""
+(shared/data/nibabel-moved) registered with the defaults, and an unrelated pair (abdominal CT, head MR) that
+must be flagged; the page's lines checked against what `aiportal register` prints and writes for the same
+pair, the found motion against the known one; a missing moving volume gets a one-line error."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,17 +35,8 @@ def server(tmp_path_factory):
     shutil.copy(workspace.log_path, artifacts_dir("register-server") / "server.log")
 
 
-def test_register_panel_shows_what_the_cli_prints(server, shared_data, tmp_path):
-    folder = shared_data / "nibabel-moved"
-    fixed, moving = folder / "anatomical.nii", folder / "reoriented_anat_moved.nii"
-    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "register", str(fixed), str(moving), "--no-resample",
-                           "--out", str(tmp_path / "cli")], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    record = json.loads((tmp_path / "cli" / "registration.json").read_text())
-    cli_method = next(line for line in done.stdout.splitlines() if line.startswith("rigid registration of"))
-    cli_warnings = [line for line in done.stdout.splitlines() if line.startswith("WARNING:")]
-    cli_matrix = np.array(record["moving_to_fixed_ras"])
-
+@pytest.fixture
+def page(server):
     if not CHROMIUM.is_file():
         pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
     with playwright_api.sync_playwright() as playwright:
@@ -51,32 +44,81 @@ def test_register_panel_shows_what_the_cli_prints(server, shared_data, tmp_path)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         console = ConsoleErrors(page)
         page.goto(server.url)
-        page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
-        page.get_by_test_id("load-path").locator("input").fill(str(fixed))
-        page.get_by_test_id("load-open").click()
-        page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
-
-        page.get_by_test_id("register-toolbar").click()
-        page.get_by_test_id("reg-moving").locator("input").fill(str(moving))
-        page.get_by_test_id("reg-run").click()
-        page.get_by_test_id("reg-stage").wait_for(timeout=WAIT_MS)  # progress while the job runs
-        page.get_by_test_id("reg-method").wait_for(timeout=REGISTER_WAIT_MS)
-        page.screenshot(path=str(artifacts_dir("register-panel") / "01-registered.png"))
-        assert not page.get_by_test_id("reg-error").count()
-        method = page.get_by_test_id("reg-method").inner_text()
-        # the CLI's line names the two files; the page's the open volume: compare what follows
-        assert _without_timing(method.split(": ", 1)[1]) == _without_timing(cli_method.split(": ", 1)[1])
-        assert record["metric_choice"]["picked"] in method and record["metric_choice"]["reason"] in method
-        checks = page.get_by_test_id("reg-checks").inner_text()
-        assert f"{record['consistency_check']['disagreement_mm']:.2f} mm apart" in checks
-        assert f"sharpness {record['edge_alignment_check']['sharpness']:.2f}" in checks
-        warnings = page.get_by_test_id("reg-warnings")
-        assert (warnings.inner_text().splitlines() if warnings.count() else []) == cli_warnings
-        shown = np.array(json.loads(page.get_by_test_id("reg-motion").get_attribute("data-matrix")))
-        true = np.linalg.inv(KNOWN_MOTION)
-        # the same motion as the CLI found, so the same error against the known motion
-        assert rotation_error_deg(shown, true) == pytest.approx(rotation_error_deg(cli_matrix, true), abs=0.01)
-        assert np.abs(shown[:3, 3] - cli_matrix[:3, 3]).max() < 0.05
-        assert page.get_by_test_id("reg-fusion").is_visible()
+        yield page
         assert not console.errors, console.errors
         browser.close()
+
+
+def _cli(fixed: Path, moving: Path, out: Path) -> tuple[dict, str, list[str]]:
+    """registration.json, the summary line and the WARNING lines of `aiportal register` on the pair."""
+    done = subprocess.run([sys.executable, "-m", "aiportal.cli", "register", str(fixed), str(moving), "--no-resample",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    method = next(line for line in lines if line.startswith("rigid registration of"))
+    return (json.loads((out / "registration.json").read_text()), method,
+            [line for line in lines if line.startswith("WARNING:")])
+
+
+def _open(page, path: Path) -> None:
+    page.get_by_test_id("ai-segment-toolbar").click(timeout=WAIT_MS)
+    page.get_by_test_id("load-path").locator("input").fill(str(path))
+    page.get_by_test_id("load-open").click()
+    page.get_by_test_id("volume-name").wait_for(timeout=WAIT_MS)
+    page.get_by_test_id("register-toolbar").click()
+
+
+def _register(page, moving: Path, screenshot: str) -> None:
+    page.get_by_test_id("reg-moving").locator("input").fill(str(moving))
+    page.get_by_test_id("reg-run").click()
+    page.get_by_test_id("reg-stage").wait_for(timeout=WAIT_MS)  # progress while the job runs
+    page.get_by_test_id("reg-method").wait_for(timeout=REGISTER_WAIT_MS)
+    page.screenshot(path=str(artifacts_dir("register-panel") / screenshot))
+    assert not page.get_by_test_id("reg-error").count()
+
+
+def _assert_same_as_cli(page, record: dict, cli_method: str, cli_warnings: list[str]) -> np.ndarray:
+    method = page.get_by_test_id("reg-method").inner_text()
+    # the CLI's line names the two files, the page's does not: compare what follows
+    assert _without_timing(method.split(": ", 1)[1]) == _without_timing(cli_method.split(": ", 1)[1])
+    assert record["metric_choice"]["picked"] in method and record["metric_choice"]["reason"] in method
+    checks = page.get_by_test_id("reg-checks").inner_text()
+    assert f"{record['consistency_check']['disagreement_mm']:.2f} mm apart" in checks
+    assert f"sharpness {record['edge_alignment_check']['sharpness']:.2f}" in checks
+    warnings = page.get_by_test_id("reg-warnings")
+    assert (warnings.inner_text().splitlines() if warnings.count() else []) == cli_warnings
+    assert page.get_by_test_id("reg-fusion").is_visible()
+    return np.array(json.loads(page.get_by_test_id("reg-motion").get_attribute("data-matrix")))
+
+
+def test_register_panel_recovers_the_known_motion_as_the_cli_does(page, shared_data, tmp_path):
+    folder = shared_data / "nibabel-moved"
+    fixed, moving = folder / "anatomical.nii", folder / "reoriented_anat_moved.nii"
+    record, cli_method, cli_warnings = _cli(fixed, moving, tmp_path / "cli")
+    assert record["consistency_check"]["passed"] and not cli_warnings  # a pair the defaults get right
+
+    _open(page, fixed)
+    page.get_by_test_id("reg-run").click()  # no moving volume typed: a one-line error naming the fix
+    page.get_by_test_id("reg-error").wait_for(timeout=WAIT_MS)
+    assert "No moving volume given" in page.get_by_test_id("reg-error").inner_text()
+    _register(page, moving, "01-nibabel.png")
+    shown = _assert_same_as_cli(page, record, cli_method, cli_warnings)
+    cli_matrix, true = np.array(record["moving_to_fixed_ras"]), np.linalg.inv(KNOWN_MOTION)
+    # the same motion as the CLI found, so the same error against the known motion
+    assert rotation_error_deg(shown, true) == pytest.approx(rotation_error_deg(cli_matrix, true), abs=0.01)
+    assert np.abs(shown[:3, 3] - cli_matrix[:3, 3]).max() < 0.05
+
+
+def test_register_panel_flags_unrelated_images_as_the_cli_does(page, shared_data, tmp_path):
+    ct = shared_data / "totalseg" / "example_ct_sm.nii.gz"  # an abdominal CT: nothing in common with a head MR
+    head = shared_data / "nibabel-moved" / "anatomical.nii"
+    record, cli_method, cli_warnings = _cli(ct, head, tmp_path / "cli")
+    assert cli_warnings  # the case shows what the panel must say
+
+    _open(page, ct)
+    page.get_by_test_id("reg-moving").locator("input").fill(str(tmp_path / "missing.nii"))
+    page.get_by_test_id("reg-run").click()
+    page.get_by_test_id("reg-error").wait_for(timeout=WAIT_MS)
+    assert "missing.nii" in page.get_by_test_id("reg-error").inner_text()
+    _register(page, head, "02-unrelated.png")
+    _assert_same_as_cli(page, record, cli_method, cli_warnings)
