@@ -108,6 +108,15 @@ def test_register_panel_recovers_the_known_motion_as_the_cli_does(page, shared_d
     assert rotation_error_deg(shown, true) == pytest.approx(rotation_error_deg(cli_matrix, true), abs=0.01)
     assert np.abs(shown[:3, 3] - cli_matrix[:3, 3]).max() < 0.05
 
+    fusion = page.get_by_test_id("reg-fusion")  # read back from the scene's slice views
+    assert fusion.inner_text() == "Slice views (fade): reoriented_anat_moved (50 %) over anatomical"
+    page.get_by_test_id("reg-fusion-mode").click()
+    page.locator(".v-overlay .v-list-item", has_text="checkerboard").click()
+    page.wait_for_function("() => document.querySelector('[data-testid=reg-fusion]').innerText.includes('checker')",
+                           timeout=WAIT_MS)
+    assert fusion.inner_text() == "Slice views (checkerboard): anatomical / reoriented_anat_moved checkerboard"
+    page.screenshot(path=str(artifacts_dir("register-panel") / "01-nibabel-checkerboard.png"))
+
 
 def test_register_panel_flags_unrelated_images_as_the_cli_does(page, shared_data, tmp_path):
     ct = shared_data / "totalseg" / "example_ct_sm.nii.gz"  # an abdominal CT: nothing in common with a head MR

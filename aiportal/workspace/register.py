@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 REGISTER_PANEL = "RegisterPanel"
 KINDS = ["rigid", "affine", "bspline"]
 METRICS = ["auto", "mean_squares", "mutual_information"]
+FUSION_MODES = ["fade", "difference", "checkerboard"]
 _POLL_S = 0.25
 
 
@@ -30,10 +31,10 @@ def _testid(name: str) -> list[str]:
 def _remove_previous(workspace: Workspace) -> None:
     """A new registration replaces the previous one's moving volume and transform."""
     scene = workspace.slicer_app.scene
-    for node in getattr(workspace, "registration_nodes", []):
-        if scene.IsNodePresent(node):
+    for node in [*getattr(workspace, "registration_nodes", []), getattr(workspace, "registration_board", None)]:
+        if node is not None and scene.IsNodePresent(node):
             scene.RemoveNode(node)
-    workspace.registration_nodes = []
+    workspace.registration_nodes, workspace.registration_board, workspace.registration = [], None, None
 
 
 async def run_registration(workspace: Workspace, moving_path: str, kind: str, metric: str) -> None:
@@ -47,7 +48,8 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
     state = workspace.state
     with state:
         state.update({"reg_running": True, "reg_progress": 0, "reg_stage": "loading the moving volume",
-                      "reg_method": "", "reg_checks": "", "reg_motion": "", "reg_matrix": [], "reg_warnings": ""})
+                      "reg_method": "", "reg_checks": "", "reg_motion": "", "reg_matrix": [], "reg_warnings": "",
+                      "reg_fusion_views": ""})
     await asyncio.sleep(0)  # let the page show it before the (blocking) read
     try:
         loaded = workspace.session.loaded
@@ -66,8 +68,10 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
             with state:
                 state.reg_progress, state.reg_stage = round(100 * status.fraction), status.stage
             await asyncio.sleep(_POLL_S)
-        transform_node, result = job.finish(workspace.runtime, fusion_mode="fade")  # on the scene's thread
+        transform_node, result = job.finish(workspace.runtime, fusion_mode=None)  # on the scene's thread
         workspace.registration_nodes.append(transform_node)
+        workspace.registration = (result, loaded.node, moving.node)
+        show_fusion_mode(workspace, state.reg_fusion)
         warnings = [*(f"WARNING: {w}" for w in moving.warnings), *warning_lines(result)]
         with state:
             state.reg_method = method_line(result)
@@ -83,13 +87,40 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
             state.reg_running, state.reg_stage = False, ""
 
 
+def show_fusion_mode(workspace: Workspace, mode: str) -> None:
+    """The last registration reviewed in ``mode``; ``reg_fusion_views`` says what the slice views show (read
+    back from the scene). A checkerboard replaces the previous one."""
+    from aiportal.register import show_fusion
+
+    registration = getattr(workspace, "registration", None)
+    scene = workspace.slicer_app.scene
+    if registration is None or not all(scene.IsNodePresent(node) for node in registration[1:]):
+        return
+    board = getattr(workspace, "registration_board", None)
+    if board is not None and scene.IsNodePresent(board):
+        scene.RemoveNode(board)
+    try:
+        workspace.registration_board = show_fusion(workspace.runtime, *registration, mode=mode)
+    except Exception as error:
+        workspace.show_error(error, "reg")
+        return
+    composite = scene.GetFirstNodeByClass("vtkMRMLSliceCompositeNode")
+    names = [(scene.GetNodeByID(node_id or "") or None) for node_id in (composite.GetBackgroundVolumeID(),
+                                                                      composite.GetForegroundVolumeID())]
+    background, foreground = (node.GetName() if node is not None else "" for node in names)
+    over = f"{foreground} ({round(100 * composite.GetForegroundOpacity())} %) over " if foreground else ""
+    with workspace.state:
+        workspace.state.reg_fusion_views = f"Slice views ({mode}): {over}{background}"
+
+
 class RegisterPanel(VCard):
     def __init__(self, workspace: Workspace, **kwargs) -> None:
         super().__init__(variant="flat", raw_attrs=_testid("register-panel"), **kwargs)
         workspace.state.update({"reg_moving": "", "reg_kind": "rigid", "reg_metric": "auto", "reg_running": False,
                                 "reg_progress": 0, "reg_stage": "", "reg_method": "", "reg_checks": "",
                                 "reg_motion": "", "reg_matrix": [], "reg_warnings": "", "reg_error": "",
-                                "reg_error_fix": ""})
+                                "reg_error_fix": "", "reg_fusion": "fade", "reg_fusion_views": ""})
+        workspace.state.change("reg_fusion")(lambda reg_fusion, **_: show_fusion_mode(workspace, reg_fusion))
         with self:
             VCardTitle("Register")
             with VCardText():
@@ -121,5 +152,8 @@ class RegisterPanel(VCard):
                          raw_attrs=_testid("reg-checks"))
                 html.Div("{{ reg_warnings }}", v_if=("reg_warnings",), classes="text-body-2 text-amber mt-1",
                          style="white-space: pre-line", raw_attrs=_testid("reg-warnings"))
-                html.Div("Slice views: the moving volume faded over the fixed one (50 %).", v_if=("reg_method",),
-                         classes="text-caption text-grey mt-1", raw_attrs=_testid("reg-fusion"))
+                VSelect(v_model=("reg_fusion",), items=("reg_fusion_modes", FUSION_MODES), label="Fusion view",
+                        v_if=("reg_method",), density="compact", hide_details=True, classes="mt-2",
+                        raw_attrs=_testid("reg-fusion-mode"))
+                html.Div("{{ reg_fusion_views }}", v_if=("reg_method",), classes="text-caption text-grey mt-1",
+                         raw_attrs=_testid("reg-fusion"))
