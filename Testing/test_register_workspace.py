@@ -77,30 +77,73 @@ def _register(page, moving: Path, screenshot: str) -> None:
     assert not page.get_by_test_id("reg-error").count()
 
 
-def _assert_same_as_cli(page, record: dict, cli_method: str, cli_warnings: list[str]) -> np.ndarray:
+def _numbers_hidden(line: str) -> str:
+    return re.sub(r"-?[0-9]+(\.[0-9]+)?(e[+-][0-9]+)?", "#", line)
+
+
+def _assert_same_as_cli(page, record: dict, cli_method: str, cli_warnings: list[str], exact: bool = True):
+    """The page's lines against the CLI's. ``exact=False``: an optimisation on images with nothing in common ends
+    a few iterations apart from run to run (ITK's threaded sums), so only the words, the verdicts and the number
+    of warnings must agree."""
+    same = (lambda text: text) if exact else _numbers_hidden
     method = page.get_by_test_id("reg-method").inner_text()
     # the CLI's line names the two files, the page's does not: compare what follows
-    assert _without_timing(method.split(": ", 1)[1]) == _without_timing(cli_method.split(": ", 1)[1])
-    assert record["metric_choice"]["picked"] in method and record["metric_choice"]["reason"] in method
+    assert same(_without_timing(method.split(": ", 1)[1])) == same(_without_timing(cli_method.split(": ", 1)[1]))
+    assert record["metric_choice"]["picked"] in method
     checks = page.get_by_test_id("reg-checks").inner_text()
-    assert f"{record['consistency_check']['disagreement_mm']:.2f} mm apart" in checks
-    assert f"sharpness {record['edge_alignment_check']['sharpness']:.2f}" in checks
+    assert re.findall(r"(passed|FAILED)\)", checks) == [
+        "passed" if record[check]["passed"] else "FAILED" for check in ("consistency_check", "edge_alignment_check")]
+    if exact:
+        assert record["metric_choice"]["reason"] in method
+        assert f"{record['consistency_check']['disagreement_mm']:.2f} mm apart" in checks
+        assert f"sharpness {record['edge_alignment_check']['sharpness']:.2f}" in checks
     warnings = page.get_by_test_id("reg-warnings")
-    assert (warnings.inner_text().splitlines() if warnings.count() else []) == cli_warnings
+    assert [same(w) for w in (warnings.inner_text().splitlines() if warnings.count() else [])] == [
+        same(w) for w in cli_warnings]
     assert page.get_by_test_id("reg-fusion").is_visible()
     return np.array(json.loads(page.get_by_test_id("reg-motion").get_attribute("data-matrix")))
 
 
-def test_register_panel_recovers_the_known_motion_as_the_cli_does(page, shared_data, tmp_path):
+def _segmentation_on(runtime, volume, path: Path):
+    """Two overlapping segments (head, bright tissue) thresholded on ``volume``, saved as a .seg.nrrd."""
+    from aiportal.io.volumes import array_from_volume
+    from aiportal.models.backend import LabelMapResult
+    from aiportal.models.catalog import ANATOMICAL_STRUCTURE, TISSUE, Code, LabelSpec
+    from aiportal.provenance import Provenance, now_iso
+    from aiportal.segmentation import import_label_map, save_segmentation
+
+    voxels = array_from_volume(volume).astype(np.float32)
+    head, bright = voxels > np.percentile(voxels, 40), voxels > np.percentile(voxels, 85)
+    labels = (LabelSpec(1, "head", ANATOMICAL_STRUCTURE, Code("SCT", "69536005", "Head"), color=(200, 150, 100)),
+              LabelSpec(2, "bright", TISSUE, Code("SCT", "85756007", "Tissue"), color=(20, 120, 250), layer=1))
+    provenance = Provenance("threshold", "1", "none", {}, "cpu", now_iso(), now_iso())
+    node = import_label_map(LabelMapResult(layers=[head.astype(np.uint8), bright.astype(np.uint8) * 2]), labels,
+                            volume, provenance, runtime=runtime)
+    return node, save_segmentation(node, path)
+
+
+def test_register_panel_recovers_the_known_motion_as_the_cli_does(page, shared_data, runtime, tmp_path):
+    from aiportal.export.statistics import compute_statistics
+    from aiportal.io.volumes import load_volume
+    from aiportal.register import propagate_segmentation, register_volumes
+
     folder = shared_data / "nibabel-moved"
     fixed, moving = folder / "anatomical.nii", folder / "reoriented_anat_moved.nii"
     record, cli_method, cli_warnings = _cli(fixed, moving, tmp_path / "cli")
     assert record["consistency_check"]["passed"] and not cli_warnings  # a pair the defaults get right
+    # the moving scan's segmentation, and what the library makes of it on the fixed scan
+    fixed_node, moving_node = load_volume(fixed, runtime).node, load_volume(moving, runtime).node
+    prior, seg_path = _segmentation_on(runtime, moving_node, tmp_path / "moving.seg.nrrd")
+    expected = propagate_segmentation(runtime, register_volumes(fixed_node, moving_node), prior, fixed_node,
+                                      moving_node)
+    expected_ml = {row.name: row.values["volume_ml"] for row in compute_statistics(expected, fixed_node)}
+    assert set(expected_ml) == {"head", "bright"}
 
     _open(page, fixed)
     page.get_by_test_id("reg-run").click()  # no moving volume typed: a one-line error naming the fix
     page.get_by_test_id("reg-error").wait_for(timeout=WAIT_MS)
     assert "No moving volume given" in page.get_by_test_id("reg-error").inner_text()
+    page.get_by_test_id("reg-segmentation").locator("input").fill(str(seg_path))
     _register(page, moving, "01-nibabel.png")
     shown = _assert_same_as_cli(page, record, cli_method, cli_warnings)
     cli_matrix, true = np.array(record["moving_to_fixed_ras"]), np.linalg.inv(KNOWN_MOTION)
@@ -117,6 +160,14 @@ def test_register_panel_recovers_the_known_motion_as_the_cli_does(page, shared_d
     assert fusion.inner_text() == "Slice views (checkerboard): anatomical / reoriented_anat_moved checkerboard"
     page.screenshot(path=str(artifacts_dir("register-panel") / "01-nibabel-checkerboard.png"))
 
+    assert page.get_by_test_id("reg-propagated").inner_text() == ("2 segment(s) warped onto anatomical: "
+                                                                    "head, bright")
+    page.get_by_test_id("results-toolbar").click()  # the warped segmentation is the workspace's segmentation now
+    page.get_by_test_id("stats-volume_ml-bright").wait_for(timeout=WAIT_MS)
+    shown_ml = {name: float(page.get_by_test_id(f"stats-volume_ml-{name}").inner_text()) for name in expected_ml}
+    # the same registration and warp as the library's: equal up to a few voxels on the boundary
+    assert shown_ml == {name: pytest.approx(ml, rel=0.005) for name, ml in expected_ml.items()}
+
 
 def test_register_panel_flags_unrelated_images_as_the_cli_does(page, shared_data, tmp_path):
     ct = shared_data / "totalseg" / "example_ct_sm.nii.gz"  # an abdominal CT: nothing in common with a head MR
@@ -130,4 +181,5 @@ def test_register_panel_flags_unrelated_images_as_the_cli_does(page, shared_data
     page.get_by_test_id("reg-error").wait_for(timeout=WAIT_MS)
     assert "missing.nii" in page.get_by_test_id("reg-error").inner_text()
     _register(page, head, "02-unrelated.png")
-    _assert_same_as_cli(page, record, cli_method, cli_warnings)
+    _assert_same_as_cli(page, record, cli_method, cli_warnings, exact=False)
+    assert not (record["consistency_check"]["passed"] and record["edge_alignment_check"]["passed"])

@@ -37,8 +37,10 @@ def _remove_previous(workspace: Workspace) -> None:
     workspace.registration_nodes, workspace.registration_board, workspace.registration = [], None, None
 
 
-async def run_registration(workspace: Workspace, moving_path: str, kind: str, metric: str) -> None:
-    """Load the moving volume, register it to the open one in a worker thread, show the result and fusion."""
+async def run_registration(workspace: Workspace, moving_path: str, kind: str, metric: str,
+                           segmentation_path: str = "") -> None:
+    """Load the moving volume, register it to the open one in a worker thread, show the result and fusion;
+    with ``segmentation_path`` (a .seg.nrrd made on the moving volume) warp it onto the open volume."""
     from aiportal.errors import InputError
     from aiportal.io.volumes import load_volume
     from aiportal.register.job import RegistrationJob
@@ -49,7 +51,7 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
     with state:
         state.update({"reg_running": True, "reg_progress": 0, "reg_stage": "loading the moving volume",
                       "reg_method": "", "reg_checks": "", "reg_motion": "", "reg_matrix": [], "reg_warnings": "",
-                      "reg_fusion_views": ""})
+                      "reg_fusion_views": "", "reg_propagated": ""})
     await asyncio.sleep(0)  # let the page show it before the (blocking) read
     try:
         loaded = workspace.session.loaded
@@ -62,6 +64,13 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
         _remove_previous(workspace)
         moving = load_volume(Path(moving_path.strip()).expanduser(), workspace.runtime)
         workspace.registration_nodes = [moving.node]
+        moving_segmentation = None
+        if (segmentation_path or "").strip():  # read before registering, so a bad file fails fast
+            from aiportal.segmentation import load_segmentation
+
+            moving_segmentation = load_segmentation(Path(segmentation_path.strip()).expanduser(), workspace.runtime)
+            moving_segmentation.SetDisplayVisibility(False)
+            workspace.registration_nodes.append(moving_segmentation)
         job = RegistrationJob(loaded.node, moving.node, kind=kind, metric=metric)
         job.start()
         while (status := job.poll()).state in ("queued", "running"):
@@ -72,6 +81,8 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
         workspace.registration_nodes.append(transform_node)
         workspace.registration = (result, loaded.node, moving.node)
         show_fusion_mode(workspace, state.reg_fusion)
+        if moving_segmentation is not None:
+            _propagate(workspace, result, moving_segmentation, loaded.node, moving.node)
         warnings = [*(f"WARNING: {w}" for w in moving.warnings), *warning_lines(result)]
         with state:
             state.reg_method = method_line(result)
@@ -85,6 +96,27 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
     finally:
         with state:
             state.reg_running, state.reg_stage = False, ""
+
+
+def _propagate(workspace: Workspace, result, moving_segmentation, fixed_node, moving_node) -> None:
+    """The moving volume's segmentation warped onto the open volume, made the workspace's segmentation (editor,
+    statistics, review, Measure and export all work on it)."""
+    from aiportal.register import propagate_segmentation
+    from aiportal.segmentation import segment_ids
+
+    node = propagate_segmentation(workspace.runtime, result, moving_segmentation, fixed_node, moving_node)
+    editor = workspace.slicer_app.segmentation_editor
+    previous = editor.active_segmentation_node
+    if previous is not None and not previous.GetSegmentation().GetNumberOfSegments():
+        workspace.slicer_app.scene.RemoveNode(previous)  # the editor's empty starter segmentation
+    workspace.session.segmentation_node = node
+    editor.set_active_segmentation(node, fixed_node)
+    names = [node.GetSegmentation().GetSegment(s).GetName() for s in segment_ids(node)]
+    lost = len(segment_ids(moving_segmentation)) - len(names)
+    with workspace.state:
+        workspace.state.reg_propagated = (f"{len(names)} segment(s) warped onto {fixed_node.GetName()}: "
+                                          f"{', '.join(names)}" + (f"; {lost} fell outside it" if lost else ""))
+    workspace.refresh_statistics()
 
 
 def show_fusion_mode(workspace: Workspace, mode: str) -> None:
@@ -119,7 +151,8 @@ class RegisterPanel(VCard):
         workspace.state.update({"reg_moving": "", "reg_kind": "rigid", "reg_metric": "auto", "reg_running": False,
                                 "reg_progress": 0, "reg_stage": "", "reg_method": "", "reg_checks": "",
                                 "reg_motion": "", "reg_matrix": [], "reg_warnings": "", "reg_error": "",
-                                "reg_error_fix": "", "reg_fusion": "fade", "reg_fusion_views": ""})
+                                "reg_error_fix": "", "reg_fusion": "fade", "reg_fusion_views": "",
+                                "reg_segmentation": "", "reg_propagated": ""})
         workspace.state.change("reg_fusion")(lambda reg_fusion, **_: show_fusion_mode(workspace, reg_fusion))
         with self:
             VCardTitle("Register")
@@ -129,13 +162,16 @@ class RegisterPanel(VCard):
                          "result is checked from a perturbed start.", classes="text-caption text-grey")
                 VTextField(v_model=("reg_moving",), label="Moving volume (file or DICOM folder)", density="compact",
                            hide_details=True, raw_attrs=_testid("reg-moving"))
+                VTextField(v_model=("reg_segmentation",), label="Its segmentation (.seg.nrrd, optional): warped "
+                           "onto the open volume", density="compact", hide_details=True, classes="mt-2",
+                           raw_attrs=_testid("reg-segmentation"))
                 with html.Div(classes="d-flex mt-2"):
                     VSelect(v_model=("reg_kind",), items=("reg_kinds", KINDS), label="Type", density="compact",
                             hide_details=True, raw_attrs=_testid("reg-kind"))
                     VSelect(v_model=("reg_metric",), items=("reg_metrics", METRICS), label="Metric",
                             density="compact", hide_details=True, classes="ml-2", raw_attrs=_testid("reg-metric"))
                 VBtn("Register", click=(lambda *values: asyncio.ensure_future(run_registration(workspace, *values)),
-                                        "[reg_moving, reg_kind, reg_metric]"),
+                                        "[reg_moving, reg_kind, reg_metric, reg_segmentation]"),
                      loading=("reg_running",), disabled=("!ws_volume_name",), size="small", color="primary",
                      classes="mt-2", prepend_icon="mdi-vector-combine", raw_attrs=_testid("reg-run"))
                 VProgressLinear(v_if=("reg_running",), model_value=("reg_progress",), classes="mt-2")
@@ -150,6 +186,8 @@ class RegisterPanel(VCard):
                          raw_attrs=[*_testid("reg-motion"), ':data-matrix="JSON.stringify(reg_matrix)"'])
                 html.Div("{{ reg_checks }}", v_if=("reg_checks",), classes="text-caption mt-1",
                          raw_attrs=_testid("reg-checks"))
+                html.Div("{{ reg_propagated }}", v_if=("reg_propagated",), classes="text-body-2 mt-1",
+                         raw_attrs=_testid("reg-propagated"))
                 html.Div("{{ reg_warnings }}", v_if=("reg_warnings",), classes="text-body-2 text-amber mt-1",
                          style="white-space: pre-line", raw_attrs=_testid("reg-warnings"))
                 VSelect(v_model=("reg_fusion",), items=("reg_fusion_modes", FUSION_MODES), label="Fusion view",
