@@ -23,11 +23,15 @@ def checks_line(result: RegistrationResult) -> str:
             f"{'passed' if edges['passed'] else 'FAILED'})")
 
 
-def motion_line(matrix_ras: np.ndarray) -> str:
-    """The size of the motion found: rotation angle and shift of the moving → fixed matrix."""
-    matrix = np.asarray(matrix_ras, dtype=float)
-    angle = np.degrees(np.arccos(np.clip((np.trace(matrix[:3, :3]) - 1) / 2, -1.0, 1.0)))
-    return f"moving → fixed: rotation {angle:.2f}°, shift {np.linalg.norm(matrix[:3, 3]):.2f} mm"
+def motion_line(result: RegistrationResult) -> str:
+    """The size of the motion found: rotation angle and shift of the moving → fixed matrix (for affine and
+    B-spline, the rotation of its polar decomposition: scaling and shear are not rotation)."""
+    matrix = np.asarray(result.matrix_ras, dtype=float)
+    left, _, right = np.linalg.svd(matrix[:3, :3])
+    rotation = left @ right
+    angle = np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0)))
+    part = {"affine": " (linear part)", "bspline": " (linear part, before the warp)"}.get(result.kind, "")
+    return f"moving → fixed{part}: rotation {angle:.2f}°, shift {np.linalg.norm(matrix[:3, 3]):.2f} mm"
 
 
 def warning_lines(result: RegistrationResult) -> list[str]:

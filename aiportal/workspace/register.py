@@ -87,7 +87,7 @@ async def run_registration(workspace: Workspace, moving_path: str, kind: str, me
         with state:
             state.reg_method = method_line(result)
             state.reg_checks = checks_line(result)
-            state.reg_motion = motion_line(result.matrix_ras)
+            state.reg_motion = motion_line(result)
             state.reg_matrix = [[float(v) for v in row] for row in result.matrix_ras]
             state.reg_warnings = "\n".join(warnings)
             state.reg_progress = 100
