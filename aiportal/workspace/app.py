@@ -206,7 +206,9 @@ class Workspace(TrameApp):
         self.state.update({"ws_volume_name": "", "ai_segments": [], "ai_pending": 0, "ai_summary": "",
                            "stats_rows": [], "ai_error": "", "ai_error_fix": "", "export_message": "",
                            "export_error": "", "ai_boxes": [], "measure_rows": [], "measure_summary": "",
-                           "measure_warnings": "", "vessel_summary": "", "vessel_warnings": ""})
+                           "measure_warnings": "", "vessel_summary": "", "vessel_warnings": "",
+                           "reg_method": "", "reg_checks": "", "reg_motion": "", "reg_warnings": "",
+                           "reg_propagated": ""})
 
     # -- AI Segment ------------------------------------------------------------------------------
     def run_ai(self) -> None:

@@ -35,6 +35,7 @@ from aiportal.workspace.followup import FOLLOWUP_PANEL, FollowUpPanel
 from aiportal.workspace.measure import MEASURE_PANEL, MeasurePanel
 from aiportal.workspace.models_panel import weights_block
 from aiportal.workspace.planning import PLANNING_PANEL, PlanningPanel
+from aiportal.workspace.register import REGISTER_PANEL, RegisterPanel
 
 if TYPE_CHECKING:
     from aiportal.workspace.app import Workspace
@@ -108,6 +109,7 @@ class WorkspacePage(SegmentationAppUI):
             self._register_tool_ui(PlanningPanel, workspace=workspace)
             self._register_tool_ui(FollowUpPanel, workspace=workspace)
             self._register_tool_ui(MeasurePanel, workspace=workspace)
+            self._register_tool_ui(RegisterPanel, workspace=workspace)
         with layout.toolbar:
             ControlButton(name="AI Segment", icon="mdi-robot-outline", classes="mt-1",
                           click=lambda: workspace.open_tool(AI_PANEL), active=(self._is_tool_active(AISegmentPanel),),
@@ -127,6 +129,10 @@ class WorkspacePage(SegmentationAppUI):
                           click=lambda: workspace.open_tool(MEASURE_PANEL),
                           active=(self._is_tool_active(MeasurePanel),), disabled=("!ai_segments.length",),
                           raw_attrs=_testid("measure-toolbar"))
+            ControlButton(name="Register", icon="mdi-vector-combine", classes="mt-1",
+                          click=lambda: workspace.open_tool(REGISTER_PANEL),
+                          active=(self._is_tool_active(RegisterPanel),), disabled=("!ws_volume_name",),
+                          raw_attrs=_testid("register-toolbar"))
         with layout, VAlert(v_if=("ws_error",), type="error", closable=True, click_close="ws_error = ''",
                     style="position: fixed; top: 70px; left: 50%; transform: translateX(-50%); z-index: 3000;"
                           "max-width: 60%;", raw_attrs=_testid("ws-error")):
