@@ -12,7 +12,7 @@ import sys
 import nibabel
 import numpy as np
 import pytest
-from test_vessels import LANDMARKS, _nifti_mask, _rotation, _segmentation_with, tube_phantom
+from test_vessels import LANDMARKS, _nifti_mask, _rotation, _segmentation_with, tilted_disc
 
 from aiportal.vessels.flat import MAX_SINGLE_PLANE_SPREAD_MM, disc_measurement, is_disc
 
@@ -42,17 +42,12 @@ def test_pulmonary_landmark_discs_within_a_millimetre_of_the_report_or_warned(sh
     (24.0, (1.5, 1.5, 1.5), _rotation(0.3, 0.5, 0.7)), (18.0, (0.8, 0.8, 2.0), _rotation(0.6, -0.2, 0.4)),
     (30.0, (0.7, 0.7, 1.0), np.eye(3))])
 def test_a_smooth_tilted_disc_has_no_warning_and_its_planes_agree(diameter, spacing, rotation):
-    mask, ijk_to_ras = tube_phantom(np.zeros((1, 3)), np.array([diameter / 2 + 2]), spacing, rotation)
-    k, j, i = np.indices(mask.shape).reshape(3, -1)
-    ras = np.column_stack([i, j, k]) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
-    normal = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
-    height = ras @ normal
-    disc = ((np.abs(height) <= 1.5) & (np.linalg.norm(ras - height[:, None] * normal, axis=1) <= diameter / 2))
-    measured = disc_measurement(disc.reshape(mask.shape), ijk_to_ras)
+    disc, ball, ijk_to_ras = tilted_disc(diameter, spacing, rotation)
+    measured = disc_measurement(disc, ijk_to_ras)
     assert measured.warnings == []
     assert measured.max_diameter_mm == pytest.approx(diameter, abs=1.0)
     assert np.abs(np.subtract(measured.single_plane_range_mm, diameter)).max() <= 1.0
-    assert not is_disc(mask, ijk_to_ras)  # the ball around it
+    assert not is_disc(ball, ijk_to_ras)
 
 
 def test_cli_measures_a_landmark_disc_given_as_a_vessel(shared_data, runtime, tmp_path):

@@ -55,6 +55,19 @@ def tube_phantom(curve: np.ndarray, radii: np.ndarray, spacing, rotation: np.nda
         inside[found] |= distance[found] <= line_radii[nearest[found]]
     return inside.reshape(counts[::-1]), ijk_to_ras
 
+DISC_NORMAL = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])  # 22° to the grid's k axis
+
+
+def tilted_disc(diameter: float, spacing, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A 3 mm thick disc of ``diameter`` mm across ``DISC_NORMAL``: its mask, the ball it was cut from, ijk-to-RAS."""
+    ball, ijk_to_ras = tube_phantom(np.zeros((1, 3)), np.array([diameter / 2 + 2]), spacing, rotation)
+    k, j, i = np.indices(ball.shape).reshape(3, -1)
+    ras = np.column_stack([i, j, k]) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    height = ras @ DISC_NORMAL
+    disc = (np.abs(height) <= 1.5) & (np.linalg.norm(ras - height[:, None] * DISC_NORMAL, axis=1) <= diameter / 2)
+    return disc.reshape(ball.shape), ball, ijk_to_ras
+
+
 
 _S = np.linspace(0.0, 80.0, 801)
 _STRAIGHT = np.column_stack([np.zeros_like(_S), np.zeros_like(_S), _S])
@@ -228,19 +241,14 @@ def test_pulmonary_artery_against_totalsegmentator_report(shared_data):
     (30.0, (0.7, 0.7, 1.0), np.eye(3))])
 def test_a_tilted_disc_is_measured_on_its_own_plane(diameter, spacing, rotation):
     """A 3 mm thick disc (a landmark drawn across a vessel), tilted 22° to the grid, on anisotropic rotated grids."""
-    mask, ijk_to_ras = tube_phantom(np.zeros((1, 3)), np.array([diameter / 2 + 2]), spacing, rotation)
-    k, j, i = np.indices(mask.shape).reshape(3, -1)
-    ras = np.column_stack([i, j, k]) @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
-    normal = np.array([0.3, 0.2, 0.93]) / np.linalg.norm([0.3, 0.2, 0.93])
-    height = ras @ normal
-    disc = ((np.abs(height) <= 1.5) & (np.linalg.norm(ras - height[:, None] * normal, axis=1) <= diameter / 2))
-    section = measure_disc(disc.reshape(mask.shape), ijk_to_ras)
+    disc, ball, ijk_to_ras = tilted_disc(diameter, spacing, rotation)
+    section = measure_disc(disc, ijk_to_ras)
     assert section.max_diameter_mm == pytest.approx(diameter, abs=1.0)
     assert section.perpendicular_diameter_mm == pytest.approx(diameter, abs=1.0)
     assert section.area_mm2 == pytest.approx(np.pi * diameter**2 / 4, rel=0.05)
-    assert abs(section.normal @ normal) > np.cos(np.radians(2))
+    assert abs(section.normal @ DISC_NORMAL) > np.cos(np.radians(2))
     with pytest.raises(ValueError, match="not a disc"):
-        measure_disc(mask, ijk_to_ras)  # a ball
+        measure_disc(ball, ijk_to_ras)
 
 
 def _segmentation_with(runtime, volume_node, masks: dict[str, np.ndarray], path):
