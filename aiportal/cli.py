@@ -20,6 +20,7 @@ from aiportal.errors import AIPortalError, CancelledError
 from aiportal.followup.cli import add_followup_command
 from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
 from aiportal.planning.cli import add_planning_commands
+from aiportal.register.cli import add_register_command
 from aiportal.remote_segment import add_server_arguments
 from aiportal.weights.cli import add_doctor_command, add_models_commands
 
@@ -212,7 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     progress = TerminalProgress()
     progress(0.0, f"loading {args.source}")
     loaded = load_volume(args.source, series_uid=args.series, nan_as=args.nan_as, geometry=_geometry(args))
-    _print_warnings(loaded.warnings)
+    print_warnings(loaded.warnings)
     node = load_segmentation(args.segmentation)
     require_same_grid(node, str(args.segmentation), loaded.node, str(args.source))
     exported = export_to_folder(node, loaded.node, loaded.source, args.out, options, overwrite=args.overwrite,
@@ -314,7 +315,7 @@ def cmd_measure(args: argparse.Namespace) -> int:
               f"{m.short_axis_mm:.1f} mm on slice {m.slice_axis}={m.slice_index}; 3D {m.max_3d_diameter_mm:.1f} mm")
     for vessel in vessels:
         print(f"  {vessel.summary()}")
-    _print_warnings(loaded.warnings + measurement_warnings(measurements, skipped)
+    print_warnings(loaded.warnings + measurement_warnings(measurements, skipped)
                     + [warning for vessel in vessels for warning in vessel.warnings])
     if follow_up is not None:
         print(f"RECIST 1.1 response: {follow_up.assessment.response.value} ({follow_up.assessment.explanation})")
@@ -324,47 +325,9 @@ def cmd_measure(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_warnings(warnings: list[str]) -> None:
+def print_warnings(warnings: list[str]) -> None:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
-
-
-def cmd_register(args: argparse.Namespace) -> int:
-
-    from aiportal.io.volumes import load_volume, save_volume
-    from aiportal.outputs import check_output_folder, staged_output
-    from aiportal.register import apply_to_scene, read_landmark_pairs, register_volumes, resample, save_transform
-    from aiportal.runtime import get_runtime
-
-    outputs = ["transform.h5", "registration.json", *([] if args.no_resample else ["moving_registered.nrrd"])]
-    check_output_folder(args.out, outputs, args.overwrite)
-    progress = TerminalProgress()
-    progress(0.0, f"loading {args.fixed} and {args.moving}")
-    fixed_loaded = load_volume(args.fixed, series_uid=args.fixed_series, nan_as=args.nan_as)
-    moving_loaded = load_volume(args.moving, series_uid=args.moving_series, nan_as=args.nan_as)
-    _print_warnings(fixed_loaded.warnings + moving_loaded.warnings)
-    fixed, moving = fixed_loaded.node, moving_loaded.node
-    # read before registering, so a bad point file fails fast
-    landmarks = read_landmark_pairs(*args.landmarks, fixed, moving) if args.landmarks else None
-    result = register_volumes(fixed, moving, kind=args.type, metric=args.metric, initialization=args.init,
-                              levels=args.levels, progress=progress, landmarks=landmarks)
-    runtime = get_runtime()
-    with staged_output(args.out, overwrite=args.overwrite) as staging:
-        save_transform(apply_to_scene(runtime, result, fixed, moving, observe=False), staging / "transform.h5")
-        if not args.no_resample:
-            save_volume(resample(runtime, result, fixed, moving), staging / "moving_registered.nrrd")
-        (staging / "registration.json").write_text(json.dumps(
-            {"fixed": str(args.fixed), "moving": str(args.moving), **result.summary()}, indent=2))
-    picked = f" ({result.metric_choice.reason})" if result.metric_choice else ""
-    print(f"{result.kind} registration of {args.moving} to {args.fixed}: {result.metric}{picked}, metric "
-          f"{result.final_metric:.5g} after {result.iterations} iterations in {result.elapsed_s:.1f} s")
-    if result.tre:
-        print(f"landmark TRE: mean {result.tre.mean_mm:.2f} mm, max {result.tre.max_mm:.2f} mm over "
-              f"{len(result.tre.per_point_mm)} points (before: {result.unregistered_tre.mean_mm:.2f} mm)")
-    for warning in result.warnings:
-        print(f"WARNING: {warning}")
-    print(f"wrote {args.out / 'transform.h5'} (moving → fixed, Slicer's transform-to-parent)")
-    return 0
 
 
 def _audit():
@@ -429,7 +392,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_nan_as(parser: argparse.ArgumentParser) -> None:
+def add_nan_as(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--nan-as", type=float, metavar="VALUE",
                         help="replace NaN/Inf voxels of the input with VALUE (with a warning); default: refuse them")
 
@@ -490,7 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
     _add_export_arguments(segment)
     add_segment_pacs_arguments(segment)
-    _add_nan_as(segment)
+    add_nan_as(segment)
     add_server_arguments(segment)
     segment.set_defaults(handler=cmd_segment)
 
@@ -507,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store every DICOM object written (SEG, SR, key images, models) on this PACS endpoint "
                              "and verify it arrived (see `aiportal pacs list`)")
     export.add_argument("--protocol", choices=["auto", "dicomweb", "dimse"], default="auto", help="with --push")
-    _add_nan_as(export)
+    add_nan_as(export)
     export.set_defaults(handler=cmd_export)
 
     measure = commands.add_parser("measure", help="RECIST 1.1 axes of each lesion (separate part of a segment); "
@@ -538,27 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="with --sr: generate UIDs an anonymised series lacks (corrected copy in source/)")
     measure.add_argument("--out", type=Path, required=True, help="output folder")
     measure.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    _add_nan_as(measure)
+    add_nan_as(measure)
     measure.set_defaults(handler=cmd_measure)
 
-    register = commands.add_parser("register", help="align a moving volume to a fixed one")
-    register.add_argument("fixed", type=Path, help="fixed volume: DICOM folder/file, NIfTI or NRRD")
-    register.add_argument("moving", type=Path, help="moving volume")
-    register.add_argument("--type", choices=["rigid", "affine", "bspline"], default="rigid")
-    register.add_argument("--metric", choices=["auto", "mean_squares", "mutual_information"], default="auto",
-                          help="auto = mutual information (any contrasts); mean_squares for the same contrast")
-    register.add_argument("--init", choices=["geometry", "moments", "none"], default="geometry",
-                          help="initial alignment: image centres, intensity moments, or scanner coordinates")
-    register.add_argument("--levels", type=int, default=3, help="multi-resolution levels")
-    register.add_argument("--landmarks", nargs=2, type=Path, metavar=("FIXED_PTS", "MOVING_PTS"),
-                          help="corresponding points (elastix point files, 'index' or 'point'): report TRE in mm")
-    register.add_argument("--fixed-series", help="SeriesInstanceUID in a fixed folder with several series")
-    register.add_argument("--moving-series", help="SeriesInstanceUID in a moving folder with several series")
-    register.add_argument("--out", type=Path, required=True, help="output folder")
-    register.add_argument("--no-resample", action="store_true", help="do not write the resampled moving volume")
-    register.add_argument("--overwrite", action="store_true", help="replace existing outputs in --out")
-    _add_nan_as(register)
-    register.set_defaults(handler=cmd_register)
+    add_register_command(commands)  # `aiportal register`
 
     from aiportal.audit_report import add_report_arguments
 
