@@ -17,9 +17,8 @@ import pytest
 from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
 
 sys.path.insert(0, str(Path(__file__).parent))
+from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
 from test_followup_pacs import DATES, _study, _with_seg, three_time_points  # noqa: E402
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
 WAIT_MS = 240_000  # loading three studies and two registrations on a shared 2-core machine
 

