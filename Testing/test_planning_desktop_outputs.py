@@ -14,11 +14,10 @@ import json
 import subprocess
 import sys
 
-import nibabel as nib
 import numpy as np
 import pytest
 from dicom_validation import dciodvfy_errors
-from scipy.spatial.transform import Rotation
+from test_planning_outcome_registration import _motion, write_postop_case
 
 from aiportal.errors import InputError
 from aiportal.io.volumes import load_volume
@@ -101,23 +100,10 @@ def test_bundle_from_the_panel_matches_the_cli(shared_data, runtime, tmp_path):
     assert not any(failed.iterdir())
 
 
-def _motion() -> np.ndarray:
-    motion = np.eye(4)
-    motion[:3, :3] = Rotation.from_euler("xyz", (0.05, -0.04, 0.06)).as_matrix()
-    motion[:3, 3] = (5.0, -3.0, 4.0)
-    return motion
-
-
 def test_outcome_from_the_panel_matches_the_cli(shared_data, runtime, tmp_path):
-    folder = shared_data / "totalseg"
+    folder = write_postop_case(shared_data, tmp_path)
     class_map = folder / "class_map_total_totalmr.json"
     motion = _motion()
-    for name in ("example_ct_sm.nii.gz", "example_seg.nii.gz"):
-        image = nib.load(folder / name)
-        moved = nib.Nifti1Image(np.asanyarray(image.dataobj), motion @ image.affine, image.header)
-        moved.set_qform(motion @ image.affine, code=1)
-        moved.set_sform(motion @ image.affine, code=1)
-        nib.save(moved, tmp_path / name)
     scene = runtime.scene
     planned_grid = load_label_grid(folder / "example_seg.nii.gz", class_map=class_map, runtime=runtime)
     actual_grid = load_label_grid(tmp_path / "example_seg.nii.gz", class_map=class_map, runtime=runtime)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -37,10 +38,10 @@ def _motion() -> np.ndarray:
     return motion
 
 
-@pytest.fixture(scope="module")
-def moved_case(shared_data, tmp_path_factory):
+def write_postop_case(shared_data, out) -> Path:
+    """The real CT and its reference segmentation, same voxels, moved by :func:`_motion` in their headers, into
+    ``out``; returns the planning folder they came from."""
     folder = shared_data / "totalseg"
-    out = tmp_path_factory.mktemp("postop")
     motion = _motion()
     for name in ("example_ct_sm.nii.gz", "example_seg.nii.gz"):
         image = nib.load(folder / name)
@@ -48,7 +49,13 @@ def moved_case(shared_data, tmp_path_factory):
         moved.set_qform(motion @ image.affine, code=1)
         moved.set_sform(motion @ image.affine, code=1)
         nib.save(moved, out / name)
-    return folder, out
+    return folder
+
+
+@pytest.fixture(scope="module")
+def moved_case(shared_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("postop")
+    return write_postop_case(shared_data, out), out
 
 
 def _apply(matrix: np.ndarray, point) -> list[str]:
