@@ -39,3 +39,17 @@ def runtime():
     rt = build_headless_runtime()
     yield rt
     rt.scene.Clear(1)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium driven by playwright (the test extra; never a downloaded browser), one per module."""
+    from playwright import sync_api as playwright_api
+    from workspace_browser import CHROMIUM, CHROMIUM_ARGS
+
+    if not CHROMIUM.is_file():
+        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

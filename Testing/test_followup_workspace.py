@@ -7,14 +7,13 @@ without a SEG alone is refused with the reason."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, artifacts_dir, served_workspace
 
 sys.path.insert(0, str(Path(__file__).parent))
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
@@ -40,10 +39,7 @@ def folders(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
-    yield workspace
-    workspace.stop()
-    shutil.copy(workspace.log_path, artifacts_dir("followup-server") / "server.log")
+    yield from served_workspace(tmp_path_factory, "followup-server")
 
 
 def _run(page, current: Path, priors: list[Path]) -> None:

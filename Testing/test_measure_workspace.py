@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 
 import pytest
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir, open_and_segment
+from workspace_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ConsoleErrors,
+    artifacts_dir,
+    open_and_segment,
+    served_workspace,
+)
 
 WAIT_MS = 60_000
 MEASURE_WAIT_MS = 400_000  # RECIST of every lesion of body, lungs and bone on a busy 2-core machine
@@ -23,10 +29,7 @@ def _without_node_names(lines: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
-    yield workspace
-    workspace.stop()
-    shutil.copy(workspace.log_path, artifacts_dir("measure-server") / "server.log")
+    yield from served_workspace(tmp_path_factory, "measure-server")
 
 
 def test_measure_panel_shows_the_cli_numbers_and_warnings(server, shared_data, runtime, tmp_path):

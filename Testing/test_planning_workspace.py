@@ -4,22 +4,24 @@ right lung by a plane and by a drawn surface, each checked against aiportal.plan
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir, open_and_segment
+from workspace_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ConsoleErrors,
+    artifacts_dir,
+    open_and_segment,
+    served_workspace,
+)
 
 WAIT_MS = 60_000
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
-    yield workspace
-    workspace.stop()
-    shutil.copy(workspace.log_path, artifacts_dir("planning-server") / "server.log")
+    yield from served_workspace(tmp_path_factory, "planning-server")
 
 
 def test_proximity_panel_matches_the_library(server, shared_data, tmp_path):

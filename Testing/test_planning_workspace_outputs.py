@@ -10,7 +10,6 @@ per-structure distances and trajectory deviation as ``aiportal plan outcome``.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,17 +19,21 @@ import numpy as np
 import pytest
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
 from scipy.spatial.transform import Rotation
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir, open_and_segment
+from workspace_browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ConsoleErrors,
+    artifacts_dir,
+    open_and_segment,
+    served_workspace,
+)
 
 WAIT_MS = 120_000
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
-    yield workspace
-    workspace.stop()
-    shutil.copy(workspace.log_path, artifacts_dir("planning-outputs-server") / "server.log")
+    yield from served_workspace(tmp_path_factory, "planning-outputs-server")
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

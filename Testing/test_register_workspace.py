@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
 from test_registration import KNOWN_MOTION, rotation_error_deg
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, artifacts_dir, served_workspace
 
 WAIT_MS = 60_000
 REGISTER_WAIT_MS = 400_000  # rigid + auto's refinement + the perturbed re-run on a busy 2-core machine
@@ -28,10 +27,7 @@ def _without_timing(line: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
-    yield workspace
-    workspace.stop()
-    shutil.copy(workspace.log_path, artifacts_dir("register-server") / "server.log")
+    yield from served_workspace(tmp_path_factory, "register-server")
 
 
 @pytest.fixture

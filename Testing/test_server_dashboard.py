@@ -16,7 +16,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).parent))
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
 from server_fixtures import ApiServer  # noqa: E402
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, artifacts_dir  # noqa: E402
+from workspace_browser import artifacts_dir  # noqa: E402
 
 from aiportal.audit import AuditLog, record_review  # noqa: E402
 from aiportal.server.client import ServerClient  # noqa: E402
@@ -49,16 +49,6 @@ def api(tmp_path_factory, shared_data):
     assert admin.wait(job["id"], timeout_s=180)["state"] == "done"
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def _basic(key: str) -> dict[str, str]:

@@ -11,33 +11,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from playwright import sync_api as playwright_api  # the test extra: missing, the tests fail (no skip)
-from workspace_browser import CHROMIUM, CHROMIUM_ARGS, ConsoleErrors, WorkspaceServer, artifacts_dir
+from workspace_browser import ConsoleErrors, WorkspaceServer, artifacts_dir, served_workspace
 
 WAIT_MS = 60_000  # loading, running and exporting on a busy 2-core machine
 VIEWPORT = {"width": 1400, "height": 900}
 
 
 @pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.is_file():
-        pytest.fail(f"{CHROMIUM} not found: install Debian's chromium (apt-get install chromium)")
-    with playwright_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
-    yield workspace
-    workspace.stop()
-    shutil.copy(workspace.log_path, artifacts_dir("server") / "server.log")
+    yield from served_workspace(tmp_path_factory, "server")
 
 
 class Steps:

@@ -8,6 +8,7 @@ loopback port, with its own audit log and export folder.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -105,3 +106,11 @@ def open_and_segment(page, url: str, image, wait_ms: int) -> None:
     page.get_by_test_id("volume-name").wait_for(timeout=wait_ms)
     page.get_by_test_id("ai-run").click()
     page.get_by_test_id("ai-summary").wait_for(timeout=wait_ms)
+
+
+def served_workspace(tmp_path_factory, artifacts_name: str):
+    """A module fixture's body: a workspace server for the module's tests, its log kept in the artifacts."""
+    workspace = WorkspaceServer(tmp_path_factory.mktemp("workspace")).start()
+    yield workspace
+    workspace.stop()
+    shutil.copy(workspace.log_path, artifacts_dir(artifacts_name) / "server.log")
