@@ -20,7 +20,7 @@ from aiportal.errors import AIPortalError, CancelledError
 from aiportal.followup.cli import add_followup_command
 from aiportal.pacs.cli import add_pacs_commands, add_segment_pacs_arguments
 from aiportal.planning.cli import add_planning_commands
-from aiportal.register.cli import add_register_command
+from aiportal.register_cli import add_register_command
 from aiportal.remote_segment import add_server_arguments
 from aiportal.weights.cli import add_doctor_command, add_models_commands
 

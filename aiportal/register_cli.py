@@ -1,5 +1,8 @@
 """``aiportal register``: align a moving volume to a fixed one and write the transform (and the resampled moving
-volume, the checks and warnings in registration.json)."""
+volume, the checks and warnings in registration.json).
+
+Beside the ``register`` package, not in it: the package's ``__init__`` loads SimpleITK and the registration
+code (~1.4 s), which every ``aiportal`` command would pay when building its parser."""
 
 from __future__ import annotations
 
